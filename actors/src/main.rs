@@ -1,0 +1,180 @@
+//! The `rafter` command line: the controller, its CRDs, and the legacy manifest converter.
+#![forbid(unsafe_code)]
+
+mod config;
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use rafter::api::convert::ConversionOptions;
+use rafter::api::{crds, manifest};
+
+use config::{LogFormat, RunArgs};
+
+/// Rafter: just-in-time nodes for Kubernetes, compatible with Karpenter's APIs.
+#[derive(Debug, Parser)]
+#[command(name = "rafter", version, about, propagate_version = true)]
+struct Cli {
+    /// How log lines are written.
+    #[arg(long, global = true, env = "RAFTER_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the controller against a cluster.
+    Run(Box<RunArgs>),
+    /// Print every CustomResourceDefinition Rafter serves (v1 and legacy) as YAML.
+    Crds {
+        /// Write one file per CRD into this directory instead of printing.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Convert legacy Provisioner and AWSNodeTemplate manifests to v1 NodePool and EC2NodeClass YAML.
+    Convert {
+        /// Manifest file to read, or - for standard input.
+        #[arg(short = 'f', long = "filename")]
+        file: String,
+        /// Instance profile for templates that name none (legacy `aws.defaultInstanceProfile`).
+        #[arg(long, env = "RAFTER_DEFAULT_INSTANCE_PROFILE")]
+        default_instance_profile: Option<String>,
+        /// IAM role for templates that name no instance profile, instead of a profile.
+        #[arg(long, conflicts_with = "default_instance_profile")]
+        role: Option<String>,
+    },
+    /// Print the version.
+    Version,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let result = match cli.command {
+        Command::Run(args) => run(*args),
+        Command::Crds { dir } => print_crds(dir.as_deref()),
+        Command::Convert { file, default_instance_profile, role } => {
+            convert(&file, &ConversionOptions { default_instance_profile, role })
+        }
+        Command::Version => {
+            println!("rafter {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print_crds(dir: Option<&Path>) -> anyhow::Result<()> {
+    match dir {
+        None => {
+            let yaml = crds::all_yaml().context("serialising the CRDs")?;
+            std::io::stdout().write_all(yaml.as_bytes()).context("writing to standard output")?;
+        }
+        Some(dir) => {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            for (file, crd) in crds::all() {
+                let path = dir.join(file);
+                let yaml = crds::to_yaml(&crd).context("serialising a CRD")?;
+                std::fs::write(&path, yaml).with_context(|| format!("writing {}", path.display()))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn convert(file: &str, options: &ConversionOptions) -> anyhow::Result<()> {
+    let (name, text) = if file == "-" {
+        let mut text = String::new();
+        std::io::stdin().read_to_string(&mut text).context("reading standard input")?;
+        ("<stdin>".to_string(), text)
+    } else {
+        let text = std::fs::read_to_string(file).with_context(|| format!("reading {file}"))?;
+        (file.to_string(), text)
+    };
+    match manifest::convert_manifests(&text, options) {
+        Ok(yaml) => {
+            std::io::stdout().write_all(yaml.as_bytes()).context("writing to standard output")?;
+            Ok(())
+        }
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("{name}:{e}");
+            }
+            bail!("{name}: {} problem(s); nothing was converted", errors.len())
+        }
+    }
+}
+
+fn run(args: RunArgs) -> anyhow::Result<()> {
+    let problems = args.validate();
+    if !problems.is_empty() {
+        let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        bail!("invalid configuration: {}", lines.join("; "));
+    }
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let client = connect(&args).await?;
+        preflight(&client).await?;
+        tracing::info!(cluster = %args.cluster_name, namespace = %args.namespace, "preflight passed: the API server answers and Rafter's CRDs are served");
+        bail!(
+            "this build of rafter has no controller loop yet (leader election, provisioning and disruption land with the control-plane work); nothing was changed in the cluster"
+        )
+    })
+}
+
+async fn connect(args: &RunArgs) -> anyhow::Result<kube::Client> {
+    let config = match &args.kubeconfig {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            let options = kube::config::KubeConfigOptions { context: args.context.clone(), ..Default::default() };
+            kube::Config::from_custom_kubeconfig(kubeconfig, &options)
+                .await
+                .with_context(|| format!("using kubeconfig {}", path.display()))?
+        }
+        None => kube::Config::infer()
+            .await
+            .context("no kubeconfig given and no in-cluster configuration found; pass --kubeconfig")?,
+    };
+    kube::Client::try_from(config).context("building the Kubernetes client")
+}
+
+async fn preflight(client: &kube::Client) -> anyhow::Result<()> {
+    for (group_version, resources) in
+        [("karpenter.sh/v1", &["nodepools", "nodeclaims"][..]), ("karpenter.k8s.aws/v1", &["ec2nodeclasses"][..])]
+    {
+        let list = client.list_api_group_resources(group_version).await.with_context(|| {
+            format!(
+                "{group_version} is not served; install the CRDs with `rafter crds | kubectl apply --server-side -f -`"
+            )
+        })?;
+        for resource in resources {
+            if !list.resources.iter().any(|r| r.name == *resource) {
+                bail!(
+                    "{group_version} does not serve {resource}; install the CRDs with `rafter crds | kubectl apply --server-side -f -`"
+                );
+            }
+        }
+    }
+    Ok(())
+}

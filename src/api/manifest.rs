@@ -1,0 +1,213 @@
+//! Reading multi-document YAML manifests into typed objects, with the line of every problem.
+
+use std::fmt;
+
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+use super::convert::{ConversionOptions, convert};
+use super::legacy::{AWSNodeTemplate, Provisioner};
+use super::{EC2NodeClass, NodeClaim, NodePool};
+
+/// One problem in a manifest file, at a 1-based line (and column, when known).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ManifestError {
+    /// 1-based line of the problem, or of the document it concerns.
+    pub line: u64,
+    /// 1-based column, when the parser knows it.
+    pub column: Option<u64>,
+    /// What is wrong and what to do.
+    pub message: String,
+}
+
+impl fmt::Display for ManifestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.column {
+            Some(c) => write!(f, "{}:{}: {}", self.line, c, self.message),
+            None => write!(f, "{}: {}", self.line, self.message),
+        }
+    }
+}
+
+/// A Rafter object read from a manifest.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Object {
+    /// `karpenter.sh/v1` NodePool.
+    NodePool(Box<NodePool>),
+    /// `karpenter.sh/v1` NodeClaim.
+    NodeClaim(Box<NodeClaim>),
+    /// `karpenter.k8s.aws/v1` EC2NodeClass.
+    EC2NodeClass(Box<EC2NodeClass>),
+    /// `karpenter.sh/v1alpha5` Provisioner.
+    Provisioner(Box<Provisioner>),
+    /// `karpenter.k8s.aws/v1alpha1` AWSNodeTemplate.
+    AWSNodeTemplate(Box<AWSNodeTemplate>),
+}
+
+/// An object and the line its document starts on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Document {
+    /// 1-based line of the document's first line.
+    pub line: u64,
+    /// The object.
+    pub object: Object,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Head {
+    api_version: Option<String>,
+    kind: Option<String>,
+}
+
+/// Splits a YAML stream at `---` lines: (first line number, text) of each non-empty document.
+fn split_documents(text: &str) -> Vec<(u64, String)> {
+    let mut docs = Vec::new();
+    let mut current = String::new();
+    let mut start = 1u64;
+    for (i, line) in text.lines().enumerate() {
+        let number = i as u64 + 1;
+        if line == "---" || line.starts_with("--- ") || line == "..." {
+            docs.push((start, std::mem::take(&mut current)));
+            start = number + 1;
+            continue;
+        }
+        current.push_str(line);
+        current.push('\n');
+    }
+    docs.push((start, current));
+    docs.into_iter()
+        .filter(|(_, doc)| doc.lines().any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#')))
+        .collect()
+}
+
+fn yaml_error(err: &serde_saphyr::Error, first_line: u64) -> ManifestError {
+    let plain = err.without_snippet();
+    let location = plain.location().or_else(|| err.location());
+    let message = plain.to_string();
+    // The parser's own text may end in "at line N column M" relative to the document; the
+    // location is reported separately, so keep only the reason.
+    let message = match message.find(" at line ") {
+        Some(cut) => message[..cut].to_string(),
+        None => message,
+    };
+    match location {
+        Some(l) if l.line() > 0 => {
+            ManifestError { line: first_line + l.line() - 1, column: Some(l.column()).filter(|c| *c > 0), message }
+        }
+        _ => ManifestError { line: first_line, column: None, message },
+    }
+}
+
+fn typed<T: DeserializeOwned>(doc: &str, first_line: u64) -> Result<T, ManifestError> {
+    serde_saphyr::from_str(doc).map_err(|e| yaml_error(&e, first_line))
+}
+
+/// Reads every document of a manifest stream; fails with every problem if any document is
+/// malformed or of a kind Rafter does not serve.
+pub fn parse_documents(text: &str) -> Result<Vec<Document>, Vec<ManifestError>> {
+    let mut documents = Vec::new();
+    let mut errors = Vec::new();
+    for (line, doc) in split_documents(text) {
+        let head: Head = match typed(&doc, line) {
+            Ok(h) => h,
+            Err(e) => {
+                errors.push(e);
+                continue;
+            }
+        };
+        let object = match (head.api_version.as_deref(), head.kind.as_deref()) {
+            (Some("karpenter.sh/v1"), Some("NodePool")) => typed(&doc, line).map(|o| Object::NodePool(Box::new(o))),
+            (Some("karpenter.sh/v1"), Some("NodeClaim")) => typed(&doc, line).map(|o| Object::NodeClaim(Box::new(o))),
+            (Some("karpenter.k8s.aws/v1"), Some("EC2NodeClass")) => {
+                typed(&doc, line).map(|o| Object::EC2NodeClass(Box::new(o)))
+            }
+            (Some("karpenter.sh/v1alpha5"), Some("Provisioner")) => {
+                typed(&doc, line).map(|o| Object::Provisioner(Box::new(o)))
+            }
+            (Some("karpenter.k8s.aws/v1alpha1"), Some("AWSNodeTemplate")) => {
+                typed(&doc, line).map(|o| Object::AWSNodeTemplate(Box::new(o)))
+            }
+            (None, _) | (_, None) => Err(ManifestError {
+                line,
+                column: None,
+                message: "document has no apiVersion and kind; is this a Kubernetes manifest?".into(),
+            }),
+            (Some(api), Some(kind)) => Err(ManifestError {
+                line,
+                column: None,
+                message: format!(
+                    "unknown kind {kind} in {api}; Rafter reads karpenter.sh/v1alpha5 Provisioner, karpenter.k8s.aws/v1alpha1 AWSNodeTemplate and the v1 NodePool, NodeClaim and EC2NodeClass"
+                ),
+            }),
+        };
+        match object {
+            Ok(object) => documents.push(Document { line, object }),
+            Err(e) => errors.push(e),
+        }
+    }
+    if errors.is_empty() { Ok(documents) } else { Err(errors) }
+}
+
+/// Converts a manifest stream to v1: legacy objects become NodePools and EC2NodeClasses, v1
+/// objects pass through. Returns the YAML stream, or every problem with its line and nothing else.
+pub fn convert_manifests(text: &str, options: &ConversionOptions) -> Result<String, Vec<ManifestError>> {
+    let documents = parse_documents(text)?;
+    let mut provisioners = Vec::new();
+    let mut templates = Vec::new();
+    for d in &documents {
+        match &d.object {
+            Object::Provisioner(p) => provisioners.push((**p).clone()),
+            Object::AWSNodeTemplate(t) => templates.push((**t).clone()),
+            _ => {}
+        }
+    }
+    let line_of = |kind: &str, name: &str| {
+        documents
+            .iter()
+            .find(|d| match &d.object {
+                Object::Provisioner(p) => kind == "Provisioner" && p.metadata.name.as_deref() == Some(name),
+                Object::AWSNodeTemplate(t) => kind == "AWSNodeTemplate" && t.metadata.name.as_deref() == Some(name),
+                _ => false,
+            })
+            .map_or(1, |d| d.line)
+    };
+    let converted = convert(&provisioners, &templates, options).map_err(|errors| {
+        errors
+            .into_iter()
+            .map(|e| ManifestError { line: line_of(e.kind, &e.name), column: None, message: e.to_string() })
+            .collect::<Vec<_>>()
+    })?;
+
+    // Emit in input order: each NodePool followed by the node class it was converted with.
+    let ser_error = |e: serde_saphyr::ser::Error| vec![ManifestError { line: 1, column: None, message: e.to_string() }];
+    let mut out = String::new();
+    let mut push = |yaml: String| {
+        out.push_str("---\n");
+        out.push_str(&yaml);
+    };
+    let class = |name: &Option<String>| converted.node_classes.iter().find(|c| &c.metadata.name == name);
+    for d in &documents {
+        match &d.object {
+            Object::Provisioner(p) => {
+                if let Some(pool) = converted.node_pools.iter().find(|n| n.metadata.name == p.metadata.name) {
+                    push(serde_saphyr::to_string(pool).map_err(ser_error)?);
+                }
+                if p.spec.provider.is_some() {
+                    if let Some(c) = class(&p.metadata.name) {
+                        push(serde_saphyr::to_string(c).map_err(ser_error)?);
+                    }
+                }
+            }
+            Object::AWSNodeTemplate(t) => {
+                if let Some(c) = class(&t.metadata.name) {
+                    push(serde_saphyr::to_string(c).map_err(ser_error)?);
+                }
+            }
+            Object::NodePool(o) => push(serde_saphyr::to_string(o).map_err(ser_error)?),
+            Object::NodeClaim(o) => push(serde_saphyr::to_string(o).map_err(ser_error)?),
+            Object::EC2NodeClass(o) => push(serde_saphyr::to_string(o).map_err(ser_error)?),
+        }
+    }
+    Ok(out)
+}
