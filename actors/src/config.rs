@@ -27,10 +27,10 @@ pub enum LogFormat {
 
 /// Parses `30s`, `1m`, `1h30m`, and sub-second `500ms`.
 pub fn parse_flag_duration(text: &str) -> Result<Duration, DurationError> {
-    if let Some(ms) = text.strip_suffix("ms") {
-        if let Ok(n) = ms.parse::<u64>() {
-            return Ok(Duration::from_millis(n));
-        }
+    if let Some(ms) = text.strip_suffix("ms")
+        && let Ok(n) = ms.parse::<u64>()
+    {
+        return Ok(Duration::from_millis(n));
     }
     parse_duration(text)
 }

@@ -91,10 +91,10 @@ fn check_node(node: &serde_json::Value, path: &str, in_junctor: bool, problems: 
         }
         None => {}
     }
-    if let Some(extra) = map.get("additionalProperties") {
-        if extra.is_object() {
-            check_node(extra, &format!("{path}.*"), in_junctor, problems);
-        }
+    if let Some(extra) = map.get("additionalProperties")
+        && extra.is_object()
+    {
+        check_node(extra, &format!("{path}.*"), in_junctor, problems);
     }
     for junctor in ["anyOf", "allOf", "oneOf"] {
         for (i, child) in map.get(junctor).and_then(|j| j.as_array()).into_iter().flatten().enumerate() {

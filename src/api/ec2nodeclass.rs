@@ -22,6 +22,8 @@ pub const RESTRICTED_TAG_PREFIXES: &[&str] = &[
 ];
 
 /// AWS launch settings shared by the NodePools that reference it.
+// kube's `printcolumn(...)` repeats `type_ = ...` by design; clippy reads that as a duplicate.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
     group = "karpenter.k8s.aws",

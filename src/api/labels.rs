@@ -147,10 +147,10 @@ pub fn label_key_error(key: &str) -> Option<String> {
         Some((p, n)) => (Some(p), n),
         None => (None, key),
     };
-    if let Some(prefix) = prefix {
-        if prefix.is_empty() || prefix.len() > 253 || !prefix.split('.').all(is_dns_label) {
-            return Some(format!("{key:?} has an invalid prefix: it must be a DNS subdomain such as example.com"));
-        }
+    if let Some(prefix) = prefix
+        && (prefix.is_empty() || prefix.len() > 253 || !prefix.split('.').all(is_dns_label))
+    {
+        return Some(format!("{key:?} has an invalid prefix: it must be a DNS subdomain such as example.com"));
     }
     if name.is_empty() || name.len() > 63 || !is_label_name(name) {
         return Some(format!(

@@ -193,10 +193,10 @@ pub fn convert_manifests(text: &str, options: &ConversionOptions) -> Result<Stri
                 if let Some(pool) = converted.node_pools.iter().find(|n| n.metadata.name == p.metadata.name) {
                     push(serde_saphyr::to_string(pool).map_err(ser_error)?);
                 }
-                if p.spec.provider.is_some() {
-                    if let Some(c) = class(&p.metadata.name) {
-                        push(serde_saphyr::to_string(c).map_err(ser_error)?);
-                    }
+                if p.spec.provider.is_some()
+                    && let Some(c) = class(&p.metadata.name)
+                {
+                    push(serde_saphyr::to_string(c).map_err(ser_error)?);
                 }
             }
             Object::AWSNodeTemplate(t) => {

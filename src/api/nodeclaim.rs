@@ -148,6 +148,8 @@ pub struct ResourceRequirements {
 }
 
 /// A request for one node: what it must satisfy and what it must hold.
+// kube's `printcolumn(...)` repeats `type_ = ...` by design; clippy reads that as a duplicate.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
     group = "karpenter.sh",

@@ -14,6 +14,8 @@ use super::duration::NillableDuration;
 use super::nodeclaim::{NodeClaimTemplateSpec, ResourceList};
 
 /// The desired shape of a pool of nodes.
+// kube's `printcolumn(...)` repeats `type_ = ...` by design; clippy reads that as a duplicate.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
     group = "karpenter.sh",

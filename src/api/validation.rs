@@ -100,10 +100,10 @@ pub fn validate_node_pool(spec: &NodePoolSpec) -> Result<(), Invalid> {
         }
     }
     resources(&mut p, "spec.limits", &spec.limits);
-    if let Some(weight) = spec.weight {
-        if !(1..=100).contains(&weight) {
-            p.add("spec.weight", format!("{weight} is out of range; give 1 to 100"));
-        }
+    if let Some(weight) = spec.weight
+        && !(1..=100).contains(&weight)
+    {
+        p.add("spec.weight", format!("{weight} is out of range; give 1 to 100"));
     }
     p.finish()
 }
@@ -335,10 +335,10 @@ pub fn validate_ec2_node_class(spec: &EC2NodeClassSpec) -> Result<(), Invalid> {
         }
     }
     if let Some(k) = &spec.kubelet {
-        if let (Some(high), Some(low)) = (k.image_gc_high_threshold_percent, k.image_gc_low_threshold_percent) {
-            if high <= low {
-                p.add("spec.kubelet.imageGCHighThresholdPercent", "must be greater than imageGCLowThresholdPercent");
-            }
+        if let (Some(high), Some(low)) = (k.image_gc_high_threshold_percent, k.image_gc_low_threshold_percent)
+            && high <= low
+        {
+            p.add("spec.kubelet.imageGCHighThresholdPercent", "must be greater than imageGCLowThresholdPercent");
         }
         for (field, value) in [
             ("imageGCHighThresholdPercent", k.image_gc_high_threshold_percent),
@@ -364,16 +364,16 @@ pub fn validate_ec2_node_class(spec: &EC2NodeClassSpec) -> Result<(), Invalid> {
         p.add("spec.blockDeviceMappings", "at most one block device mapping may be the root volume");
     }
     for (i, m) in spec.block_device_mappings.iter().enumerate() {
-        if let Some(size) = m.ebs.as_ref().and_then(|e| e.volume_size.as_ref()) {
-            if let Err(e) = size.parse() {
-                p.add(format!("spec.blockDeviceMappings[{i}].ebs.volumeSize"), e.to_string());
-            }
+        if let Some(size) = m.ebs.as_ref().and_then(|e| e.volume_size.as_ref())
+            && let Err(e) = size.parse()
+        {
+            p.add(format!("spec.blockDeviceMappings[{i}].ebs.volumeSize"), e.to_string());
         }
     }
-    if let Some(hops) = spec.metadata_options.as_ref().and_then(|m| m.http_put_response_hop_limit) {
-        if !(1..=64).contains(&hops) {
-            p.add("spec.metadataOptions.httpPutResponseHopLimit", format!("{hops} is out of range; give 1 to 64"));
-        }
+    if let Some(hops) = spec.metadata_options.as_ref().and_then(|m| m.http_put_response_hop_limit)
+        && !(1..=64).contains(&hops)
+    {
+        p.add("spec.metadataOptions.httpPutResponseHopLimit", format!("{hops} is out of range; give 1 to 64"));
     }
     p.finish()
 }

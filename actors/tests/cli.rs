@@ -1,0 +1,155 @@
+//! The `rafter` binary as a user runs it: exit codes, stdout and stderr.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use rafter::api::manifest::{Object, parse_documents};
+
+fn rafter(args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rafter"))
+        .args(args)
+        .env_remove("KUBECONFIG")
+        .env_remove("RAFTER_DEFAULT_INSTANCE_PROFILE")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the rafter binary starts");
+    if let Some(input) = stdin {
+        child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("writes stdin");
+    }
+    drop(child.stdin.take());
+    child.wait_with_output().expect("rafter finishes")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn project(relative: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(relative)
+}
+
+fn write_temp(dir: &tempfile::TempDir, name: &str, content: &str) -> String {
+    let path = dir.path().join(name);
+    std::fs::write(&path, content).expect("writes temp file");
+    path.display().to_string()
+}
+
+#[test]
+fn convert_turns_the_legacy_example_into_v1_objects() {
+    let example = project("deploy/examples/legacy/provisioner-arm.yaml");
+    let out = rafter(&["convert", "-f", &example.display().to_string(), "--role", "KarpenterNodeRole-demo"], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let docs = parse_documents(&text(&out.stdout)).expect("output is v1 YAML");
+    assert!(matches!(&docs[0].object, Object::NodePool(p) if p.metadata.name.as_deref() == Some("arm")));
+    assert!(
+        matches!(&docs[1].object, Object::EC2NodeClass(c) if c.spec.role.as_deref() == Some("KarpenterNodeRole-demo"))
+    );
+}
+
+#[test]
+fn convert_reads_standard_input() {
+    let example = std::fs::read_to_string(project("deploy/examples/legacy/provisioner-spot-default.yaml")).unwrap();
+    let out = rafter(&["convert", "-f", "-", "--default-instance-profile", "prof"], Some(&example));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(parse_documents(&text(&out.stdout)).expect("v1 YAML").len(), 2);
+}
+
+#[test]
+fn convert_of_malformed_yaml_exits_non_zero_with_file_line_and_reason_and_prints_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_temp(
+        &dir,
+        "broken.yaml",
+        "apiVersion: karpenter.sh/v1alpha5\nkind: Provisioner\nmetadata:\n  name: p\nspec:\n  labels: [unclosed\n",
+    );
+    let out = rafter(&["convert", "-f", &file, "--role", "r"], None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty(), "nothing partial on stdout: {}", text(&out.stdout));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains(&format!("{file}:6")) || stderr.contains(&format!("{file}:7")), "{stderr}");
+}
+
+#[test]
+fn convert_reports_unknown_legacy_fields_and_prints_nothing_partial() {
+    let dir = tempfile::tempdir().unwrap();
+    // A valid template first, so a partial converter would have something to print.
+    let file = write_temp(
+        &dir,
+        "typo.yaml",
+        "apiVersion: karpenter.k8s.aws/v1alpha1\nkind: AWSNodeTemplate\nmetadata:\n  name: t\nspec:\n  instanceProfile: p\n  subnetSelector: {a: b}\n  securityGroupSelector: {a: b}\n---\napiVersion: karpenter.sh/v1alpha5\nkind: Provisioner\nmetadata:\n  name: p\nspec:\n  providerRef: {name: t}\n  ttlSecondsUntilExpiredd: 60\n",
+    );
+    let out = rafter(&["convert", "-f", &file], None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty(), "{}", text(&out.stdout));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains(&format!("{file}:16:3")) && stderr.contains("ttlSecondsUntilExpiredd"), "{stderr}");
+}
+
+#[test]
+fn convert_rejects_unknown_kinds_and_missing_files() {
+    let out = rafter(&["convert", "-f", "-"], Some("apiVersion: v1\nkind: Secret\nmetadata:\n  name: s\n"));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("<stdin>:1: unknown kind Secret"), "{}", text(&out.stderr));
+    let out = rafter(&["convert", "-f", "/nonexistent/rafter.yaml"], None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("/nonexistent/rafter.yaml"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn crds_prints_every_crd_in_deploy() {
+    let out = rafter(&["crds"], None);
+    assert!(out.status.success());
+    let printed = text(&out.stdout);
+    let names = [
+        "karpenter.sh_nodepools.yaml",
+        "karpenter.sh_nodeclaims.yaml",
+        "karpenter.k8s.aws_ec2nodeclasses.yaml",
+        "karpenter.sh_provisioners.yaml",
+        "karpenter.k8s.aws_awsnodetemplates.yaml",
+    ];
+    let expected: String = names
+        .iter()
+        .map(|n| format!("---\n{}", std::fs::read_to_string(project(&format!("deploy/crds/{n}"))).unwrap()))
+        .collect();
+    assert_eq!(printed, expected);
+}
+
+#[test]
+fn crds_dir_writes_one_file_per_crd() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = rafter(&["crds", "--dir", &dir.path().display().to_string()], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 5);
+}
+
+#[test]
+fn version_prints_the_package_version() {
+    let out = rafter(&["version"], None);
+    assert_eq!(text(&out.stdout).trim(), format!("rafter {}", env!("CARGO_PKG_VERSION")));
+}
+
+#[test]
+fn run_refuses_inconsistent_timings_before_connecting() {
+    let out = rafter(&["run", "--cluster-name", "demo", "--renew-deadline", "30s"], None);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("--renew-deadline") && stderr.contains("--lease-duration"), "{stderr}");
+}
+
+#[test]
+fn run_without_a_reachable_api_server_fails_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    // Port 9 on loopback: nothing listens there, so the connection is refused at once.
+    let kubeconfig = write_temp(
+        &dir,
+        "kubeconfig",
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: http://127.0.0.1:9\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: u\ncurrent-context: c\nusers:\n- name: u\n  user: {}\n",
+    );
+    let out = rafter(&["run", "--cluster-name", "demo", "--kubeconfig", &kubeconfig], None);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("karpenter.sh/v1 is not served"), "{stderr}");
+}
