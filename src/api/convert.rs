@@ -93,6 +93,21 @@ pub fn convert(
             }
         }
     }
+    // An inline provider is named after its Provisioner; it must not collide with a template.
+    let mut seen = std::collections::BTreeSet::new();
+    for class in &out.node_classes {
+        let name = class.metadata.name.clone().unwrap_or_default();
+        if !seen.insert(name.clone()) {
+            errors.push(ConversionError {
+                kind: "Provisioner",
+                name: name.clone(),
+                field: "spec.provider".into(),
+                message: format!(
+                    "its inline provider becomes EC2NodeClass {name}, which an AWSNodeTemplate of the same name also becomes; rename one"
+                ),
+            });
+        }
+    }
     if errors.is_empty() { Ok(out) } else { Err(errors) }
 }
 

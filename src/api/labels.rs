@@ -141,6 +141,13 @@ pub fn restricted_label_reason(key: &str) -> Option<String> {
     })
 }
 
+/// Schema pattern of a label key: an optional DNS-subdomain prefix and `/`, then a name.
+pub const LABEL_KEY_PATTERN: &str =
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$";
+
+/// Schema pattern of a label value (empty, or a name of at most 63 characters).
+pub const LABEL_VALUE_PATTERN: &str = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$";
+
 /// Why `key` is not a valid label key (`[prefix/]name`), if it is not.
 pub fn label_key_error(key: &str) -> Option<String> {
     let (prefix, name) = match key.split_once('/') {

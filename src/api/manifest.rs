@@ -60,6 +60,68 @@ struct Head {
     kind: Option<String>,
 }
 
+/// `kubectl get … -o yaml` wraps several objects in a `v1` `List`.
+#[derive(Deserialize)]
+struct List {
+    #[serde(default)]
+    items: Vec<serde_json::Value>,
+}
+
+/// Reads one object of a known kind from its JSON form (the items of a `List`).
+fn object_from_value(value: serde_json::Value) -> Result<Object, String> {
+    let head: Head = serde_json::from_value(value.clone()).map_err(|e| e.to_string())?;
+    let typed = |e: serde_json::Error| e.to_string();
+    match (head.api_version.as_deref(), head.kind.as_deref()) {
+        (Some(api), Some(kind)) => match object_kind(api, kind) {
+            Some(ObjectKind::NodePool) => {
+                serde_json::from_value(value).map(|o| Object::NodePool(Box::new(o))).map_err(typed)
+            }
+            Some(ObjectKind::NodeClaim) => {
+                serde_json::from_value(value).map(|o| Object::NodeClaim(Box::new(o))).map_err(typed)
+            }
+            Some(ObjectKind::EC2NodeClass) => {
+                serde_json::from_value(value).map(|o| Object::EC2NodeClass(Box::new(o))).map_err(typed)
+            }
+            Some(ObjectKind::Provisioner) => {
+                serde_json::from_value(value).map(|o| Object::Provisioner(Box::new(o))).map_err(typed)
+            }
+            Some(ObjectKind::AWSNodeTemplate) => {
+                serde_json::from_value(value).map(|o| Object::AWSNodeTemplate(Box::new(o))).map_err(typed)
+            }
+            None => Err(unknown_kind(api, kind)),
+        },
+        _ => Err(NO_TYPE.into()),
+    }
+}
+
+#[derive(Clone, Copy)]
+enum ObjectKind {
+    NodePool,
+    NodeClaim,
+    EC2NodeClass,
+    Provisioner,
+    AWSNodeTemplate,
+}
+
+fn object_kind(api_version: &str, kind: &str) -> Option<ObjectKind> {
+    match (api_version, kind) {
+        ("karpenter.sh/v1", "NodePool") => Some(ObjectKind::NodePool),
+        ("karpenter.sh/v1", "NodeClaim") => Some(ObjectKind::NodeClaim),
+        ("karpenter.k8s.aws/v1", "EC2NodeClass") => Some(ObjectKind::EC2NodeClass),
+        ("karpenter.sh/v1alpha5", "Provisioner") => Some(ObjectKind::Provisioner),
+        ("karpenter.k8s.aws/v1alpha1", "AWSNodeTemplate") => Some(ObjectKind::AWSNodeTemplate),
+        _ => None,
+    }
+}
+
+const NO_TYPE: &str = "document has no apiVersion and kind; is this a Kubernetes manifest?";
+
+fn unknown_kind(api_version: &str, kind: &str) -> String {
+    format!(
+        "unknown kind {kind} in {api_version}; Rafter reads karpenter.sh/v1alpha5 Provisioner, karpenter.k8s.aws/v1alpha1 AWSNodeTemplate and the v1 NodePool, NodeClaim and EC2NodeClass"
+    )
+}
+
 /// Splits a YAML stream at `---` lines: (first line number, text) of each non-empty document.
 fn split_documents(text: &str) -> Vec<(u64, String)> {
     let mut docs = Vec::new();
@@ -67,9 +129,17 @@ fn split_documents(text: &str) -> Vec<(u64, String)> {
     let mut start = 1u64;
     for (i, line) in text.lines().enumerate() {
         let number = i as u64 + 1;
-        if line == "---" || line.starts_with("--- ") || line == "..." {
+        if line == "---" || line == "..." {
             docs.push((start, std::mem::take(&mut current)));
             start = number + 1;
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("--- ") {
+            // Content may follow the marker on the same line (`--- {a: 1}`, `--- # note`).
+            docs.push((start, std::mem::take(&mut current)));
+            start = number;
+            current.push_str(rest);
+            current.push('\n');
             continue;
         }
         current.push_str(line);
@@ -116,30 +186,33 @@ pub fn parse_documents(text: &str) -> Result<Vec<Document>, Vec<ManifestError>> 
                 continue;
             }
         };
+        let at_document = |message: String| ManifestError { line, column: None, message };
         let object = match (head.api_version.as_deref(), head.kind.as_deref()) {
-            (Some("karpenter.sh/v1"), Some("NodePool")) => typed(&doc, line).map(|o| Object::NodePool(Box::new(o))),
-            (Some("karpenter.sh/v1"), Some("NodeClaim")) => typed(&doc, line).map(|o| Object::NodeClaim(Box::new(o))),
-            (Some("karpenter.k8s.aws/v1"), Some("EC2NodeClass")) => {
-                typed(&doc, line).map(|o| Object::EC2NodeClass(Box::new(o)))
+            (Some("v1"), Some("List")) => {
+                let list: List = match typed(&doc, line) {
+                    Ok(list) => list,
+                    Err(e) => {
+                        errors.push(e);
+                        continue;
+                    }
+                };
+                for (i, item) in list.items.into_iter().enumerate() {
+                    match object_from_value(item) {
+                        Ok(object) => documents.push(Document { line, object }),
+                        Err(message) => errors.push(at_document(format!("items[{i}]: {message}"))),
+                    }
+                }
+                continue;
             }
-            (Some("karpenter.sh/v1alpha5"), Some("Provisioner")) => {
-                typed(&doc, line).map(|o| Object::Provisioner(Box::new(o)))
-            }
-            (Some("karpenter.k8s.aws/v1alpha1"), Some("AWSNodeTemplate")) => {
-                typed(&doc, line).map(|o| Object::AWSNodeTemplate(Box::new(o)))
-            }
-            (None, _) | (_, None) => Err(ManifestError {
-                line,
-                column: None,
-                message: "document has no apiVersion and kind; is this a Kubernetes manifest?".into(),
-            }),
-            (Some(api), Some(kind)) => Err(ManifestError {
-                line,
-                column: None,
-                message: format!(
-                    "unknown kind {kind} in {api}; Rafter reads karpenter.sh/v1alpha5 Provisioner, karpenter.k8s.aws/v1alpha1 AWSNodeTemplate and the v1 NodePool, NodeClaim and EC2NodeClass"
-                ),
-            }),
+            (Some(api), Some(kind)) => match object_kind(api, kind) {
+                Some(ObjectKind::NodePool) => typed(&doc, line).map(|o| Object::NodePool(Box::new(o))),
+                Some(ObjectKind::NodeClaim) => typed(&doc, line).map(|o| Object::NodeClaim(Box::new(o))),
+                Some(ObjectKind::EC2NodeClass) => typed(&doc, line).map(|o| Object::EC2NodeClass(Box::new(o))),
+                Some(ObjectKind::Provisioner) => typed(&doc, line).map(|o| Object::Provisioner(Box::new(o))),
+                Some(ObjectKind::AWSNodeTemplate) => typed(&doc, line).map(|o| Object::AWSNodeTemplate(Box::new(o))),
+                None => Err(at_document(unknown_kind(api, kind))),
+            },
+            _ => Err(at_document(NO_TYPE.into())),
         };
         match object {
             Ok(object) => documents.push(Document { line, object }),

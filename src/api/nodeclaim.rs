@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::cel::{add_rules, requirement_key_rules, requirement_rules};
 use super::duration::{KubeDuration, NillableDuration};
+use super::labels::{LABEL_KEY_PATTERN, LABEL_VALUE_PATTERN};
 use super::quantity::Quantity;
 
 /// Resource names to quantities (`cpu: "4"`, `memory: 16Gi`, `nvidia.com/gpu: 1`).
@@ -39,13 +40,13 @@ pub enum Operator {
 #[schemars(transform = requirement_transform)]
 pub struct NodeSelectorRequirementWithMinValues {
     /// The label key.
-    #[schemars(length(min = 1, max = 316), transform = requirement_key_transform)]
+    #[schemars(length(min = 1, max = 316), regex(pattern = LABEL_KEY_PATTERN), transform = requirement_key_transform)]
     pub key: String,
     /// How the key's values are matched.
     pub operator: Operator,
     /// The values the operator works on.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 500), inner(length(max = 63)))]
+    #[schemars(length(max = 500), inner(length(max = 63), regex(pattern = LABEL_VALUE_PATTERN)))]
     pub values: Vec<String>,
     /// Minimum number of distinct values of this key among the launchable instance types.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -77,11 +78,11 @@ pub enum TaintEffect {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Taint {
     /// The taint key.
-    #[schemars(length(min = 1, max = 316))]
+    #[schemars(length(min = 1, max = 316), regex(pattern = LABEL_KEY_PATTERN))]
     pub key: String,
     /// The taint value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 63))]
+    #[schemars(length(max = 63), regex(pattern = LABEL_VALUE_PATTERN))]
     pub value: Option<String>,
     /// What the taint does to pods that do not tolerate it.
     pub effect: TaintEffect,

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::cel::{add_rules, template_label_rules};
 use super::duration::NillableDuration;
+use super::labels::LABEL_VALUE_PATTERN;
 use super::nodeclaim::{NodeClaimTemplateSpec, ResourceList};
 
 /// The desired shape of a pool of nodes.
@@ -73,6 +74,10 @@ pub struct TemplateMetadata {
 }
 
 fn template_labels_transform(schema: &mut schemars::Schema) {
+    schema.insert(
+        "additionalProperties".into(),
+        serde_json::json!({"type": "string", "maxLength": 63, "pattern": LABEL_VALUE_PATTERN}),
+    );
     add_rules(schema, template_label_rules());
 }
 

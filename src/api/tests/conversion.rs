@@ -227,3 +227,12 @@ fn a_provisioner_without_a_provider_is_reported() {
     let text = convert_error(yaml, &profile());
     assert!(text.contains("Provisioner/lonely: spec.providerRef"), "{text}");
 }
+
+#[test]
+fn an_inline_provider_named_like_a_template_is_reported() {
+    let yaml = format!(
+        "{TEMPLATE}---\napiVersion: karpenter.sh/v1alpha5\nkind: Provisioner\nmetadata:\n  name: t\nspec:\n  provider:\n    subnetSelector: {{a: b}}\n    securityGroupSelector: {{a: b}}\n"
+    );
+    let text = convert_error(&yaml, &profile());
+    assert!(text.contains("Provisioner/t: spec.provider: its inline provider becomes EC2NodeClass t"), "{text}");
+}

@@ -82,9 +82,47 @@ fn shipped_examples_match_the_shared_examples() {
         // A clone without the shared folder beside it (a newcomer's machine) has only the copies.
         return;
     }
-    for path in EXAMPLES {
-        let relative = path.trim_start_matches("deploy/examples/");
-        let original = std::fs::read_to_string(shared.join(relative)).expect("shared example exists");
-        assert_eq!(read(path), original, "{path} differs from shared/examples/{relative}; copy it again");
+    let mut compared = 0;
+    for kind in std::fs::read_dir(&shared).expect("lists shared/examples") {
+        let kind = kind.expect("entry").path();
+        for file in std::fs::read_dir(&kind).expect("lists an examples folder") {
+            let file = file.expect("entry").path();
+            let relative = file.strip_prefix(&shared).expect("under shared").display().to_string();
+            let original = std::fs::read_to_string(&file).expect("reads shared example");
+            let copy = std::fs::read_to_string(root().join("deploy/examples").join(&relative))
+                .unwrap_or_else(|_| panic!("deploy/examples/{relative} is missing; copy it from shared/examples"));
+            assert_eq!(copy, original, "deploy/examples/{relative} differs from shared/examples/{relative}");
+            compared += 1;
+        }
     }
+    assert!(compared >= 8, "every shared example was compared ({compared})");
+}
+
+#[test]
+fn a_kubectl_list_of_legacy_objects_is_read_item_by_item() {
+    let list = "apiVersion: v1
+kind: List
+items:
+- apiVersion: karpenter.sh/v1alpha5
+  kind: Provisioner
+  metadata:
+    name: p
+    uid: 0b8f3c2e-1111-2222-3333-444455556666
+    resourceVersion: \"42\"
+  spec:
+    providerRef:
+      name: t
+  status:
+    lastScaleTime: \"2023-01-01T00:00:00Z\"
+- apiVersion: v1
+  kind: Secret
+  metadata:
+    name: s
+";
+    let errors = parse_documents(list).expect_err("the Secret is not Rafter's");
+    assert_eq!(errors.len(), 1);
+    assert!(errors[0].to_string().starts_with("1: items[1]: unknown kind Secret"), "{}", errors[0]);
+    let first_only = &list[..list.find("- apiVersion: v1").expect("second item")];
+    let docs = parse_documents(first_only).expect("the Provisioner reads");
+    assert!(matches!(&docs[0].object, Object::Provisioner(p) if p.metadata.name.as_deref() == Some("p")));
 }

@@ -460,3 +460,25 @@ fn every_problem_is_reported_at_once() {
     let errors = validate_node_pool(&pool.spec).expect_err("three problems").0;
     assert_eq!(errors.len(), 3, "{errors:?}");
 }
+
+#[test]
+fn a_nodeclaim_is_checked_like_its_template_with_paths_under_spec() {
+    let claim: crate::api::NodeClaim = serde_json::from_value(json!({
+        "apiVersion": "karpenter.sh/v1",
+        "kind": "NodeClaim",
+        "metadata": {"name": "default-abcde"},
+        "spec": {
+            "requirements": [{"key": "kubernetes.io/arch", "operator": "In", "values": []}],
+            "nodeClassRef": {"group": "karpenter.k8s.aws", "kind": "EC2NodeClass", "name": "default"},
+            "resources": {"requests": {"cpu": "1.5.0"}}
+        }
+    }))
+    .expect("a NodeClaim");
+    let errors = crate::api::validation::validate_node_claim(&claim.spec).expect_err("two problems").0;
+    let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+    assert_eq!(fields, ["spec.requirements[0].values", "spec.resources.requests[cpu]"]);
+    let schema = schema_of::<crate::api::NodeClaim>();
+    let value = serde_json::to_value(&claim).expect("json");
+    let failures = kube::core::cel::Validator::new().validate(&schema, &value, None).expect_err("CEL rejects it");
+    assert!(failures.iter().any(|f| f.message.contains("operator In needs at least one value")), "{failures:?}");
+}
