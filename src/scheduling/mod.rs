@@ -1,0 +1,7 @@
+//! Scheduling: what pods need, what machines offer, and (with the solver) which machines to buy.
+//!
+//! Everything here is a synchronous function of its inputs, with no clock and no I/O.
+
+pub mod requirements;
+pub mod resources;
+pub mod taints;
