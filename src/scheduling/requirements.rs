@@ -348,7 +348,7 @@ impl Requirements {
     /// instance type promises). A key `node` says nothing about is taken as "any state" when
     /// `undefined_is_any(key)` — labels the cloud sets on every node, such as the zone — and as
     /// "absent" otherwise, since the node will not carry a label nobody puts there.
-    pub fn compatible_with(&self, node: &Self, undefined_is_any: impl Fn(&str) -> bool) -> Result<(), Conflict> {
+    pub fn compatible_with(&self, node: &Self, undefined_is_any: impl Fn(&str) -> bool) -> Result<(), Box<Conflict>> {
         for ours in self.0.values() {
             let theirs = match node.0.get(ours.key()) {
                 Some(t) => t.clone(),
@@ -357,7 +357,7 @@ impl Requirements {
                     .unwrap_or_else(|_| Requirement::any(ours.key())),
             };
             if ours.intersect(&theirs).is_unsatisfiable() {
-                return Err(Conflict { key: ours.key().to_string(), ours: ours.clone(), theirs });
+                return Err(Box::new(Conflict { key: ours.key().to_string(), ours: ours.clone(), theirs }));
             }
         }
         Ok(())
@@ -394,7 +394,7 @@ fn term_requirements(term: &NodeSelectorTerm) -> Result<Requirements, Requiremen
 /// What a pod requires of its node: the OR of its required node-affinity terms, each ANDed with
 /// its `nodeSelector`. A pod with no affinity has one term, its node selector.
 pub fn pod_required_terms(spec: &PodSpec) -> Result<Vec<Requirements>, RequirementError> {
-    let selector = spec.node_selector.as_ref().map(|s| Requirements::from_labels(s)).unwrap_or_default();
+    let selector = spec.node_selector.as_ref().map(Requirements::from_labels).unwrap_or_default();
     let terms = spec
         .affinity
         .as_ref()
@@ -433,7 +433,8 @@ mod tests {
 
     #[test]
     fn each_operator_allows_exactly_its_states() {
-        let cases: &[(Operator, &[&str], &[(Option<&str>, bool)])] = &[
+        type Case<'a> = (Operator, &'a [&'a str], &'a [(Option<&'a str>, bool)]);
+        let cases: &[Case] = &[
             (Operator::In, &["a", "b"], &[(Some("a"), true), (Some("c"), false), (None, false)]),
             (Operator::NotIn, &["a"], &[(Some("a"), false), (Some("c"), true), (None, true)]),
             (Operator::Exists, &[], &[(Some("x"), true), (None, false)]),

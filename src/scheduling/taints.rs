@@ -40,10 +40,10 @@ impl fmt::Display for Display<'_> {
 
 /// Whether one toleration tolerates one taint.
 pub fn tolerates(toleration: &Toleration, taint: &Taint) -> bool {
-    if let Some(effect) = toleration.effect.as_deref().filter(|e| !e.is_empty()) {
-        if effect != effect_name(taint.effect) {
-            return false;
-        }
+    if let Some(effect) = toleration.effect.as_deref().filter(|e| !e.is_empty())
+        && effect != effect_name(taint.effect)
+    {
+        return false;
     }
     let key = toleration.key.as_deref().unwrap_or_default();
     match toleration.operator.as_deref().unwrap_or("Equal") {
