@@ -2,6 +2,8 @@
 //!
 //! Everything here is a synchronous function of its inputs, with no clock and no I/O.
 
+pub mod catalog;
+pub mod instance_types;
 pub mod requirements;
 pub mod resources;
 pub mod taints;
