@@ -70,6 +70,12 @@ impl fmt::Display for Quantity {
     }
 }
 
+impl AsRef<str> for Quantity {
+    fn as_ref(&self) -> &str {
+        &self.text
+    }
+}
+
 impl From<&str> for Quantity {
     fn from(text: &str) -> Self {
         Self::new(text)

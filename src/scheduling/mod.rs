@@ -6,4 +6,5 @@ pub mod catalog;
 pub mod instance_types;
 pub mod requirements;
 pub mod resources;
+pub mod solver;
 pub mod taints;

@@ -195,6 +195,25 @@ impl Requirement {
         }
     }
 
+    /// Whether every state `other` allows is also allowed by `self`.
+    pub fn contains(&self, other: &Self) -> bool {
+        if other.absent_allowed && !self.absent_allowed {
+            return false;
+        }
+        match (&self.values, &other.values) {
+            (_, Values::Only(set)) => set.iter().all(|v| self.allows(Some(v))),
+            (Values::Only(_), Values::AllBut { .. }) => !other.has_any_value(),
+            (
+                Values::AllBut { excluded, greater_than: g1, less_than: l1 },
+                Values::AllBut { greater_than: g2, less_than: l2, .. },
+            ) => {
+                excluded.iter().all(|v| !other.allows(Some(v)))
+                    && g1.is_none_or(|a| g2.is_some_and(|b| b >= a))
+                    && l1.is_none_or(|a| l2.is_some_and(|b| b <= a))
+            }
+        }
+    }
+
     /// Whether some value (not absence) is allowed.
     pub fn has_any_value(&self) -> bool {
         match &self.values {
@@ -220,6 +239,41 @@ impl Requirement {
             Values::Only(set) => Some(set),
             Values::AllBut { .. } => None,
         }
+    }
+
+    /// The requirement in manifest form: one or more expressions whose conjunction allows the same
+    /// states (`NotIn` plus `Exists` for "present but not these", `Gt` and `Lt` for bounds).
+    pub fn to_api(&self) -> Vec<NodeSelectorRequirementWithMinValues> {
+        let expr = |operator: Operator, values: Vec<String>| NodeSelectorRequirementWithMinValues {
+            key: self.key.clone(),
+            operator,
+            values,
+            min_values: None,
+        };
+        let mut out = match &self.values {
+            Values::Only(set) if set.is_empty() && self.absent_allowed => vec![expr(Operator::DoesNotExist, vec![])],
+            Values::Only(set) => vec![expr(Operator::In, set.iter().cloned().collect())],
+            Values::AllBut { excluded, greater_than, less_than } => {
+                let mut parts = Vec::new();
+                if !excluded.is_empty() {
+                    parts.push(expr(Operator::NotIn, excluded.iter().cloned().collect()));
+                }
+                if let Some(g) = greater_than {
+                    parts.push(expr(Operator::Gt, vec![g.to_string()]));
+                }
+                if let Some(l) = less_than {
+                    parts.push(expr(Operator::Lt, vec![l.to_string()]));
+                }
+                if !self.absent_allowed && greater_than.is_none() && less_than.is_none() {
+                    parts.push(expr(Operator::Exists, vec![]));
+                }
+                parts
+            }
+        };
+        if let (Some(first), Some(min)) = (out.first_mut(), self.min_values) {
+            first.min_values = i32::try_from(min).ok();
+        }
+        out
     }
 
     /// The one value a node must carry, if there is exactly one.
@@ -370,6 +424,11 @@ impl Requirements {
         out
     }
 
+    /// Every requirement in manifest form, sorted by key.
+    pub fn to_api(&self) -> Vec<NodeSelectorRequirementWithMinValues> {
+        self.0.values().flat_map(Requirement::to_api).collect()
+    }
+
     /// The labels a node under these requirements is sure to carry (single-valued keys).
     pub fn labels(&self) -> BTreeMap<String, String> {
         self.0.values().filter_map(|r| r.single_value().map(|v| (r.key.clone(), v.to_string()))).collect()
@@ -463,6 +522,44 @@ mod tests {
         assert!(!both_absent.is_unsatisfiable() && both_absent.allows(None));
         let gens = req("gen", Operator::In, &["3", "5", "9"]).intersect(&req("gen", Operator::Gt, &["4"]));
         assert_eq!(gens.finite_values().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn manifest_form_round_trips_to_the_same_states() {
+        let cases = [
+            req("k", Operator::In, &["a", "b"]),
+            req("k", Operator::NotIn, &["a"]),
+            req("k", Operator::Exists, &[]),
+            req("k", Operator::DoesNotExist, &[]),
+            req("k", Operator::Gt, &["4"]).intersect(&req("k", Operator::Lt, &["9"])),
+            req("k", Operator::NotIn, &["a"]).intersect(&req("k", Operator::Exists, &[])),
+        ];
+        for r in cases {
+            let mut back = Requirements::new();
+            for e in r.to_api() {
+                back.add(Requirement::from_api(&e).unwrap());
+            }
+            let back = back.get("k").unwrap();
+            for state in [None, Some("a"), Some("b"), Some("c"), Some("5"), Some("9")] {
+                assert_eq!(back.allows(state), r.allows(state), "{r} vs {back} on {state:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn containment_is_a_superset_test_of_allowed_states() {
+        let any_gen = req("gen", Operator::Exists, &[]);
+        let newer = req("gen", Operator::Gt, &["4"]);
+        let five = req("gen", Operator::In, &["5"]);
+        assert!(any_gen.contains(&newer) && newer.contains(&five) && any_gen.contains(&five));
+        assert!(!newer.contains(&any_gen) && !five.contains(&newer));
+        assert!(
+            req("gen", Operator::Gt, &["2"]).contains(&newer) && !req("gen", Operator::Gt, &["6"]).contains(&newer)
+        );
+        assert!(!five.contains(&req("gen", Operator::NotIn, &["1"])), "absence is not covered by In");
+        assert!(req("k", Operator::NotIn, &["a"]).contains(&req("k", Operator::DoesNotExist, &[])));
+        assert!(req("k", Operator::NotIn, &["a"]).contains(&req("k", Operator::NotIn, &["a", "b"])));
+        assert!(!req("k", Operator::NotIn, &["a", "b"]).contains(&req("k", Operator::NotIn, &["a"])));
     }
 
     #[test]

@@ -1,0 +1,342 @@
+//! One test per constraint and per reason line, on real instance types from the shipped catalog.
+
+use k8s_openapi::api::core::v1::{Pod, PodSpec};
+use serde_json::{Value, json};
+
+use super::*;
+use crate::api::labels::{ARCH, CAPACITY_TYPE, INSTANCE_FAMILY, ZONE};
+use crate::scheduling::catalog::us_east_1;
+use crate::scheduling::instance_types::{InstanceType, KubeletSettings};
+
+/// Instance types from the catalog; spot at 40% of on-demand in every zone.
+fn types(names: &[&str]) -> Vec<InstanceType> {
+    let specs = us_east_1().expect("catalog");
+    names
+        .iter()
+        .map(|n| {
+            let spec = specs.iter().find(|s| s.name == *n).unwrap_or_else(|| panic!("{n} in catalog"));
+            InstanceType::new(spec, &KubeletSettings::default(), |_| Some(spec.on_demand_price * 0.4))
+        })
+        .collect()
+}
+
+const GENERAL: &[&str] = &[
+    "m5.large",
+    "m5.xlarge",
+    "m5.2xlarge",
+    "m5.4xlarge",
+    "c5.large",
+    "c5.xlarge",
+    "c5.2xlarge",
+    "c5.4xlarge",
+    "r5.large",
+    "r5.xlarge",
+    "m6g.large",
+    "m6g.xlarge",
+    "m6g.4xlarge",
+];
+
+fn node_pool(name: &str, spec: Value) -> NodePool {
+    let mut template_spec =
+        json!({"nodeClassRef": {"group": "karpenter.k8s.aws", "kind": "EC2NodeClass", "name": "default"}});
+    for key in ["requirements", "taints", "startupTaints"] {
+        if let Some(v) = spec.get(key) {
+            template_spec[key] = v.clone();
+        }
+    }
+    let mut pool = json!({
+        "apiVersion": "karpenter.sh/v1",
+        "kind": "NodePool",
+        "metadata": {"name": name},
+        "spec": {"template": {"spec": template_spec}}
+    });
+    for key in ["limits", "weight"] {
+        if let Some(v) = spec.get(key) {
+            pool["spec"][key] = v.clone();
+        }
+    }
+    if let Some(labels) = spec.get("labels") {
+        pool["spec"]["template"]["metadata"] = json!({"labels": labels});
+    }
+    serde_json::from_value(pool).expect("NodePool")
+}
+
+fn pool(name: &str, spec: Value, type_names: &[&str]) -> PoolInput {
+    PoolInput::from_node_pool(&node_pool(name, spec), types(type_names), &Resources::zero()).expect("pool")
+}
+
+fn pod(name: &str, cpu: &str, memory: &str, extra: Value) -> Pod {
+    let mut spec = json!({"containers": [{"name": "app", "resources": {"requests": {"cpu": cpu, "memory": memory}}}]});
+    if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
+        for (k, v) in extra {
+            spec.insert(k.clone(), v.clone());
+        }
+    }
+    serde_json::from_value(json!({"metadata": {"name": name, "namespace": "default"}, "spec": spec})).expect("Pod")
+}
+
+fn pods(n: usize, cpu: &str, memory: &str) -> Vec<Pod> {
+    (0..n).map(|i| pod(&format!("inflate-{i:03}"), cpu, memory, json!({}))).collect()
+}
+
+fn input(pods: Vec<Pod>, pools: Vec<PoolInput>) -> SchedulingInput {
+    SchedulingInput { pods, pools, ..Default::default() }
+}
+
+fn claim_requirement<'a>(claim: &'a NewClaim, key: &str) -> Vec<&'a NodeSelectorRequirementWithMinValues> {
+    claim.requirements.iter().filter(|r| r.key == key).collect()
+}
+
+fn only_reason(plan: &Plan) -> &str {
+    assert_eq!(plan.unplaced.len(), 1, "{plan:#?}");
+    &plan.unplaced[0].reason
+}
+
+#[test]
+fn a_hundred_small_pods_get_one_node_with_every_fitting_type_cheapest_first() {
+    let plan = solve(&input(pods(100, "100m", "256Mi"), vec![pool("default", json!({}), GENERAL)]));
+    assert!(plan.unplaced.is_empty(), "{:?}", plan.unplaced);
+    assert_eq!(plan.claims.len(), 1, "{:#?}", plan.claims);
+    let claim = &plan.claims[0];
+    assert_eq!(claim.pods.len(), 100);
+    assert!(claim.instance_types.len() <= MAX_INSTANCE_TYPES);
+    assert!(claim.instance_types.windows(2).all(|w| w[0].price <= w[1].price), "cheapest first");
+    assert_eq!(claim.price, claim.instance_types[0].price);
+    let all = types(GENERAL);
+    for option in &claim.instance_types {
+        let it = all.iter().find(|t| t.name == option.name).expect("known type");
+        assert!(
+            it.allocatable().pods >= 100 && it.allocatable().memory >= 100 * 256 * 1024 * 1024,
+            "{} fits",
+            option.name
+        );
+    }
+}
+
+#[test]
+fn existing_nodes_are_filled_before_new_claims() {
+    let mut batch = input(pods(5, "1", "1Gi"), vec![pool("default", json!({}), GENERAL)]);
+    batch.nodes.push(ExistingNode {
+        name: "node-a".into(),
+        requirements: Requirements::from_labels(
+            &[(ARCH.to_string(), "amd64".to_string())].into_iter().collect::<BTreeMap<_, _>>(),
+        ),
+        taints: vec![],
+        available: Resources::zero().with("cpu", 3500).with("memory", 8 << 30).with("pods", 20),
+        initialized: true,
+    });
+    let plan = solve(&batch);
+    assert_eq!(plan.placements.len(), 3);
+    assert!(plan.placements.iter().all(|p| p.node == "node-a"));
+    assert_eq!(plan.claims.iter().map(|c| c.pods.len()).sum::<usize>(), 2);
+}
+
+#[test]
+fn an_in_flight_claim_takes_only_pods_it_is_sure_to_satisfy() {
+    let mut batch = input(
+        vec![
+            pod("anywhere", "1", "1Gi", json!({})),
+            pod("zone-a", "1", "1Gi", json!({"nodeSelector": {ZONE: "us-east-1a"}})),
+        ],
+        vec![pool("default", json!({}), GENERAL)],
+    );
+    let mut reqs = Requirements::new();
+    reqs.add(Requirement::one_of(ZONE, ["us-east-1a".to_string(), "us-east-1b".to_string()]));
+    batch.nodes.push(ExistingNode {
+        name: "default-xyz".into(),
+        requirements: reqs,
+        taints: vec![],
+        available: Resources::zero().with("cpu", 4000).with("memory", 8 << 30).with("pods", 20),
+        initialized: false,
+    });
+    let plan = solve(&batch);
+    assert_eq!(plan.placements, vec![Placement { pod: "default/anywhere".into(), node: "default-xyz".into() }]);
+    assert_eq!(plan.claims.len(), 1);
+    assert_eq!(claim_requirement(&plan.claims[0], ZONE)[0].values, vec!["us-east-1a".to_string()]);
+}
+
+#[test]
+fn a_pod_selecting_another_architecture_is_refused_with_the_pool_requirement() {
+    let amd = pool("default", json!({"requirements": [{"key": ARCH, "operator": "In", "values": ["amd64"]}]}), GENERAL);
+    let plan = solve(&input(vec![pod("arm", "1", "1Gi", json!({"nodeSelector": {ARCH: "arm64"}}))], vec![amd]));
+    assert_eq!(only_reason(&plan), "NodePool default requires kubernetes.io/arch In [amd64], pod selects arm64");
+}
+
+#[test]
+fn a_label_the_pool_does_not_set_is_named() {
+    let plan = solve(&input(
+        vec![pod("p", "1", "1Gi", json!({"nodeSelector": {"team": "a"}}))],
+        vec![pool("default", json!({}), GENERAL)],
+    ));
+    assert_eq!(only_reason(&plan), "NodePool default does not set label team, pod selects a");
+    let labelled = pool("default", json!({"labels": {"team": "a"}}), GENERAL);
+    let plan = solve(&input(vec![pod("p", "1", "1Gi", json!({"nodeSelector": {"team": "a"}}))], vec![labelled]));
+    assert!(plan.unplaced.is_empty());
+}
+
+#[test]
+fn untolerated_taints_refuse_the_pool_and_tolerations_admit_it() {
+    let gpu =
+        || pool("gpu", json!({"taints": [{"key": "dedicated", "value": "gpu", "effect": "NoSchedule"}]}), GENERAL);
+    let plan = solve(&input(vec![pod("p", "1", "1Gi", json!({}))], vec![gpu()]));
+    assert_eq!(only_reason(&plan), "no NodePool tolerates taint dedicated=gpu:NoSchedule");
+    let tolerant = pod(
+        "p",
+        "1",
+        "1Gi",
+        json!({"tolerations": [{"key": "dedicated", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"}]}),
+    );
+    let plan = solve(&input(vec![tolerant], vec![gpu()]));
+    assert!(plan.unplaced.is_empty() && plan.claims.len() == 1);
+}
+
+#[test]
+fn startup_taints_need_no_toleration() {
+    let pool = pool(
+        "default",
+        json!({"startupTaints": [{"key": "node.cilium.io/agent-not-ready", "effect": "NoExecute"}]}),
+        GENERAL,
+    );
+    let plan = solve(&input(vec![pod("p", "1", "1Gi", json!({}))], vec![pool]));
+    assert!(plan.unplaced.is_empty());
+}
+
+#[test]
+fn gpu_requests_larger_than_any_type_are_named() {
+    let gpu_pod = |n: &str| {
+        pod("train", "1", "4Gi", json!({"containers": [{"name": "t", "resources": {"limits": {"nvidia.com/gpu": n}}}]}))
+    };
+    let small = || pool("default", json!({}), &["g4dn.xlarge", "g4dn.2xlarge", "m5.large"]);
+    let plan = solve(&input(vec![gpu_pod("3")], vec![small()]));
+    assert_eq!(only_reason(&plan), "no instance type has 3 nvidia.com/gpu");
+    let plan = solve(&input(vec![gpu_pod("3")], vec![pool("default", json!({}), &["g4dn.xlarge", "g4dn.12xlarge"])]));
+    assert_eq!(plan.claims[0].instance_types.iter().map(|o| o.name.as_str()).collect::<Vec<_>>(), ["g4dn.12xlarge"]);
+}
+
+#[test]
+fn limits_are_never_exceeded_and_the_limit_is_named() {
+    let limited = pool("default", json!({"limits": {"cpu": "4"}}), GENERAL);
+    let plan = solve(&input(vec![pod("a", "3", "1Gi", json!({})), pod("b", "3", "1Gi", json!({}))], vec![limited]));
+    assert_eq!(plan.claims.len(), 1);
+    assert_eq!(only_reason(&plan), "NodePool default would exceed its cpu limit (4)");
+    let all = types(GENERAL);
+    for option in &plan.claims[0].instance_types {
+        let it = all.iter().find(|t| t.name == option.name).unwrap();
+        assert!(it.capacity.cpu <= 4000, "{} stays within the limit", it.name);
+    }
+}
+
+#[test]
+fn heavier_pools_are_tried_first() {
+    let cheap = pool(
+        "cheap",
+        json!({"weight": 10, "requirements": [{"key": CAPACITY_TYPE, "operator": "In", "values": ["spot"]}]}),
+        GENERAL,
+    );
+    let reserved = pool(
+        "preferred",
+        json!({"weight": 50, "requirements": [{"key": CAPACITY_TYPE, "operator": "In", "values": ["on-demand"]}]}),
+        GENERAL,
+    );
+    let plan = solve(&input(vec![pod("p", "1", "1Gi", json!({}))], vec![cheap, reserved]));
+    assert_eq!(plan.claims[0].node_pool, "preferred");
+}
+
+#[test]
+fn preferred_node_affinity_is_honoured_when_possible_and_relaxed_when_not() {
+    let prefer_b = json!({"affinity": {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+        {"weight": 10, "preference": {"matchExpressions": [{"key": ZONE, "operator": "In", "values": ["us-east-1b"]}]}}
+    ]}}});
+    let plan = solve(&input(vec![pod("p", "1", "1Gi", prefer_b.clone())], vec![pool("default", json!({}), GENERAL)]));
+    assert_eq!(claim_requirement(&plan.claims[0], ZONE)[0].values, vec!["us-east-1b".to_string()]);
+
+    let zone_a =
+        pool("default", json!({"requirements": [{"key": ZONE, "operator": "In", "values": ["us-east-1a"]}]}), GENERAL);
+    let plan = solve(&input(vec![pod("p", "1", "1Gi", prefer_b)], vec![zone_a]));
+    assert!(plan.unplaced.is_empty(), "the preference is dropped: {:?}", plan.unplaced);
+    assert_eq!(claim_requirement(&plan.claims[0], ZONE)[0].values, vec!["us-east-1a".to_string()]);
+}
+
+#[test]
+fn required_node_affinity_terms_are_alternatives() {
+    let terms = json!({"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+        {"matchExpressions": [{"key": ARCH, "operator": "In", "values": ["s390x"]}]},
+        {"matchExpressions": [{"key": ARCH, "operator": "In", "values": ["arm64"]}]}
+    ]}}}});
+    let plan = solve(&input(vec![pod("p", "1", "1Gi", terms)], vec![pool("default", json!({}), GENERAL)]));
+    assert!(plan.unplaced.is_empty());
+    assert!(
+        plan.claims[0].instance_types.iter().all(|o| o.name.starts_with("m6g")),
+        "{:?}",
+        plan.claims[0].instance_types
+    );
+}
+
+#[test]
+fn prefer_no_schedule_taints_are_tolerated_only_after_relaxing() {
+    let soft = pool("soft", json!({"taints": [{"key": "spot", "effect": "PreferNoSchedule"}]}), GENERAL);
+    let plan = solve(&input(vec![pod("p", "1", "1Gi", json!({}))], vec![soft]));
+    assert!(plan.unplaced.is_empty());
+    assert_eq!(plan.claims[0].node_pool, "soft");
+}
+
+#[test]
+fn daemonset_overhead_is_added_to_new_nodes_that_admit_the_daemonset() {
+    let ds = |selector: Value| -> PodSpec {
+        serde_json::from_value(json!({"containers": [{"name": "d", "resources": {"requests": {"cpu": "500m", "memory": "512Mi"}}}], "nodeSelector": selector})).unwrap()
+    };
+    let mut batch = input(
+        vec![pod("p", "1", "1Gi", json!({}))],
+        vec![pool("default", json!({"requirements": [{"key": ARCH, "operator": "In", "values": ["amd64"]}]}), GENERAL)],
+    );
+    batch.daemonsets = vec![ds(json!({})), ds(json!({ARCH: "arm64"}))];
+    let plan = solve(&batch);
+    assert_eq!(plan.claims[0].requests["cpu"], "1500m", "only the DaemonSet that lands on amd64 counts");
+    assert_eq!(plan.claims[0].requests["pods"], "2");
+}
+
+#[test]
+fn min_values_keep_enough_families_or_are_named() {
+    let flexible = pool(
+        "default",
+        json!({"requirements": [{"key": INSTANCE_FAMILY, "operator": "Exists", "minValues": 3}]}),
+        GENERAL,
+    );
+    let plan = solve(&input(vec![pod("p", "1", "1Gi", json!({}))], vec![flexible]));
+    let families: BTreeSet<&str> =
+        plan.claims[0].instance_types.iter().map(|o| o.name.split('.').next().unwrap_or_default()).collect();
+    assert!(families.len() >= 3, "{families:?}");
+    assert_eq!(claim_requirement(&plan.claims[0], INSTANCE_FAMILY)[0].min_values, Some(3));
+
+    let strict = pool(
+        "default",
+        json!({"requirements": [{"key": INSTANCE_FAMILY, "operator": "Exists", "minValues": 9}]}),
+        GENERAL,
+    );
+    let plan = solve(&input(vec![pod("p", "1", "1Gi", json!({}))], vec![strict]));
+    assert_eq!(
+        only_reason(&plan),
+        "NodePool default: karpenter.k8s.aws/instance-family needs minValues 9, only 4 value(s) fit"
+    );
+}
+
+#[test]
+fn unreadable_pods_and_missing_pools_are_reported() {
+    let plan = solve(&input(vec![pod("bad", "1", "lots", json!({}))], vec![pool("default", json!({}), GENERAL)]));
+    assert!(only_reason(&plan).starts_with("pod cannot be read: resource memory:"), "{}", only_reason(&plan));
+    let plan = solve(&input(vec![pod("p", "1", "1Gi", json!({}))], vec![]));
+    assert_eq!(only_reason(&plan), "no NodePool exists");
+}
+
+#[test]
+fn the_same_input_gives_a_byte_identical_plan() {
+    let mut batch_pods = pods(40, "300m", "700Mi");
+    batch_pods.extend(pods(7, "2", "3Gi").into_iter().enumerate().map(|(i, mut p)| {
+        p.metadata.name = Some(format!("big-{i}"));
+        p
+    }));
+    let batch = input(batch_pods, vec![pool("a", json!({}), GENERAL), pool("b", json!({"weight": 5}), GENERAL)]);
+    let first = serde_json::to_string(&solve(&batch)).unwrap();
+    let second = serde_json::to_string(&solve(&batch)).unwrap();
+    assert_eq!(first, second);
+}
