@@ -8,3 +8,4 @@ pub mod requirements;
 pub mod resources;
 pub mod solver;
 pub mod taints;
+pub mod topology;

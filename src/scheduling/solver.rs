@@ -38,13 +38,13 @@
 //! relaxed per pod, so a pod relaxed early does not come back when later pods open capacity that
 //! would have satisfied its preference.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use k8s_openapi::api::core::v1::{Pod, PodSpec, Toleration};
 use serde::Serialize;
 
 use crate::api::NodePool;
-use crate::api::labels::{INSTANCE_TYPE, WELL_KNOWN_LABELS};
+use crate::api::labels::{HOSTNAME, INSTANCE_TYPE, WELL_KNOWN_LABELS};
 use crate::api::nodeclaim::{NodeSelectorRequirementWithMinValues, Taint};
 
 use super::instance_types::InstanceType;
@@ -53,6 +53,7 @@ use super::requirements::{
 };
 use super::resources::{CPU, MEMORY, PODS, ResourceError, Resources, pod_requests};
 use super::taints::{Display as TaintDisplay, first_untolerated};
+use super::topology::{AffinityTerm, Counts, PodTopology, Spread, Target, is_hostname};
 
 /// Most instance types a new NodeClaim lists.
 pub const MAX_INSTANCE_TYPES: usize = 60;
@@ -172,6 +173,8 @@ pub struct SchedulingInput {
     pub nodes: Vec<ExistingNode>,
     /// Pod specs of the DaemonSets, whose pods land on every new node that admits them.
     pub daemonsets: Vec<PodSpec>,
+    /// Pods already running on `nodes` (by `spec.nodeName`), counted by topology constraints.
+    pub bound_pods: Vec<Pod>,
 }
 
 /// One instance type a new claim may launch as.
@@ -250,6 +253,8 @@ pub struct PodInfo<'a> {
     pub preferred: Vec<Requirements>,
     /// Its tolerations.
     pub tolerations: &'a [Toleration],
+    /// Its spread constraints and pod (anti-)affinity.
+    pub topology: PodTopology,
 }
 
 /// Why a pod's spec cannot be read.
@@ -276,6 +281,7 @@ impl<'a> PodInfo<'a> {
             required: pod_required_terms(spec)?,
             preferred: pod_preferred_terms(spec)?.into_iter().map(|(_, r)| r).collect(),
             tolerations: spec.tolerations.as_deref().unwrap_or_default(),
+            topology: PodTopology::new(pod, spec),
         })
     }
 }
@@ -300,10 +306,20 @@ fn defined_by_cloud(key: &str) -> bool {
 struct Attempt {
     /// Index of the required term in use.
     term: usize,
-    /// How many of the heaviest preferred terms have been dropped.
+    /// How many preferred pod-affinity terms have been dropped (heaviest first).
+    dropped_affinity: usize,
+    /// How many preferred pod-anti-affinity terms have been dropped (heaviest first).
+    dropped_anti_affinity: usize,
+    /// How many of the heaviest preferred node-affinity terms have been dropped.
     dropped_preferences: usize,
+    /// How many `ScheduleAnyway` spread constraints have been dropped.
+    dropped_spreads: usize,
     /// Whether `PreferNoSchedule` taints are tolerated.
     tolerate_prefer_no_schedule: bool,
+}
+
+fn preferred_terms(pod: &PodInfo<'_>, anti: bool) -> usize {
+    pod.topology.terms.iter().filter(|t| t.anti == anti && !t.required).count()
 }
 
 impl Attempt {
@@ -311,8 +327,14 @@ impl Attempt {
     fn relax(&mut self, pod: &PodInfo<'_>) -> bool {
         if self.term + 1 < pod.required.len() {
             self.term += 1;
+        } else if self.dropped_affinity < preferred_terms(pod, false) {
+            self.dropped_affinity += 1;
+        } else if self.dropped_anti_affinity < preferred_terms(pod, true) {
+            self.dropped_anti_affinity += 1;
         } else if self.dropped_preferences < pod.preferred.len() {
             self.dropped_preferences += 1;
+        } else if self.dropped_spreads < pod.topology.spreads.iter().filter(|s| !s.required).count() {
+            self.dropped_spreads += 1;
         } else if !self.tolerate_prefer_no_schedule {
             self.tolerate_prefer_no_schedule = true;
         } else {
@@ -328,6 +350,43 @@ impl Attempt {
             reqs.add_all(preferred);
         }
         reqs
+    }
+
+    /// The spread constraints in force at this step.
+    fn spreads<'p>(&self, pod: &'p PodInfo<'_>) -> Vec<&'p Spread> {
+        let mut anyway = 0;
+        pod.topology
+            .spreads
+            .iter()
+            .filter(|s| {
+                if s.required {
+                    return true;
+                }
+                anyway += 1;
+                anyway > self.dropped_spreads
+            })
+            .collect()
+    }
+
+    /// The pod (anti-)affinity terms in force at this step.
+    fn terms<'p>(&self, pod: &'p PodInfo<'_>) -> Vec<&'p AffinityTerm> {
+        let (mut affinity, mut anti) = (0, 0);
+        pod.topology
+            .terms
+            .iter()
+            .filter(|t| {
+                if t.required {
+                    return true;
+                }
+                let (seen, dropped) = if t.anti {
+                    (&mut anti, self.dropped_anti_affinity)
+                } else {
+                    (&mut affinity, self.dropped_affinity)
+                };
+                *seen += 1;
+                *seen > dropped
+            })
+            .collect()
     }
 }
 
@@ -432,6 +491,30 @@ struct Solver<'a> {
     nodes: Vec<ExistingNode>,
     claims: Vec<Claim>,
     placements: Vec<Placement>,
+    counts: Counts,
+    /// Per pool and label key, the values its instance types can give that label.
+    type_values: HashMap<(usize, String), BTreeSet<String>>,
+}
+
+/// The domain of a target in a topology key, when it is known.
+fn domain_of(nodes: &[ExistingNode], claims: &[Claim], target: Target, key: &str) -> Option<String> {
+    match target {
+        Target::Node(i) if is_hostname(key) => Some(nodes[i].name.clone()),
+        Target::Node(i) => nodes[i].requirements.get(key).and_then(|r| r.single_value()).map(String::from),
+        // New claims have no name yet; this cannot collide with a node name.
+        Target::Claim(j) if is_hostname(key) => Some(format!("<new claim {j}>")),
+        Target::Claim(j) => claims[j].requirements.get(key).and_then(|r| r.single_value()).map(String::from),
+    }
+}
+
+/// The constraints of one attempt.
+struct Constraints<'p> {
+    reqs: Requirements,
+    strict: bool,
+    spreads: Vec<&'p Spread>,
+    terms: Vec<&'p AffinityTerm>,
+    /// Whether any constraint is per node (so every target must be checked).
+    per_host: bool,
 }
 
 impl<'a> Solver<'a> {
@@ -454,13 +537,198 @@ impl<'a> Solver<'a> {
         let mut nodes = input.nodes.clone();
         // Initialised nodes first, then in-flight claims; by name within each.
         nodes.sort_by(|a, b| b.initialized.cmp(&a.initialized).then_with(|| a.name.cmp(&b.name)));
-        Self { pools, pool_order, nodes, claims: Vec::new(), placements: Vec::new() }
+        let mut counts = Counts::default();
+        for pod in &input.bound_pods {
+            let (Some(spec), Some(node)) = (pod.spec.as_ref(), pod.spec.as_ref().and_then(|s| s.node_name.as_ref()))
+            else {
+                continue;
+            };
+            if let Some(i) = nodes.iter().position(|n| &n.name == node) {
+                counts.record(&PodTopology::new(pod, spec), Target::Node(i), |t, k| domain_of(&nodes, &[], t, k));
+            }
+        }
+        Self {
+            pools,
+            pool_order,
+            nodes,
+            claims: Vec::new(),
+            placements: Vec::new(),
+            counts,
+            type_values: HashMap::new(),
+        }
     }
 
-    fn try_existing(&mut self, pod: &PodInfo<'_>, reqs: &Requirements, strict: bool) -> bool {
-        for node in &mut self.nodes {
+    /// Whether per-node constraints let the pod onto `target`.
+    fn host_allows(&mut self, pod: &PodInfo<'_>, c: &Constraints<'_>, target: Target) -> bool {
+        if !c.per_host {
+            return true;
+        }
+        let (nodes, claims) = (&self.nodes, &self.claims);
+        let domain = |t: Target, k: &str| domain_of(nodes, claims, t, k);
+        let Some(here) = domain(target, HOSTNAME) else { return false };
+        for spread in c.spreads.iter().filter(|s| is_hostname(&s.selection.key)) {
+            // A new node is always possible, so the smallest count is 0.
+            let count = self.counts.counts(&spread.selection, domain).get(&here).copied().unwrap_or(0);
+            if count + 1 > spread.max_skew {
+                return false;
+            }
+        }
+        for term in c.terms.iter().filter(|t| is_hostname(&t.selection.key)) {
+            let counts = self.counts.counts(&term.selection, domain);
+            let here_count = counts.get(&here).copied().unwrap_or(0);
+            if term.anti {
+                if here_count > 0 {
+                    return false;
+                }
+            } else if here_count == 0 {
+                // The first of a self-affine group may start anywhere.
+                let none_anywhere = counts.values().all(|n| *n == 0);
+                if !(none_anywhere && term.selection.selects(&pod.topology.namespace, &pod.topology.labels)) {
+                    return false;
+                }
+            }
+        }
+        !self.counts.is_repelled(&pod.topology, HOSTNAME, &here)
+    }
+
+    /// The values of `key` a new node for this pod could have, across pools and existing nodes.
+    fn universe(
+        &mut self,
+        pod: &PodInfo<'_>,
+        c: &Constraints<'_>,
+        key: &str,
+        honor_affinity: bool,
+        honor_taints: bool,
+    ) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        let pod_req = if honor_affinity { c.reqs.get(key).cloned() } else { None };
+        for p in 0..self.pools.len() {
+            let pool = self.pools[p].input;
+            if honor_taints && first_untolerated(pod.tolerations, &pool.taints, c.strict).is_some() {
+                continue;
+            }
+            let values = self.type_values.entry((p, key.to_string())).or_insert_with(|| {
+                let mut values = BTreeSet::new();
+                for it in &pool.instance_types {
+                    if let Some(finite) = it.requirements.get(key).and_then(|r| r.finite_values()) {
+                        values.extend(finite.iter().cloned());
+                    }
+                }
+                if let Some(finite) = pool.requirements.get(key).and_then(|r| r.finite_values()) {
+                    values.extend(finite.iter().cloned());
+                }
+                values
+            });
+            let pool_req = pool.requirements.get(key);
+            out.extend(
+                values
+                    .iter()
+                    .filter(|v| pool_req.is_none_or(|r| r.allows(Some(v))))
+                    .filter(|v| pod_req.as_ref().is_none_or(|r| r.allows(Some(v))))
+                    .cloned(),
+            );
+        }
+        for node in &self.nodes {
+            if let Some(v) = node.requirements.get(key).and_then(|r| r.single_value())
+                && pod_req.as_ref().is_none_or(|r| r.allows(Some(v)))
+            {
+                out.insert(v.to_string());
+            }
+        }
+        out
+    }
+
+    /// For constraints on keys other than the hostname, the domain choices in order of preference
+    /// (fewest matching pods first), as extra requirements; or the reason there are none.
+    fn domain_choices(&mut self, pod: &PodInfo<'_>, c: &Constraints<'_>) -> Result<Vec<Requirements>, String> {
+        let mut keys: Vec<&str> = c
+            .spreads
+            .iter()
+            .map(|s| s.selection.key.as_str())
+            .chain(c.terms.iter().map(|t| t.selection.key.as_str()))
+            .filter(|k| !is_hostname(k))
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let mut per_key: Vec<(String, Vec<String>)> = Vec::new();
+        for key in keys {
+            let universe = self.universe(pod, c, key, true, false);
+            let mut allowed = universe.clone();
+            let mut load: BTreeMap<String, u32> = BTreeMap::new();
+            for spread in c.spreads.iter().filter(|s| s.selection.key == key) {
+                let eligible = if spread.honor_node_affinity && !spread.honor_taints {
+                    universe.clone()
+                } else {
+                    self.universe(pod, c, key, spread.honor_node_affinity, spread.honor_taints)
+                };
+                let (nodes, claims) = (&self.nodes, &self.claims);
+                let counts = self.counts.counts(&spread.selection, |t, k| domain_of(nodes, claims, t, k));
+                let count = |d: &String| counts.get(d).copied().unwrap_or(0);
+                let few = spread.min_domains.is_some_and(|m| (eligible.len() as u32) < m);
+                let min = if few { 0 } else { eligible.iter().map(count).min().unwrap_or(0) };
+                allowed.retain(|d| count(d) < min + spread.max_skew);
+                for d in &universe {
+                    *load.entry(d.clone()).or_default() += count(d);
+                }
+                if allowed.is_empty() {
+                    return Err(format!("topology spread on {key} with maxSkew {} admits no domain", spread.max_skew));
+                }
+            }
+            let (nodes, claims) = (&self.nodes, &self.claims);
+            let domain = |t: Target, k: &str| domain_of(nodes, claims, t, k);
+            for term in c.terms.iter().filter(|t| t.selection.key == key) {
+                let counts = self.counts.counts(&term.selection, domain);
+                let occupied: BTreeSet<String> =
+                    counts.iter().filter(|(_, n)| **n > 0).map(|(d, _)| d.clone()).collect();
+                if term.anti {
+                    allowed.retain(|d| !occupied.contains(d));
+                    if allowed.is_empty() {
+                        return Err(format!("pod anti-affinity on {key} excludes every domain"));
+                    }
+                } else if occupied.is_empty() {
+                    if !term.selection.selects(&pod.topology.namespace, &pod.topology.labels) {
+                        return Err(format!("pod affinity on {key}: no pod matches the selector"));
+                    }
+                } else {
+                    allowed.retain(|d| occupied.contains(d));
+                    if allowed.is_empty() {
+                        return Err(format!(
+                            "pod affinity on {key}: the domains of the matching pods are not available"
+                        ));
+                    }
+                }
+            }
+            let repelled = self.counts.repelled(&pod.topology, key);
+            allowed.retain(|d| !repelled.contains(d));
+            if allowed.is_empty() {
+                return Err(format!("the anti-affinity of running pods excludes every {key} domain"));
+            }
+            let mut ordered: Vec<String> = allowed.into_iter().collect();
+            ordered.sort_by_key(|d| (load.get(d).copied().unwrap_or(0), d.clone()));
+            per_key.push((key.to_string(), ordered));
+        }
+        // Every combination of one domain per key, best first, at most 64.
+        let mut choices = vec![Requirements::new()];
+        for (key, values) in per_key {
+            let mut next = Vec::new();
+            for base in &choices {
+                for v in &values {
+                    let mut r = base.clone();
+                    r.add(Requirement::single(key.clone(), v.clone()));
+                    next.push(r);
+                }
+            }
+            next.truncate(64);
+            choices = next;
+        }
+        Ok(choices)
+    }
+
+    fn try_existing(&mut self, pod: &PodInfo<'_>, reqs: &Requirements, c: &Constraints<'_>) -> Option<Target> {
+        for i in 0..self.nodes.len() {
+            let node = &self.nodes[i];
             if !pod.requests.fits_in(&node.available)
-                || first_untolerated(pod.tolerations, &node.taints, strict).is_some()
+                || first_untolerated(pod.tolerations, &node.taints, c.strict).is_some()
             {
                 continue;
             }
@@ -469,21 +737,23 @@ impl<'a> Solver<'a> {
                 Some(n) => r.contains(n),
                 None => r.allows_absent(),
             });
-            if guaranteed {
+            if guaranteed && self.host_allows(pod, c, Target::Node(i)) {
+                let node = &mut self.nodes[i];
                 node.available.sub(&pod.requests);
                 self.placements.push(Placement { pod: pod.key.clone(), node: node.name.clone() });
-                return true;
+                return Some(Target::Node(i));
             }
         }
-        false
+        None
     }
 
-    fn try_open_claims(&mut self, pod: &PodInfo<'_>, reqs: &Requirements, strict: bool) -> bool {
-        for claim in &mut self.claims {
+    fn try_open_claims(&mut self, pod: &PodInfo<'_>, reqs: &Requirements, c: &Constraints<'_>) -> Option<Target> {
+        for j in 0..self.claims.len() {
+            let claim = &self.claims[j];
             let pool = &self.pools[claim.pool];
             if claim.largest.0 < claim.requests.cpu + pod.requests.cpu
                 || claim.largest.1 < claim.requests.memory + pod.requests.memory
-                || first_untolerated(pod.tolerations, &pool.input.taints, strict).is_some()
+                || first_untolerated(pod.tolerations, &pool.input.taints, c.strict).is_some()
                 || reqs.compatible_with(&claim.requirements, defined_by_cloud).is_err()
             {
                 continue;
@@ -502,26 +772,36 @@ impl<'a> Solver<'a> {
                 continue;
             }
             let chosen: Vec<&InstanceType> = types.iter().map(|&i| &pool.input.instance_types[i]).collect();
-            if min_values_error(&chosen, &merged).is_some() {
+            if min_values_error(&chosen, &merged).is_some() || !self.host_allows(pod, c, Target::Claim(j)) {
                 continue;
             }
-            claim.largest = largest(pool, &types);
+            let largest = largest(&self.pools[self.claims[j].pool], &types);
+            let claim = &mut self.claims[j];
+            claim.largest = largest;
             claim.types = types;
             claim.requirements = merged;
             claim.requests = requests;
             claim.pods.push(pod.key.clone());
-            return true;
+            return Some(Target::Claim(j));
         }
-        false
+        None
     }
 
     /// Opens a claim in the first pool that admits the pod, or says why none does.
-    fn try_new_claim(&mut self, pod: &PodInfo<'_>, reqs: &Requirements, strict: bool) -> Result<(), String> {
+    fn try_new_claim(&mut self, pod: &PodInfo<'_>, reqs: &Requirements, c: &Constraints<'_>) -> Result<Target, String> {
+        let target = Target::Claim(self.claims.len());
+        if c.per_host && !self.host_allows(pod, c, target) {
+            let term = c.terms.iter().find(|t| !t.anti && is_hostname(&t.selection.key));
+            return Err(match term {
+                Some(_) => format!("pod affinity on {HOSTNAME}: the nodes of the matching pods have no room"),
+                None => format!("pod constraints on {HOSTNAME} admit no new node"),
+            });
+        }
         let mut reasons = Vec::new();
         for &p in &self.pool_order {
             let pool = &self.pools[p];
             let name = &pool.input.name;
-            if let Some(taint) = first_untolerated(pod.tolerations, &pool.input.taints, strict) {
+            if let Some(taint) = first_untolerated(pod.tolerations, &pool.input.taints, c.strict) {
                 let taint = TaintDisplay(taint).to_string();
                 reasons
                     .push((format!("NodePool {name} has taint {taint}, which the pod does not tolerate"), Some(taint)));
@@ -601,7 +881,7 @@ impl<'a> Solver<'a> {
                 largest,
                 pods: vec![pod.key.clone()],
             });
-            return Ok(());
+            return Ok(target);
         }
         Err(combine_reasons(reasons))
     }
@@ -609,13 +889,40 @@ impl<'a> Solver<'a> {
     fn place(&mut self, pod: &PodInfo<'_>) -> Result<(), String> {
         let mut attempt = Attempt::default();
         loop {
-            let reqs = attempt.requirements(pod);
-            let strict = !attempt.tolerate_prefer_no_schedule;
-            if self.try_existing(pod, &reqs, strict) || self.try_open_claims(pod, &reqs, strict) {
-                return Ok(());
-            }
-            match self.try_new_claim(pod, &reqs, strict) {
-                Ok(()) => return Ok(()),
+            let spreads = attempt.spreads(pod);
+            let terms = attempt.terms(pod);
+            let per_host = spreads.iter().any(|s| is_hostname(&s.selection.key))
+                || terms.iter().any(|t| is_hostname(&t.selection.key))
+                || self.counts.is_repelled_anywhere(&pod.topology, HOSTNAME);
+            let c = Constraints {
+                reqs: attempt.requirements(pod),
+                strict: !attempt.tolerate_prefer_no_schedule,
+                spreads,
+                terms,
+                per_host,
+            };
+            let outcome = self.domain_choices(pod, &c).and_then(|choices| {
+                let mut last = Err("no domain to try".to_string());
+                for choice in choices {
+                    let reqs = c.reqs.intersect(&choice);
+                    if let Some(target) =
+                        self.try_existing(pod, &reqs, &c).or_else(|| self.try_open_claims(pod, &reqs, &c))
+                    {
+                        return Ok(target);
+                    }
+                    last = self.try_new_claim(pod, &reqs, &c);
+                    if last.is_ok() {
+                        return last;
+                    }
+                }
+                last
+            });
+            match outcome {
+                Ok(target) => {
+                    let (nodes, claims) = (&self.nodes, &self.claims);
+                    self.counts.record(&pod.topology, target, |t, k| domain_of(nodes, claims, t, k));
+                    return Ok(());
+                }
                 Err(reason) if !attempt.relax(pod) => return Err(reason),
                 Err(_) => {}
             }

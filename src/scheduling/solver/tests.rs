@@ -340,3 +340,137 @@ fn the_same_input_gives_a_byte_identical_plan() {
     let second = serde_json::to_string(&solve(&batch)).unwrap();
     assert_eq!(first, second);
 }
+
+fn labelled(name: &str, cpu: &str, app: &str, extra: Value) -> Pod {
+    let mut p = pod(name, cpu, "1Gi", extra);
+    p.metadata.labels = Some([("app".to_string(), app.to_string())].into());
+    p
+}
+
+fn zone_of(claim: &NewClaim) -> String {
+    let zone = claim_requirement(claim, ZONE);
+    assert_eq!(zone.len(), 1, "{:?}", claim.requirements);
+    assert_eq!(zone[0].values.len(), 1, "pinned to one zone: {:?}", zone[0]);
+    zone[0].values[0].clone()
+}
+
+const THREE_ZONES: &str = r#"{"requirements": [{"key": "topology.kubernetes.io/zone", "operator": "In", "values": ["us-east-1a", "us-east-1b", "us-east-1c"]}]}"#;
+
+fn three_zone_pool() -> PoolInput {
+    pool("default", serde_json::from_str(THREE_ZONES).unwrap(), GENERAL)
+}
+
+fn zone_spread(skew: i32, when: &str) -> Value {
+    json!({"topologySpreadConstraints": [{"maxSkew": skew, "topologyKey": ZONE, "whenUnsatisfiable": when, "labelSelector": {"matchLabels": {"app": "web"}}}]})
+}
+
+#[test]
+fn zone_spread_puts_pods_evenly_across_zones() {
+    let pods: Vec<Pod> =
+        (0..6).map(|i| labelled(&format!("web-{i}"), "1", "web", zone_spread(1, "DoNotSchedule"))).collect();
+    let plan = solve(&input(pods, vec![three_zone_pool()]));
+    assert!(plan.unplaced.is_empty(), "{:?}", plan.unplaced);
+    let mut per_zone: BTreeMap<String, usize> = BTreeMap::new();
+    for claim in &plan.claims {
+        *per_zone.entry(zone_of(claim)).or_default() += claim.pods.len();
+    }
+    assert_eq!(per_zone.values().copied().collect::<Vec<_>>(), [2, 2, 2], "{per_zone:?}");
+}
+
+#[test]
+fn zone_spread_counts_pods_already_running() {
+    let mut batch = input(
+        (0..2).map(|i| labelled(&format!("web-{i}"), "1", "web", zone_spread(1, "DoNotSchedule"))).collect(),
+        vec![three_zone_pool()],
+    );
+    batch.nodes.push(ExistingNode {
+        name: "full-a".into(),
+        requirements: Requirements::from_labels(
+            &[(ZONE.to_string(), "us-east-1a".to_string())].into_iter().collect::<BTreeMap<_, _>>(),
+        ),
+        taints: vec![],
+        available: Resources::zero(),
+        initialized: true,
+    });
+    let mut running = labelled("web-running", "1", "web", json!({}));
+    running.spec.as_mut().unwrap().node_name = Some("full-a".into());
+    batch.bound_pods.push(running);
+    let plan = solve(&batch);
+    let zones: BTreeSet<String> = plan.claims.iter().map(zone_of).collect();
+    assert_eq!(zones, ["us-east-1b".to_string(), "us-east-1c".to_string()].into());
+}
+
+#[test]
+fn hostname_spread_and_self_anti_affinity_put_one_pod_per_node() {
+    let spread = json!({"topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "DoNotSchedule", "labelSelector": {"matchLabels": {"app": "web"}}}]});
+    let plan = solve(&input(
+        (0..4).map(|i| labelled(&format!("s-{i}"), "100m", "web", spread.clone())).collect(),
+        vec![three_zone_pool()],
+    ));
+    assert_eq!(plan.claims.len(), 4, "{:?}", plan.claims.iter().map(|c| c.pods.clone()).collect::<Vec<_>>());
+
+    let anti = json!({"affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+        {"topologyKey": "kubernetes.io/hostname", "labelSelector": {"matchLabels": {"app": "db"}}}
+    ]}}});
+    let mut pods: Vec<Pod> = (0..3).map(|i| labelled(&format!("db-{i}"), "100m", "db", anti.clone())).collect();
+    pods.extend((0..5).map(|i| labelled(&format!("other-{i}"), "100m", "other", json!({}))));
+    let plan = solve(&input(pods, vec![three_zone_pool()]));
+    assert!(plan.unplaced.is_empty());
+    for claim in &plan.claims {
+        let dbs = claim.pods.iter().filter(|p| p.contains("/db-")).count();
+        assert!(dbs <= 1, "{:?}", claim.pods);
+    }
+    assert_eq!(plan.claims.len(), 3, "other pods fill the db nodes");
+}
+
+#[test]
+fn zone_self_affinity_keeps_a_group_in_one_zone() {
+    let affinity = json!({"affinity": {"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+        {"topologyKey": ZONE, "labelSelector": {"matchLabels": {"app": "cache"}}}
+    ]}}});
+    let pods: Vec<Pod> = (0..10).map(|i| labelled(&format!("c-{i}"), "3", "cache", affinity.clone())).collect();
+    let plan = solve(&input(pods, vec![three_zone_pool()]));
+    assert!(plan.unplaced.is_empty(), "{:?}", plan.unplaced);
+    let zones: BTreeSet<String> = plan.claims.iter().map(zone_of).collect();
+    assert_eq!(zones.len(), 1, "{zones:?}");
+}
+
+#[test]
+fn affinity_to_absent_pods_and_exhausted_anti_affinity_are_named() {
+    let to_missing = json!({"affinity": {"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+        {"topologyKey": ZONE, "labelSelector": {"matchLabels": {"app": "missing"}}}
+    ]}}});
+    let plan = solve(&input(vec![labelled("p", "1", "web", to_missing)], vec![three_zone_pool()]));
+    assert_eq!(only_reason(&plan), "pod affinity on topology.kubernetes.io/zone: no pod matches the selector");
+
+    let anti_zone = |kind: &str| {
+        json!({"affinity": {"podAntiAffinity": {kind: [
+            {"topologyKey": ZONE, "labelSelector": {"matchLabels": {"app": "web"}}}
+        ]}}})
+    };
+    let pods: Vec<Pod> = (0..4)
+        .map(|i| labelled(&format!("w-{i}"), "1", "web", anti_zone("requiredDuringSchedulingIgnoredDuringExecution")))
+        .collect();
+    let plan = solve(&input(pods, vec![three_zone_pool()]));
+    assert_eq!(plan.claims.len(), 3);
+    assert_eq!(only_reason(&plan), "pod anti-affinity on topology.kubernetes.io/zone excludes every domain");
+
+    let preferred = json!({"affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+        {"weight": 100, "podAffinityTerm": {"topologyKey": ZONE, "labelSelector": {"matchLabels": {"app": "web"}}}}
+    ]}}});
+    let pods: Vec<Pod> = (0..4).map(|i| labelled(&format!("w-{i}"), "1", "web", preferred.clone())).collect();
+    let plan = solve(&input(pods, vec![three_zone_pool()]));
+    assert!(plan.unplaced.is_empty(), "a preference is relaxed: {:?}", plan.unplaced);
+}
+
+#[test]
+fn schedule_anyway_spread_is_relaxed_when_it_cannot_hold() {
+    // One zone only, and a spread over three: ScheduleAnyway yields, DoNotSchedule still places
+    // (the only eligible domain is the minimum).
+    let one_zone =
+        pool("default", json!({"requirements": [{"key": ZONE, "operator": "In", "values": ["us-east-1a"]}]}), GENERAL);
+    let pods: Vec<Pod> =
+        (0..3).map(|i| labelled(&format!("w-{i}"), "1", "web", zone_spread(1, "ScheduleAnyway"))).collect();
+    let plan = solve(&input(pods, vec![one_zone]));
+    assert!(plan.unplaced.is_empty(), "{:?}", plan.unplaced);
+}
