@@ -255,6 +255,9 @@ pub struct PodInfo<'a> {
     pub tolerations: &'a [Toleration],
     /// Its spread constraints and pod (anti-)affinity.
     pub topology: PodTopology,
+    /// Identical for pods the solver cannot tell apart (requests, requirements, tolerations,
+    /// namespace, labels and topology).
+    pub class: String,
 }
 
 /// Why a pod's spec cannot be read.
@@ -282,7 +285,19 @@ impl<'a> PodInfo<'a> {
             preferred: pod_preferred_terms(spec)?.into_iter().map(|(_, r)| r).collect(),
             tolerations: spec.tolerations.as_deref().unwrap_or_default(),
             topology: PodTopology::new(pod, spec),
-        })
+            class: String::new(),
+        }
+        .with_class())
+    }
+}
+
+impl PodInfo<'_> {
+    fn with_class(mut self) -> Self {
+        self.class = format!(
+            "{:?}|{:?}|{:?}|{:?}|{:?}",
+            self.requests, self.required, self.preferred, self.tolerations, self.topology
+        );
+        self
     }
 }
 
@@ -394,6 +409,8 @@ impl Attempt {
 struct Pool<'a> {
     input: &'a PoolInput,
     allocatable: Vec<Resources>,
+    /// Each type's cheapest available offering under the pool's requirements (infinite if none).
+    price: Vec<f64>,
     daemon_overhead: Resources,
     /// Capacity reserved by this solve's claims, per limited resource.
     committed: Resources,
@@ -408,7 +425,13 @@ struct Claim {
     types: Vec<usize>,
     /// The largest CPU and memory any remaining type leaves, for a quick rejection.
     largest: (i64, i64),
+    /// Price of the cheapest remaining type.
+    price: f64,
     pods: Vec<String>,
+}
+
+fn cheapest(pool: &Pool<'_>, types: &[usize]) -> f64 {
+    types.iter().map(|&i| pool.price[i]).fold(f64::INFINITY, f64::min)
 }
 
 fn largest(pool: &Pool<'_>, types: &[usize]) -> (i64, i64) {
@@ -494,6 +517,15 @@ struct Solver<'a> {
     counts: Counts,
     /// Per pool and label key, the values its instance types can give that label.
     type_values: HashMap<(usize, String), BTreeSet<String>>,
+    /// For each class of identical pods under identical constraints, the first open claim that
+    /// has not refused one of them. Claims only fill up and narrow, and topology counts only
+    /// grow, so a refusal stands (positive affinity by hostname excepted: those pods scan every
+    /// claim).
+    cursors: HashMap<String, usize>,
+    /// Per pod key and pool, the price of the cheapest type that holds the pod on its own.
+    alone: HashMap<(String, usize), f64>,
+    /// Per pool and requirement set, the instance types it admits.
+    admitted: HashMap<(usize, String), Vec<usize>>,
 }
 
 /// The domain of a target in a topology key, when it is known.
@@ -525,6 +557,11 @@ impl<'a> Solver<'a> {
             .map(|p| Pool {
                 input: p,
                 allocatable: p.instance_types.iter().map(InstanceType::allocatable).collect(),
+                price: p
+                    .instance_types
+                    .iter()
+                    .map(|t| t.cheapest_offering(&p.requirements).map_or(f64::INFINITY, |o| o.price))
+                    .collect(),
                 daemon_overhead: daemon_overhead(p, &input.daemonsets),
                 committed: Resources::zero(),
             })
@@ -555,6 +592,9 @@ impl<'a> Solver<'a> {
             placements: Vec::new(),
             counts,
             type_values: HashMap::new(),
+            cursors: HashMap::new(),
+            alone: HashMap::new(),
+            admitted: HashMap::new(),
         }
     }
 
@@ -747,44 +787,92 @@ impl<'a> Solver<'a> {
         None
     }
 
+    /// The price of the cheapest type of `pool` that holds the pod and the DaemonSets alone.
+    fn alone_price(&mut self, pod: &PodInfo<'_>, pool: usize) -> f64 {
+        let key = (pod.key.clone(), pool);
+        if let Some(price) = self.alone.get(&key) {
+            return *price;
+        }
+        let p = &self.pools[pool];
+        let requests = p.daemon_overhead.clone().plus(&pod.requests);
+        let price = (0..p.allocatable.len())
+            .filter(|&i| requests.fits_in(&p.allocatable[i]))
+            .map(|i| p.price[i])
+            .fold(f64::INFINITY, f64::min);
+        self.alone.insert(key, price);
+        price
+    }
+
     fn try_open_claims(&mut self, pod: &PodInfo<'_>, reqs: &Requirements, c: &Constraints<'_>) -> Option<Target> {
-        for j in 0..self.claims.len() {
-            let claim = &self.claims[j];
-            let pool = &self.pools[claim.pool];
-            if claim.largest.0 < claim.requests.cpu + pod.requests.cpu
-                || claim.largest.1 < claim.requests.memory + pod.requests.memory
-                || first_untolerated(pod.tolerations, &pool.input.taints, c.strict).is_some()
-                || reqs.compatible_with(&claim.requirements, defined_by_cloud).is_err()
-            {
-                continue;
+        // Positive affinity by hostname is the one refusal that can turn into acceptance (when a
+        // matching pod joins the claim later); affinity by zone is settled by the domain pin.
+        let monotonic = !c.terms.iter().any(|t| !t.anti && is_hostname(&t.selection.key));
+        let class =
+            monotonic.then(|| format!("{}|{:?}|{reqs:?}|{}|{:?}", pod.class, c.strict, c.spreads.len(), c.terms.len()));
+        let start = class.as_ref().and_then(|k| self.cursors.get(k)).copied().unwrap_or(0);
+        for j in start..self.claims.len() {
+            let accepted = self.try_claim(pod, reqs, c, j);
+            if accepted.is_some() {
+                return accepted;
             }
-            let merged = claim.requirements.intersect(reqs);
-            let requests = claim.requests.clone().plus(&pod.requests);
-            let types: Vec<usize> = claim
-                .types
-                .iter()
-                .copied()
-                .filter(|&i| {
-                    requests.fits_in(&pool.allocatable[i]) && type_admits(&pool.input.instance_types[i], &merged)
-                })
-                .collect();
-            if types.is_empty() {
-                continue;
+            if let Some(k) = &class {
+                self.cursors.insert(k.clone(), j + 1);
             }
-            let chosen: Vec<&InstanceType> = types.iter().map(|&i| &pool.input.instance_types[i]).collect();
-            if min_values_error(&chosen, &merged).is_some() || !self.host_allows(pod, c, Target::Claim(j)) {
-                continue;
-            }
-            let largest = largest(&self.pools[self.claims[j].pool], &types);
-            let claim = &mut self.claims[j];
-            claim.largest = largest;
-            claim.types = types;
-            claim.requirements = merged;
-            claim.requests = requests;
-            claim.pods.push(pod.key.clone());
-            return Some(Target::Claim(j));
         }
         None
+    }
+
+    fn try_claim(&mut self, pod: &PodInfo<'_>, reqs: &Requirements, c: &Constraints<'_>, j: usize) -> Option<Target> {
+        let claim = &self.claims[j];
+        let pool = &self.pools[claim.pool];
+        if claim.largest.0 < claim.requests.cpu + pod.requests.cpu
+            || claim.largest.1 < claim.requests.memory + pod.requests.memory
+            || first_untolerated(pod.tolerations, &pool.input.taints, c.strict).is_some()
+            || reqs.compatible_with(&claim.requirements, defined_by_cloud).is_err()
+        {
+            return None;
+        }
+        let merged = claim.requirements.intersect(reqs);
+        // Most pods add no requirement to the claim; then only the resource fit can change.
+        let narrowed = merged != claim.requirements;
+        let requests = claim.requests.clone().plus(&pod.requests);
+        let types: Vec<usize> = claim
+            .types
+            .iter()
+            .copied()
+            .filter(|&i| {
+                requests.fits_in(&pool.allocatable[i])
+                    && (!narrowed || type_admits(&pool.input.instance_types[i], &merged))
+            })
+            .collect();
+        if types.is_empty() {
+            return None;
+        }
+        if narrowed || merged.iter().any(|r| r.min_values.is_some()) {
+            let chosen: Vec<&InstanceType> = types.iter().map(|&i| &pool.input.instance_types[i]).collect();
+            if min_values_error(&chosen, &merged).is_some() {
+                return None;
+            }
+        }
+        if !self.host_allows(pod, c, Target::Claim(j)) {
+            return None;
+        }
+        // Joining must not cost more than a node of the pod's own would. A claim's cheapest type
+        // only gets dearer as it fills, so such a refusal is taken to stand, like the others.
+        let (pool_index, old_price) = (self.claims[j].pool, self.claims[j].price);
+        let price = cheapest(&self.pools[pool_index], &types);
+        if price - old_price > self.alone_price(pod, pool_index) + 1e-9 {
+            return None;
+        }
+        let largest = largest(&self.pools[pool_index], &types);
+        let claim = &mut self.claims[j];
+        claim.largest = largest;
+        claim.types = types;
+        claim.requirements = merged;
+        claim.requests = requests;
+        claim.price = price;
+        claim.pods.push(pod.key.clone());
+        Some(Target::Claim(j))
     }
 
     /// Opens a claim in the first pool that admits the pod, or says why none does.
@@ -813,9 +901,16 @@ impl<'a> Solver<'a> {
             }
             let merged = pool.input.requirements.intersect(reqs);
             let requests = pool.daemon_overhead.clone().plus(&pod.requests);
-            let compatible: Vec<usize> = (0..pool.input.instance_types.len())
-                .filter(|&i| type_admits(&pool.input.instance_types[i], &merged))
-                .collect();
+            // New claims of a pool mostly share their requirements; the types they admit are cached.
+            let compatible = self
+                .admitted
+                .entry((p, format!("{merged:?}")))
+                .or_insert_with(|| {
+                    (0..pool.input.instance_types.len())
+                        .filter(|&i| type_admits(&pool.input.instance_types[i], &merged))
+                        .collect()
+                })
+                .clone();
             if compatible.is_empty() {
                 reasons.push((format!("no instance type of NodePool {name} is available for {merged}"), None));
                 continue;
@@ -873,12 +968,14 @@ impl<'a> Solver<'a> {
             let pool = &mut self.pools[p];
             pool.committed.add(&reserve);
             let largest = largest(pool, &within);
+            let price = cheapest(pool, &within);
             self.claims.push(Claim {
                 pool: p,
                 requirements: merged,
                 requests,
                 types: within,
                 largest,
+                price,
                 pods: vec![pod.key.clone()],
             });
             return Ok(target);
