@@ -110,10 +110,9 @@ fn lower_bound(types: &[InstanceType], input: &SchedulingInput) -> f64 {
     };
     let cost = |x: &[(usize, f64)]| x.iter().map(|&(i, v)| points[i].1 * v).sum::<f64>();
     let mut best = f64::INFINITY;
-    for (i, (a, p)) in points.iter().enumerate() {
+    for (a, p) in &points {
         let v = (0..3).map(|r| need[r] / a[r]).fold(0.0, f64::max);
         best = best.min(p * v);
-        debug_assert!(i < points.len());
     }
     let n = points.len();
     for i in 0..n {

@@ -2,41 +2,50 @@
 //!
 //! # Algorithm
 //!
-//! First-fit decreasing with Karpenter's relaxation of preferences:
+//! First-fit decreasing with Karpenter's relaxation of preferences, and packing that watches price:
 //!
-//! 1. Pods are read once into [`PodInfo`] (requests, node-affinity terms, tolerations) and sorted by
-//!    CPU, then memory, descending; ties by namespace/name, so the plan is deterministic.
-//! 2. Each pod is tried, in order, on existing initialised nodes, on in-flight NodeClaims (only
+//! 1. Pods are read once into [`PodInfo`] (requests, node-affinity terms, tolerations, topology)
+//!    and sorted by CPU, then memory, descending; ties by namespace/name, so the plan is
+//!    deterministic.
+//! 2. Topology constraints on keys other than the hostname (zone spread, zone affinity and
+//!    anti-affinity, …) pin the pod to one domain, tried in order of fewest matching pods; constraints
+//!    by hostname are checked against each node or claim.
+//! 3. Each pod is tried, in order, on existing initialised nodes, on in-flight NodeClaims (only
 //!    where every label the claim may get satisfies the pod), on the new claims opened so far in
 //!    this solve, and finally on a new claim from the first NodePool (by weight, then name) that
 //!    admits it.
-//! 3. A new claim starts with every instance type of its pool that is compatible with the pool's
+//! 4. A new claim starts with every instance type of its pool that is compatible with the pool's
 //!    and the pod's requirements, has an available offering, fits the pod plus the pool's
-//!    DaemonSet overhead, and stays within the pool's remaining limits. Each pod added to a claim
-//!    narrows its requirements and drops the types it no longer fits; a pod joins a claim only if
-//!    some type (and `minValues` distinct values) remains.
-//! 4. A pod that cannot be placed is relaxed one step and tried again, in Karpenter's order: the
-//!    next required node-affinity term; the heaviest remaining preferred node-affinity term dropped
-//!    (preferred terms are honoured as requirements, heaviest first, until dropped); then
-//!    `PreferNoSchedule` taints tolerated. When nothing is left to relax, the pod is reported with
-//!    the reason of its last attempt.
-//! 5. Each claim's instance types are sorted by their cheapest available offering under the claim's
+//!    DaemonSet overhead, and stays within the pool's remaining limits. A pod joins an open claim
+//!    only if some type (and `minValues` distinct values) remains, and only if the claim's
+//!    cheapest type rises by less than the price of a node for the pod alone: packing never buys a
+//!    large machine where two small ones are cheaper.
+//! 5. A pod that cannot be placed is relaxed one step and tried again, in Karpenter's order: the
+//!    next required node-affinity term; preferred pod affinity, then preferred pod anti-affinity
+//!    (heaviest first); the heaviest remaining preferred node-affinity term (preferred terms are
+//!    honoured as requirements until dropped); `ScheduleAnyway` spreads; then `PreferNoSchedule`
+//!    taints tolerated. When nothing is left to relax, the pod is reported with the reason of its
+//!    last attempt.
+//! 6. Each claim's instance types are sorted by their cheapest available offering under the claim's
 //!    requirements and cut to 60, keeping `minValues` satisfied; the claim's price is that of its
 //!    cheapest option.
 //!
 //! # Complexity
 //!
-//! O(P log P) to sort, then for each pod O(N + C·T) with N existing nodes, C open claims and T
-//! instance types of a pool (a claim's type list only shrinks). Claims that cannot hold the pod's
-//! CPU or memory on their largest remaining type are skipped with one comparison.
+//! O(P log P) to sort, then per pod O(N + C'·T + G): N existing nodes, C' open claims scanned, T
+//! instance types of the pool, G topology selections. Pods the solver cannot tell apart form a
+//! class, and a claim that refused one pod of a class is skipped for the rest of the class (claims
+//! only fill up and narrow, and topology counts only grow), so over a whole solve each class scans
+//! each claim about once: O(P·T + K·C) for K classes.
 //!
 //! # Where it loses to the optimum
 //!
 //! Greedy packing in decreasing order is within 11/9 of the optimal node count for one resource and
-//! one machine size; with several sizes and prices it can open a large claim whose last pods would
-//! have fit a cheaper pair of small ones, and it never moves a pod once placed. Preferences are
-//! relaxed per pod, so a pod relaxed early does not come back when later pods open capacity that
-//! would have satisfied its preference.
+//! one machine size; with several sizes and prices it decides each pod's place once and never moves
+//! it, and the price rule compares a pod only with a node of its own, not with re-packing the
+//! claim. Preferences are relaxed per pod, so a pod relaxed early does not come back when later pods
+//! open capacity that would have satisfied its preference. Domains of zone-like keys are chosen
+//! per pod, not jointly.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -1145,3 +1154,6 @@ pub fn solve(input: &SchedulingInput) -> Plan {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod properties;
