@@ -47,6 +47,19 @@ enum Command {
         #[arg(long, conflicts_with = "default_instance_profile")]
         role: Option<String>,
     },
+    /// Plan machines for pending pods: reads pods, NodePools, node classes, nodes and DaemonSets
+    /// from one YAML or JSON document and prints the plan as JSON.
+    Solve {
+        /// The scheduling problem, or - for standard input (format: see the README).
+        #[arg(long)]
+        input: String,
+        /// `aws-us-east-1` (shipped) or a CSV file in the same layout.
+        #[arg(long, default_value = "aws-us-east-1")]
+        catalog: String,
+        /// Spot price as a share of on-demand; the catalog carries no spot prices.
+        #[arg(long, default_value_t = 0.4)]
+        spot_price_ratio: f64,
+    },
     /// Print the version.
     Version,
 }
@@ -70,6 +83,7 @@ fn main() -> ExitCode {
         Command::Convert { file, default_instance_profile, role } => {
             convert(&file, &ConversionOptions { default_instance_profile, role })
         }
+        Command::Solve { input, catalog, spot_price_ratio } => solve(&input, &catalog, spot_price_ratio),
         Command::Version => {
             println!("rafter {}", env!("CARGO_PKG_VERSION"));
             Ok(())
@@ -103,14 +117,7 @@ fn print_crds(dir: Option<&Path>) -> anyhow::Result<()> {
 }
 
 fn convert(file: &str, options: &ConversionOptions) -> anyhow::Result<()> {
-    let (name, text) = if file == "-" {
-        let mut text = String::new();
-        std::io::stdin().read_to_string(&mut text).context("reading standard input")?;
-        ("<stdin>".to_string(), text)
-    } else {
-        let text = std::fs::read_to_string(file).with_context(|| format!("reading {file}"))?;
-        (file.to_string(), text)
-    };
+    let (name, text) = read_input(file)?;
     match manifest::convert_manifests(&text, options) {
         Ok(yaml) => {
             std::io::stdout().write_all(yaml.as_bytes()).context("writing to standard output")?;
@@ -123,6 +130,56 @@ fn convert(file: &str, options: &ConversionOptions) -> anyhow::Result<()> {
             bail!("{name}: {} problem(s); nothing was converted", errors.len())
         }
     }
+}
+
+fn read_input(file: &str) -> anyhow::Result<(String, String)> {
+    if file == "-" {
+        let mut text = String::new();
+        std::io::stdin().read_to_string(&mut text).context("reading standard input")?;
+        Ok(("<stdin>".to_string(), text))
+    } else {
+        let text = std::fs::read_to_string(file).with_context(|| format!("reading {file}"))?;
+        Ok((file.to_string(), text))
+    }
+}
+
+fn solve(file: &str, catalog: &str, spot_price_ratio: f64) -> anyhow::Result<()> {
+    use rafter::scheduling::{catalog as shipped, input, solver};
+    if !(spot_price_ratio > 0.0 && spot_price_ratio <= 1.0) {
+        bail!("--spot-price-ratio must be above 0 and at most 1, got {spot_price_ratio}");
+    }
+    let specs = match catalog {
+        "aws-us-east-1" => shipped::us_east_1().context("reading the shipped catalog")?,
+        path => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading catalog {path}"))?;
+            shipped::parse(&text).with_context(|| format!("catalog {path}"))?
+        }
+    };
+    let (name, text) = read_input(file)?;
+    let problem = match input::read(&text, &specs, |spec, _zone| Some(spec.on_demand_price * spot_price_ratio)) {
+        Ok(problem) => problem,
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("{name}: {e}");
+            }
+            bail!("{name}: {} problem(s); nothing was solved", errors.len())
+        }
+    };
+    let start = std::time::Instant::now();
+    let plan = solver::solve(&problem);
+    let elapsed = start.elapsed();
+    let json = serde_json::to_string_pretty(&plan).context("serialising the plan")?;
+    println!("{json}");
+    eprintln!(
+        "solved {} pod(s): {} new node(s) at ${:.4}/h, {} on existing capacity, {} unplaced, in {:.1} ms",
+        problem.pods.len(),
+        plan.claims.len(),
+        plan.price(),
+        plan.placements.len(),
+        plan.unplaced.len(),
+        elapsed.as_secs_f64() * 1000.0
+    );
+    Ok(())
 }
 
 fn run(args: RunArgs) -> anyhow::Result<()> {

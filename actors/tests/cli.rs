@@ -153,3 +153,48 @@ fn run_without_a_reachable_api_server_fails_with_a_clear_error() {
     let stderr = text(&out.stderr);
     assert!(stderr.contains("karpenter.sh/v1 is not served"), "{stderr}");
 }
+
+#[test]
+fn solve_plans_the_example_and_explains_the_unplaceable_pod() {
+    let example = project("deploy/examples/solve/input.yaml").display().to_string();
+    let out = rafter(&["solve", "--input", &example], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).expect("the plan is JSON");
+    let placed: usize = plan["claims"].as_array().unwrap().iter().map(|c| c["pods"].as_array().unwrap().len()).sum();
+    assert_eq!(placed, 6);
+    assert_eq!(plan["unplaced"][0]["pod"], "ml/train-0");
+    assert_eq!(plan["unplaced"][0]["reason"], "no instance type has 3 nvidia.com/gpu");
+    let zones: std::collections::BTreeSet<String> = plan["claims"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["pods"].as_array().unwrap().iter().any(|p| p.as_str().unwrap().starts_with("shop/")))
+        .flat_map(|c| {
+            c["requirements"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|r| r["key"] == "topology.kubernetes.io/zone")
+                .map(|r| r["values"][0].as_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(zones.len() >= 3, "five spread web pods use at least three zones: {zones:?}");
+    let summary = text(&out.stderr);
+    assert!(summary.starts_with("solved 7 pod(s):") && summary.contains("1 unplaced"), "{summary}");
+}
+
+#[test]
+fn solve_rejects_bad_input_naming_the_file_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_temp(
+        &dir,
+        "bad.yaml",
+        "pods:\n  - metadata: {name: p}\n    spec: {containers: [{name: c, resources: {requests: {cpu: lots}}}], nodeName: ghost}\n",
+    );
+    let out = rafter(&["solve", "--input", &file], None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains(&format!("{file}: pods[0].spec.nodeName: no node ghost in nodes")), "{stderr}");
+}

@@ -3,6 +3,7 @@
 //! Everything here is a synchronous function of its inputs, with no clock and no I/O.
 
 pub mod catalog;
+pub mod input;
 pub mod instance_types;
 pub mod requirements;
 pub mod resources;

@@ -421,8 +421,29 @@ struct Pool<'a> {
     /// Each type's cheapest available offering under the pool's requirements (infinite if none).
     price: Vec<f64>,
     daemon_overhead: Resources,
+    /// Type indexes by price (then name): claims keep their types in this order.
+    by_price: Vec<usize>,
     /// Capacity reserved by this solve's claims, per limited resource.
     committed: Resources,
+}
+
+impl Pool<'_> {
+    /// Whether `capacity` fits under every limit, given what this claim already holds (`held`).
+    fn within_limits(&self, capacity: &Resources, held: &Resources) -> bool {
+        self.input
+            .limits
+            .iter()
+            .all(|l| capacity.get(&l.resource) <= held.get(&l.resource) + l.remaining - self.committed.get(&l.resource))
+    }
+
+    /// The capacity a claim must reserve: the largest of the (at most 60) types it would list.
+    fn reservation(&self, types: &[usize]) -> Resources {
+        let mut reserve = Resources::zero();
+        for &i in types.iter().take(MAX_INSTANCE_TYPES) {
+            reserve.max(&self.input.instance_types[i].capacity);
+        }
+        reserve
+    }
 }
 
 /// A claim being built.
@@ -436,6 +457,8 @@ struct Claim {
     largest: (i64, i64),
     /// Price of the cheapest remaining type.
     price: f64,
+    /// Capacity held against the pool's limits: the largest type the claim may list.
+    reserved: Resources,
     pods: Vec<String>,
 }
 
@@ -572,6 +595,18 @@ impl<'a> Solver<'a> {
                     .map(|t| t.cheapest_offering(&p.requirements).map_or(f64::INFINITY, |o| o.price))
                     .collect(),
                 daemon_overhead: daemon_overhead(p, &input.daemonsets),
+                by_price: {
+                    let mut order: Vec<usize> = (0..p.instance_types.len()).collect();
+                    let price = |i: usize| {
+                        p.instance_types[i].cheapest_offering(&p.requirements).map_or(f64::INFINITY, |o| o.price)
+                    };
+                    order.sort_by(|&a, &b| {
+                        price(a)
+                            .total_cmp(&price(b))
+                            .then_with(|| p.instance_types[a].name.cmp(&p.instance_types[b].name))
+                    });
+                    order
+                },
                 committed: Resources::zero(),
             })
             .collect();
@@ -852,6 +887,8 @@ impl<'a> Solver<'a> {
             .filter(|&i| {
                 requests.fits_in(&pool.allocatable[i])
                     && (!narrowed || type_admits(&pool.input.instance_types[i], &merged))
+                    && (pool.input.limits.is_empty()
+                        || pool.within_limits(&pool.input.instance_types[i].capacity, &claim.reserved))
             })
             .collect();
         if types.is_empty() {
@@ -874,7 +911,12 @@ impl<'a> Solver<'a> {
             return None;
         }
         let largest = largest(&self.pools[pool_index], &types);
+        let mut reserved = self.pools[pool_index].reservation(&types);
+        reserved.max(&self.claims[j].reserved);
+        let pool = &mut self.pools[pool_index];
+        pool.committed.add(&reserved.clone().minus(&self.claims[j].reserved));
         let claim = &mut self.claims[j];
+        claim.reserved = reserved;
         claim.largest = largest;
         claim.types = types;
         claim.requirements = merged;
@@ -915,7 +957,9 @@ impl<'a> Solver<'a> {
                 .admitted
                 .entry((p, format!("{merged:?}")))
                 .or_insert_with(|| {
-                    (0..pool.input.instance_types.len())
+                    pool.by_price
+                        .iter()
+                        .copied()
                         .filter(|&i| type_admits(&pool.input.instance_types[i], &merged))
                         .collect()
                 })
@@ -939,23 +983,22 @@ impl<'a> Solver<'a> {
                 continue;
             }
             let mut exceeded = None;
+            let nothing = Resources::zero();
             let within: Vec<usize> = fitting
                 .iter()
                 .copied()
                 .filter(|&i| {
                     let capacity = &pool.input.instance_types[i].capacity;
-                    match pool
-                        .input
-                        .limits
-                        .iter()
-                        .find(|l| pool.committed.get(&l.resource) + capacity.get(&l.resource) > l.remaining)
-                    {
-                        Some(limit) => {
-                            exceeded.get_or_insert(limit);
-                            false
-                        }
-                        None => true,
+                    let fits = pool.within_limits(capacity, &nothing);
+                    if !fits {
+                        exceeded = exceeded.or_else(|| {
+                            pool.input
+                                .limits
+                                .iter()
+                                .find(|l| capacity.get(&l.resource) > l.remaining - pool.committed.get(&l.resource))
+                        });
                     }
+                    fits
                 })
                 .collect();
             if within.is_empty() {
@@ -969,11 +1012,8 @@ impl<'a> Solver<'a> {
                 reasons.push((format!("NodePool {name}: {problem}"), None));
                 continue;
             }
-            // Reserve the largest capacity the claim may launch, so limits hold whichever it gets.
-            let mut reserve = Resources::zero();
-            for it in &chosen {
-                reserve.max(&it.capacity);
-            }
+            // Reserve the largest capacity the claim may list, so limits hold whichever it gets.
+            let reserve = pool.reservation(&within);
             let pool = &mut self.pools[p];
             pool.committed.add(&reserve);
             let largest = largest(pool, &within);
@@ -985,6 +1025,7 @@ impl<'a> Solver<'a> {
                 types: within,
                 largest,
                 price,
+                reserved: reserve,
                 pods: vec![pod.key.clone()],
             });
             return Ok(target);
@@ -1047,6 +1088,9 @@ fn finish_claim(pool: &Pool<'_>, claim: &Claim) -> NewClaim {
     let mut priced: Vec<(usize, f64)> = claim
         .types
         .iter()
+        .filter(|&&i| {
+            pool.input.limits.iter().all(|l| types[i].capacity.get(&l.resource) <= claim.reserved.get(&l.resource))
+        })
         .filter_map(|&i| types[i].cheapest_offering(&claim.requirements).map(|o| (i, o.price)))
         .collect();
     priced.sort_by(|a, b| a.1.total_cmp(&b.1).then_with(|| types[a.0].name.cmp(&types[b.0].name)));
