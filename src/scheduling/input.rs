@@ -10,6 +10,7 @@
 //!   settings (maxPods, podsPerCore, kubeReserved, systemReserved) shape allocatable.
 //! - `nodes` (optional): Node objects with labels, taints and `status.allocatable`.
 //! - `daemonSets` (optional): DaemonSets whose pods would land on new nodes.
+//! - `volumeZones` (optional): `namespace/name` of a pod → the zones its volumes live in.
 
 use std::collections::BTreeMap;
 
@@ -51,6 +52,8 @@ struct Document {
     nodes: Vec<serde_json::Value>,
     #[serde(default)]
     daemon_sets: Vec<serde_json::Value>,
+    #[serde(default)]
+    volume_zones: BTreeMap<String, Vec<String>>,
 }
 
 fn typed<T: DeserializeOwned>(field: String, value: serde_json::Value, errors: &mut Vec<InputError>) -> Option<T> {
@@ -241,7 +244,14 @@ pub fn read(
     }
 
     if errors.is_empty() {
-        Ok(SchedulingInput { pods: pending, pools, nodes, daemonsets, bound_pods: bound })
+        Ok(SchedulingInput {
+            pods: pending,
+            pools,
+            nodes,
+            daemonsets,
+            bound_pods: bound,
+            volume_zones: document.volume_zones,
+        })
     } else {
         Err(errors)
     }

@@ -53,7 +53,7 @@ use k8s_openapi::api::core::v1::{Pod, PodSpec, Toleration};
 use serde::Serialize;
 
 use crate::api::NodePool;
-use crate::api::labels::{HOSTNAME, INSTANCE_TYPE, WELL_KNOWN_LABELS};
+use crate::api::labels::{HOSTNAME, INSTANCE_TYPE, WELL_KNOWN_LABELS, ZONE};
 use crate::api::nodeclaim::{NodeSelectorRequirementWithMinValues, Taint};
 
 use super::instance_types::InstanceType;
@@ -184,6 +184,8 @@ pub struct SchedulingInput {
     pub daemonsets: Vec<PodSpec>,
     /// Pods already running on `nodes` (by `spec.nodeName`), counted by topology constraints.
     pub bound_pods: Vec<Pod>,
+    /// Zones a pod's volumes live in (namespace/name → zones); the pod may only run there.
+    pub volume_zones: BTreeMap<String, Vec<String>>,
 }
 
 /// One instance type a new claim may launch as.
@@ -264,6 +266,8 @@ pub struct PodInfo<'a> {
     pub tolerations: &'a [Toleration],
     /// Its spread constraints and pod (anti-)affinity.
     pub topology: PodTopology,
+    /// Host ports it binds: (protocol, host IP, port).
+    pub host_ports: Vec<HostPort>,
     /// Identical for pods the solver cannot tell apart (requests, requirements, tolerations,
     /// namespace, labels and topology).
     pub class: String,
@@ -294,6 +298,7 @@ impl<'a> PodInfo<'a> {
             preferred: pod_preferred_terms(spec)?.into_iter().map(|(_, r)| r).collect(),
             tolerations: spec.tolerations.as_deref().unwrap_or_default(),
             topology: PodTopology::new(pod, spec),
+            host_ports: host_ports(spec),
             class: String::new(),
         }
         .with_class())
@@ -308,6 +313,28 @@ impl PodInfo<'_> {
         );
         self
     }
+}
+
+/// A host port a pod binds: (protocol, host IP, port).
+pub type HostPort = (String, String, i32);
+
+/// The host ports of a pod's containers (init containers included).
+pub fn host_ports(spec: &PodSpec) -> Vec<HostPort> {
+    spec.containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter_map(|p| {
+            let port = p.host_port.filter(|p| *p > 0)?;
+            let ip = p.host_ip.clone().filter(|ip| !ip.is_empty()).unwrap_or_else(|| "0.0.0.0".into());
+            Some((p.protocol.clone().unwrap_or_else(|| "TCP".into()), ip, port))
+        })
+        .collect()
+}
+
+/// Whether two host ports cannot share a node (same protocol and port; `0.0.0.0` takes every IP).
+fn ports_conflict(a: &HostPort, b: &HostPort) -> bool {
+    a.0 == b.0 && a.2 == b.2 && (a.1 == b.1 || a.1 == "0.0.0.0" || b.1 == "0.0.0.0")
 }
 
 /// `namespace/name` of a pod.
@@ -558,6 +585,8 @@ struct Solver<'a> {
     alone: HashMap<(String, usize), f64>,
     /// Per pool and requirement set, the instance types it admits.
     admitted: HashMap<(usize, String), Vec<usize>>,
+    /// Host ports already bound on each node or claim.
+    ports: HashMap<Target, Vec<HostPort>>,
 }
 
 /// The domain of a target in a topology key, when it is known.
@@ -619,6 +648,7 @@ impl<'a> Solver<'a> {
         // Initialised nodes first, then in-flight claims; by name within each.
         nodes.sort_by(|a, b| b.initialized.cmp(&a.initialized).then_with(|| a.name.cmp(&b.name)));
         let mut counts = Counts::default();
+        let mut ports: HashMap<Target, Vec<HostPort>> = HashMap::new();
         for pod in &input.bound_pods {
             let (Some(spec), Some(node)) = (pod.spec.as_ref(), pod.spec.as_ref().and_then(|s| s.node_name.as_ref()))
             else {
@@ -626,6 +656,7 @@ impl<'a> Solver<'a> {
             };
             if let Some(i) = nodes.iter().position(|n| &n.name == node) {
                 counts.record(&PodTopology::new(pod, spec), Target::Node(i), |t, k| domain_of(&nodes, &[], t, k));
+                ports.entry(Target::Node(i)).or_default().extend(host_ports(spec));
             }
         }
         Self {
@@ -639,7 +670,16 @@ impl<'a> Solver<'a> {
             cursors: HashMap::new(),
             alone: HashMap::new(),
             admitted: HashMap::new(),
+            ports,
         }
+    }
+
+    /// Whether none of the pod's host ports is already bound on `target`.
+    fn ports_free(&self, pod: &PodInfo<'_>, target: Target) -> bool {
+        pod.host_ports.is_empty()
+            || self.ports.get(&target).is_none_or(|used| {
+                !pod.host_ports.iter().any(|mine| used.iter().any(|theirs| ports_conflict(mine, theirs)))
+            })
     }
 
     /// Whether per-node constraints let the pod onto `target`.
@@ -821,7 +861,7 @@ impl<'a> Solver<'a> {
                 Some(n) => r.contains(n),
                 None => r.allows_absent(),
             });
-            if guaranteed && self.host_allows(pod, c, Target::Node(i)) {
+            if guaranteed && self.ports_free(pod, Target::Node(i)) && self.host_allows(pod, c, Target::Node(i)) {
                 let node = &mut self.nodes[i];
                 node.available.sub(&pod.requests);
                 self.placements.push(Placement { pod: pod.key.clone(), node: node.name.clone() });
@@ -900,7 +940,7 @@ impl<'a> Solver<'a> {
                 return None;
             }
         }
-        if !self.host_allows(pod, c, Target::Claim(j)) {
+        if !self.ports_free(pod, Target::Claim(j)) || !self.host_allows(pod, c, Target::Claim(j)) {
             return None;
         }
         // Joining must not cost more than a node of the pod's own would. A claim's cheapest type
@@ -1068,6 +1108,9 @@ impl<'a> Solver<'a> {
                 Ok(target) => {
                     let (nodes, claims) = (&self.nodes, &self.claims);
                     self.counts.record(&pod.topology, target, |t, k| domain_of(nodes, claims, t, k));
+                    if !pod.host_ports.is_empty() {
+                        self.ports.entry(target).or_default().extend(pod.host_ports.iter().cloned());
+                    }
                     return Ok(());
                 }
                 Err(reason) if !attempt.relax(pod) => return Err(reason),
@@ -1175,7 +1218,16 @@ pub fn solve(input: &SchedulingInput) -> Plan {
     let mut pods: Vec<PodInfo<'_>> = Vec::with_capacity(input.pods.len());
     for pod in &input.pods {
         match PodInfo::new(pod) {
-            Ok(info) => pods.push(info),
+            Ok(mut info) => {
+                if let Some(zones) = input.volume_zones.get(&info.key) {
+                    let volume = Requirement::one_of(ZONE, zones.iter().cloned());
+                    for term in &mut info.required {
+                        term.add(volume.clone());
+                    }
+                    info = info.with_class();
+                }
+                pods.push(info)
+            }
             Err(e) => unplaced.push(Unplaced { pod: pod_key(pod), reason: format!("pod cannot be read: {e}") }),
         }
     }

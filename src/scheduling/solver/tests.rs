@@ -478,3 +478,41 @@ fn schedule_anyway_spread_is_relaxed_when_it_cannot_hold() {
     let plan = solve(&input(pods, vec![one_zone]));
     assert!(plan.unplaced.is_empty(), "{:?}", plan.unplaced);
 }
+
+#[test]
+fn pods_binding_the_same_host_port_never_share_a_node() {
+    let port = |ip: Option<&str>| {
+        json!({"containers": [{"name": "app", "resources": {"requests": {"cpu": "100m", "memory": "100Mi"}},
+            "ports": [{"containerPort": 80, "hostPort": 8080, "hostIP": ip}]}]})
+    };
+    let mut pods = vec![pod("a", "100m", "100Mi", port(None)), pod("b", "100m", "100Mi", port(None))];
+    pods.push(pod("c", "100m", "100Mi", port(Some("10.0.0.1"))));
+    pods.push(pod("plain", "100m", "100Mi", json!({})));
+    let plan = solve(&input(pods, vec![pool("default", json!({}), GENERAL)]));
+    assert!(plan.unplaced.is_empty());
+    assert_eq!(
+        plan.claims.len(),
+        3,
+        "0.0.0.0 conflicts with every address: {:?}",
+        plan.claims.iter().map(|c| &c.pods).collect::<Vec<_>>()
+    );
+
+    let other_ip =
+        vec![pod("x", "100m", "100Mi", port(Some("10.0.0.1"))), pod("y", "100m", "100Mi", port(Some("10.0.0.2")))];
+    let plan = solve(&input(other_ip, vec![pool("default", json!({}), GENERAL)]));
+    assert_eq!(plan.claims.len(), 1, "different host IPs may share a node");
+}
+
+#[test]
+fn volume_zones_confine_a_pod_to_its_volumes() {
+    let mut batch = input(vec![pod("db", "1", "1Gi", json!({}))], vec![three_zone_pool()]);
+    batch.volume_zones.insert("default/db".into(), vec!["us-east-1b".into()]);
+    let plan = solve(&batch);
+    assert_eq!(zone_of(&plan.claims[0]), "us-east-1b");
+    batch.volume_zones.insert("default/db".into(), vec!["us-east-1f".into()]);
+    let plan = solve(&batch);
+    assert_eq!(
+        only_reason(&plan),
+        "NodePool default requires topology.kubernetes.io/zone In [us-east-1a us-east-1b us-east-1c], pod selects us-east-1f"
+    );
+}
