@@ -214,6 +214,33 @@ impl Requirement {
         }
     }
 
+    /// Whether some value (not absence) is allowed by both, without building the intersection.
+    pub fn shares_value(&self, other: &Self) -> bool {
+        match (&self.values, &other.values) {
+            (Values::Only(set), _) => set.iter().any(|v| other.allows(Some(v))),
+            (_, Values::Only(set)) => set.iter().any(|v| self.allows(Some(v))),
+            (
+                Values::AllBut { greater_than: g1, less_than: l1, .. },
+                Values::AllBut { greater_than: g2, less_than: l2, .. },
+            ) => {
+                let lower = (*g1).max(*g2);
+                let upper = match (l1, l2) {
+                    (Some(a), Some(b)) => Some(*a.min(b)),
+                    (a, b) => a.or(*b),
+                };
+                match (lower, upper) {
+                    (Some(g), Some(l)) => l.saturating_sub(g) > 1,
+                    _ => true,
+                }
+            }
+        }
+    }
+
+    /// Whether some state (a value, or absence) is allowed by both: the intersection is satisfiable.
+    pub fn meets(&self, other: &Self) -> bool {
+        (self.absent_allowed && other.absent_allowed) || self.shares_value(other)
+    }
+
     /// Whether some value (not absence) is allowed.
     pub fn has_any_value(&self) -> bool {
         match &self.values {
@@ -404,13 +431,18 @@ impl Requirements {
     /// "absent" otherwise, since the node will not carry a label nobody puts there.
     pub fn compatible_with(&self, node: &Self, undefined_is_any: impl Fn(&str) -> bool) -> Result<(), Box<Conflict>> {
         for ours in self.0.values() {
-            let theirs = match node.0.get(ours.key()) {
-                Some(t) => t.clone(),
-                None if undefined_is_any(ours.key()) => Requirement::any(ours.key()),
-                None => Requirement::new(ours.key(), Operator::DoesNotExist, &[])
-                    .unwrap_or_else(|_| Requirement::any(ours.key())),
+            let fits = match node.0.get(ours.key()) {
+                Some(t) => ours.meets(t),
+                None if undefined_is_any(ours.key()) => !ours.is_unsatisfiable(),
+                None => ours.allows_absent(),
             };
-            if ours.intersect(&theirs).is_unsatisfiable() {
+            if !fits {
+                let theirs = match node.0.get(ours.key()) {
+                    Some(t) => t.clone(),
+                    None if undefined_is_any(ours.key()) => Requirement::any(ours.key()),
+                    None => Requirement::new(ours.key(), Operator::DoesNotExist, &[])
+                        .unwrap_or_else(|_| Requirement::any(ours.key())),
+                };
                 return Err(Box::new(Conflict { key: ours.key().to_string(), ours: ours.clone(), theirs }));
             }
         }
@@ -560,6 +592,25 @@ mod tests {
         assert!(req("k", Operator::NotIn, &["a"]).contains(&req("k", Operator::DoesNotExist, &[])));
         assert!(req("k", Operator::NotIn, &["a"]).contains(&req("k", Operator::NotIn, &["a", "b"])));
         assert!(!req("k", Operator::NotIn, &["a", "b"]).contains(&req("k", Operator::NotIn, &["a"])));
+    }
+
+    #[test]
+    fn meeting_agrees_with_intersecting() {
+        let all = [
+            req("k", Operator::In, &["1", "5"]),
+            req("k", Operator::NotIn, &["5"]),
+            req("k", Operator::Exists, &[]),
+            req("k", Operator::DoesNotExist, &[]),
+            req("k", Operator::Gt, &["4"]),
+            req("k", Operator::Lt, &["5"]),
+            req("k", Operator::Lt, &["6"]),
+        ];
+        for a in &all {
+            for b in &all {
+                assert_eq!(a.meets(b), !a.intersect(b).is_unsatisfiable(), "{a} vs {b}");
+                assert_eq!(a.shares_value(b), a.intersect(b).has_any_value(), "{a} vs {b}");
+            }
+        }
     }
 
     #[test]

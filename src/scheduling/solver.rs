@@ -499,7 +499,7 @@ fn largest(pool: &Pool<'_>, types: &[usize]) -> (i64, i64) {
 
 /// Whether an instance type can be a node under `reqs`: its labels agree, and an offering is left.
 fn type_admits(it: &InstanceType, reqs: &Requirements) -> bool {
-    reqs.iter().all(|r| it.requirements.get(r.key()).is_none_or(|t| t.intersect(r).has_any_value()))
+    reqs.iter().all(|r| it.requirements.get(r.key()).is_none_or(|t| t.shares_value(r)))
         && it.cheapest_offering(reqs).is_some()
 }
 
@@ -916,9 +916,10 @@ impl<'a> Solver<'a> {
         {
             return None;
         }
-        let merged = claim.requirements.intersect(reqs);
         // Most pods add no requirement to the claim; then only the resource fit can change.
-        let narrowed = merged != claim.requirements;
+        let narrowed = reqs.iter().any(|r| claim.requirements.get(r.key()).is_none_or(|mine| !r.contains(mine)));
+        let narrowed_to = narrowed.then(|| claim.requirements.intersect(reqs));
+        let merged = narrowed_to.as_ref().unwrap_or(&claim.requirements);
         let requests = claim.requests.clone().plus(&pod.requests);
         let types: Vec<usize> = claim
             .types
@@ -926,7 +927,7 @@ impl<'a> Solver<'a> {
             .copied()
             .filter(|&i| {
                 requests.fits_in(&pool.allocatable[i])
-                    && (!narrowed || type_admits(&pool.input.instance_types[i], &merged))
+                    && (!narrowed || type_admits(&pool.input.instance_types[i], merged))
                     && (pool.input.limits.is_empty()
                         || pool.within_limits(&pool.input.instance_types[i].capacity, &claim.reserved))
             })
@@ -936,7 +937,7 @@ impl<'a> Solver<'a> {
         }
         if narrowed || merged.iter().any(|r| r.min_values.is_some()) {
             let chosen: Vec<&InstanceType> = types.iter().map(|&i| &pool.input.instance_types[i]).collect();
-            if min_values_error(&chosen, &merged).is_some() {
+            if min_values_error(&chosen, merged).is_some() {
                 return None;
             }
         }
@@ -959,7 +960,9 @@ impl<'a> Solver<'a> {
         claim.reserved = reserved;
         claim.largest = largest;
         claim.types = types;
-        claim.requirements = merged;
+        if let Some(narrowed) = narrowed_to {
+            claim.requirements = narrowed;
+        }
         claim.requests = requests;
         claim.price = price;
         claim.pods.push(pod.key.clone());
