@@ -53,7 +53,7 @@ use k8s_openapi::api::core::v1::{Pod, PodSpec, Toleration};
 use serde::Serialize;
 
 use crate::api::NodePool;
-use crate::api::labels::{HOSTNAME, INSTANCE_TYPE, WELL_KNOWN_LABELS, ZONE};
+use crate::api::labels::{CAPACITY_TYPE, HOSTNAME, INSTANCE_TYPE, WELL_KNOWN_LABELS, ZONE};
 use crate::api::nodeclaim::{NodeSelectorRequirementWithMinValues, Taint};
 
 use super::instance_types::InstanceType;
@@ -503,6 +503,16 @@ fn type_admits(it: &InstanceType, reqs: &Requirements) -> bool {
         && it.cheapest_offering(reqs).is_some()
 }
 
+/// Whether a type that admitted a claim still does after `changed` (the pod's requirements) merged
+/// into it: only those keys are checked, and the offerings only if a zone or capacity type changed.
+fn type_still_admits(it: &InstanceType, merged: &Requirements, changed: &Requirements) -> bool {
+    changed.iter().all(|r| {
+        let now = merged.get(r.key()).unwrap_or(r);
+        it.requirements.get(r.key()).is_none_or(|t| t.shares_value(now))
+    }) && (changed.get(ZONE).is_none() && changed.get(CAPACITY_TYPE).is_none()
+        || it.cheapest_offering(merged).is_some())
+}
+
 /// Whether the types still offer `minValues` distinct values for every requirement that asks.
 fn min_values_error(types: &[&InstanceType], reqs: &Requirements) -> Option<String> {
     for r in reqs.iter() {
@@ -927,7 +937,7 @@ impl<'a> Solver<'a> {
             .copied()
             .filter(|&i| {
                 requests.fits_in(&pool.allocatable[i])
-                    && (!narrowed || type_admits(&pool.input.instance_types[i], merged))
+                    && (!narrowed || type_still_admits(&pool.input.instance_types[i], merged, reqs))
                     && (pool.input.limits.is_empty()
                         || pool.within_limits(&pool.input.instance_types[i].capacity, &claim.reserved))
             })
