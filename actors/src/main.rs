@@ -1,4 +1,4 @@
-//! The `rafter` command line: the controller, its CRDs, and the legacy manifest converter.
+//! The `rafter` command line: the controller, its CRDs, the legacy manifest converter and the solver.
 #![forbid(unsafe_code)]
 
 mod config;
@@ -27,7 +27,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the controller against a cluster.
+    /// Run the controller against a cluster. This build checks the configuration and the cluster
+    /// (API server reachable, CRDs served) and stops: provisioning is not in it yet.
     Run(Box<RunArgs>),
     /// Print every CustomResourceDefinition Rafter serves (v1 and legacy) as YAML.
     Crds {
