@@ -454,7 +454,23 @@ struct Pool<'a> {
     committed: Resources,
 }
 
-impl Pool<'_> {
+impl<'a> Pool<'a> {
+    fn new(input: &'a PoolInput, daemonsets: &[PodSpec]) -> Self {
+        let types = &input.instance_types;
+        let price: Vec<f64> =
+            types.iter().map(|t| t.cheapest_offering(&input.requirements).map_or(f64::INFINITY, |o| o.price)).collect();
+        let mut by_price: Vec<usize> = (0..types.len()).collect();
+        by_price.sort_by(|&a, &b| price[a].total_cmp(&price[b]).then_with(|| types[a].name.cmp(&types[b].name)));
+        Self {
+            input,
+            allocatable: types.iter().map(InstanceType::allocatable).collect(),
+            price,
+            daemon_overhead: daemon_overhead(input, daemonsets),
+            by_price,
+            committed: Resources::zero(),
+        }
+    }
+
     /// Whether `capacity` fits under every limit, given what this claim already holds (`held`).
     fn within_limits(&self, capacity: &Resources, held: &Resources) -> bool {
         self.input
@@ -622,33 +638,7 @@ struct Constraints<'p> {
 
 impl<'a> Solver<'a> {
     fn new(input: &'a SchedulingInput) -> Self {
-        let pools: Vec<Pool<'a>> = input
-            .pools
-            .iter()
-            .map(|p| Pool {
-                input: p,
-                allocatable: p.instance_types.iter().map(InstanceType::allocatable).collect(),
-                price: p
-                    .instance_types
-                    .iter()
-                    .map(|t| t.cheapest_offering(&p.requirements).map_or(f64::INFINITY, |o| o.price))
-                    .collect(),
-                daemon_overhead: daemon_overhead(p, &input.daemonsets),
-                by_price: {
-                    let mut order: Vec<usize> = (0..p.instance_types.len()).collect();
-                    let price = |i: usize| {
-                        p.instance_types[i].cheapest_offering(&p.requirements).map_or(f64::INFINITY, |o| o.price)
-                    };
-                    order.sort_by(|&a, &b| {
-                        price(a)
-                            .total_cmp(&price(b))
-                            .then_with(|| p.instance_types[a].name.cmp(&p.instance_types[b].name))
-                    });
-                    order
-                },
-                committed: Resources::zero(),
-            })
-            .collect();
+        let pools: Vec<Pool<'a>> = input.pools.iter().map(|p| Pool::new(p, &input.daemonsets)).collect();
         let mut pool_order: Vec<usize> = (0..pools.len()).collect();
         pool_order.sort_by(|&a, &b| {
             let (a, b) = (&input.pools[a], &input.pools[b]);
