@@ -147,6 +147,43 @@ fn check(input: &SchedulingInput, plan: &Plan) -> Result<(), String> {
     if seen != expected {
         return Err(format!("pods lost or duplicated: {seen:?} vs {expected:?}"));
     }
+    // Placements on existing nodes: labels, hard taints and capacity hold.
+    let mut used: BTreeMap<&str, Resources> = BTreeMap::new();
+    for placement in &plan.placements {
+        let node = input.nodes.iter().find(|n| n.name == placement.node).ok_or("placement on an unknown node")?;
+        let spec = by_key[&placement.pod].spec.as_ref().expect("spec");
+        let labels = node.requirements.labels();
+        if !pod_admits_node(spec, &labels) {
+            return Err(format!("{} does not admit node {} {labels:?}", placement.pod, node.name));
+        }
+        if !tolerates_hard_taints(spec, &node.taints) {
+            return Err(format!("{} does not tolerate the taints of node {}", placement.pod, node.name));
+        }
+        let total = used.entry(&node.name).or_default();
+        total.add(&crate::scheduling::resources::pod_requests(spec).map_err(|e| e.to_string())?);
+        if !total.fits_in(&node.available) {
+            return Err(format!("node {} is overcommitted: {total} > {}", node.name, node.available));
+        }
+    }
+    // Host ports: no two pods on one node or claim bind the same port and protocol.
+    let mut groups: Vec<Vec<&str>> = plan.claims.iter().map(|c| c.pods.iter().map(String::as_str).collect()).collect();
+    for node in &input.nodes {
+        groups.push(plan.placements.iter().filter(|p| p.node == node.name).map(|p| p.pod.as_str()).collect());
+    }
+    for group in groups {
+        let mut seen: Vec<(String, i32)> = Vec::new();
+        for key in group {
+            for c in &by_key[key].spec.as_ref().expect("spec").containers {
+                for port in c.ports.iter().flatten().filter_map(|p| p.host_port) {
+                    let protocol = "TCP".to_string();
+                    if seen.contains(&(protocol.clone(), port)) {
+                        return Err(format!("host port {port} bound twice on one node ({key})"));
+                    }
+                    seen.push((protocol, port));
+                }
+            }
+        }
+    }
     let mut zone_counts: BTreeMap<(String, String), BTreeMap<String, u32>> = BTreeMap::new();
     let mut pinned: Vec<(String, String)> = Vec::new();
     let mut reserved: BTreeMap<String, i64> = BTreeMap::new();
@@ -213,8 +250,15 @@ fn check(input: &SchedulingInput, plan: &Plan) -> Result<(), String> {
             pinned.extend(claim.pods.iter().map(|k| (k.clone(), (*zone).clone())));
         }
     }
+    // Pods placed on existing nodes have their node's zone.
+    for placement in &plan.placements {
+        let node = input.nodes.iter().find(|n| n.name == placement.node).ok_or("placement on an unknown node")?;
+        if let Some(zone) = node.requirements.labels().get(ZONE) {
+            pinned.push((placement.pod.clone(), zone.clone()));
+        }
+    }
     // Kubernetes counts every pod a spread's selector matches, whatever its own constraints; a plan
-    // fixes the zone of pods on pinned claims, so those are the ones counted here.
+    // fixes the zone of pods on pinned claims and existing nodes, so those are the ones counted.
     for pod in &input.pods {
         for c in pod.spec.as_ref().and_then(|s| s.topology_spread_constraints.as_ref()).into_iter().flatten() {
             let wanted = c.label_selector.as_ref().and_then(|s| s.match_labels.clone()).unwrap_or_default();
@@ -321,6 +365,9 @@ fn arb_pod(index: usize) -> impl Strategy<Value = Pod> {
             if tolerates {
                 spec["tolerations"] = json!([{"key": "dedicated", "operator": "Exists"}]);
             }
+            if group == 2 && selector == 5 {
+                spec["containers"][0]["ports"] = json!([{"containerPort": 80, "hostPort": 8080}]);
+            }
             match topology {
                 1 => {
                     let anti = json!({"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
@@ -343,11 +390,47 @@ fn arb_pod(index: usize) -> impl Strategy<Value = Pod> {
         })
 }
 
+fn arb_node(index: usize) -> impl Strategy<Value = ExistingNode> {
+    (prop::sample::select(vec!["amd64", "arm64"]), 0usize..3, 1i64..8, any::<bool>()).prop_map(
+        move |(arch, zone, cpus, tainted)| {
+            let labels: BTreeMap<String, String> = [
+                (ARCH.to_string(), arch.to_string()),
+                (ZONE.to_string(), ZONES[zone].to_string()),
+                ("kubernetes.io/hostname".to_string(), format!("node-{index}")),
+            ]
+            .into();
+            let taints = if tainted {
+                vec![crate::api::nodeclaim::Taint {
+                    key: "dedicated".into(),
+                    value: Some("batch".into()),
+                    effect: crate::api::nodeclaim::TaintEffect::NoSchedule,
+                    time_added: None,
+                }]
+            } else {
+                vec![]
+            };
+            ExistingNode {
+                name: format!("node-{index}"),
+                requirements: Requirements::from_labels(&labels),
+                taints,
+                available: Resources::zero().with("cpu", cpus * 1000).with("memory", cpus << 31).with("pods", 10),
+                initialized: true,
+            }
+        },
+    )
+}
+
 fn arb_input() -> impl Strategy<Value = SchedulingInput> {
-    (1usize..4, 1usize..40).prop_flat_map(|(pools, pods)| {
+    (1usize..4, 1usize..40, 0usize..3).prop_flat_map(|(pools, pods, nodes)| {
         let pools: Vec<_> = (0..pools).map(arb_pool).collect();
         let pods: Vec<_> = (0..pods).map(arb_pod).collect();
-        (pools, pods).prop_map(|(pools, pods)| SchedulingInput { pods, pools, ..Default::default() })
+        let nodes: Vec<_> = (0..nodes).map(arb_node).collect();
+        (pools, pods, nodes).prop_map(|(pools, pods, nodes)| SchedulingInput {
+            pods,
+            pools,
+            nodes,
+            ..Default::default()
+        })
     })
 }
 
