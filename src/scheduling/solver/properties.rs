@@ -276,6 +276,26 @@ fn check(input: &SchedulingInput, plan: &Plan) -> Result<(), String> {
             entry.insert(String::new(), 0);
         }
     }
+    // Required zone self-affinity: a group's placed pods share one zone.
+    let mut affine: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for pod in &input.pods {
+        let key = pod_key(pod);
+        let terms = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.affinity.as_ref())
+            .and_then(|a| a.pod_affinity.as_ref())
+            .and_then(|p| p.required_during_scheduling_ignored_during_execution.as_ref());
+        if terms.is_some_and(|t| !t.is_empty()) && !plan.unplaced.iter().any(|u| u.pod == key) {
+            let zone = pinned.iter().find(|(k, _)| *k == key).map(|(_, z)| z.clone());
+            let Some(zone) = zone else { return Err(format!("{key} has zone affinity but no fixed zone")) };
+            let app = pod.metadata.labels.as_ref().and_then(|l| l.get("app")).cloned().unwrap_or_default();
+            affine.entry(app).or_default().insert(zone);
+        }
+    }
+    if let Some((app, zones)) = affine.iter().find(|(_, z)| z.len() > 1) {
+        return Err(format!("affine group {app} spans zones {zones:?}"));
+    }
     for ((group, skew), counts) in &zone_counts {
         let skew: u32 = skew.parse().unwrap_or(1);
         let max = ZONES.iter().map(|z| counts.get(*z).copied().unwrap_or(0)).max().unwrap_or(0);
@@ -341,13 +361,13 @@ fn arb_pod(index: usize) -> impl Strategy<Value = Pod> {
         prop::sample::select(vec!["128Mi", "512Mi", "1Gi", "4Gi", "12Gi"]),
         0u8..6,
         any::<bool>(),
-        0u8..4,
+        0u8..5,
         0u8..3,
     )
         .prop_map(move |(cpu, memory, selector, tolerates, topology, group)| {
             // Groups are homogeneous: every pod a spread selects carries that spread, so the final
             // skew must stay within maxSkew (Kubernetes checks it only when placing such a pod).
-            let kind = ["plain", "anti", "spread", "plain"][usize::from(topology)];
+            let kind = ["plain", "anti", "spread", "plain", "affine"][usize::from(topology)];
             let app = format!("{kind}-{group}");
             let mut spec = json!({"containers": [{"name": "c", "resources": {"requests": {"cpu": cpu, "memory": memory}}}]});
             match selector {
@@ -382,7 +402,18 @@ fn arb_pod(index: usize) -> impl Strategy<Value = Pod> {
                 }
                 2 => {
                     spec["topologySpreadConstraints"] = json!([{"maxSkew": 1, "topologyKey": ZONE, "whenUnsatisfiable": "DoNotSchedule", "labelSelector": {"matchLabels": {"app": app}}}])
+                }                4 => {
+                    let affinity = json!({"requiredDuringSchedulingIgnoredDuringExecution": [
+                        {"topologyKey": ZONE, "labelSelector": {"matchLabels": {"app": app}}}
+                    ]});
+                    match spec.get_mut("affinity") {
+                        Some(Value::Object(a)) => {
+                            a.insert("podAffinity".into(), affinity);
+                        }
+                        _ => spec["affinity"] = json!({"podAffinity": affinity}),
+                    }
                 }
+
                 _ => {}
             }
             serde_json::from_value(json!({"metadata": {"name": format!("p-{index}"), "namespace": "default", "labels": {"app": app}}, "spec": spec}))
