@@ -402,7 +402,8 @@ fn arb_pod(index: usize) -> impl Strategy<Value = Pod> {
                 }
                 2 => {
                     spec["topologySpreadConstraints"] = json!([{"maxSkew": 1, "topologyKey": ZONE, "whenUnsatisfiable": "DoNotSchedule", "labelSelector": {"matchLabels": {"app": app}}}])
-                }                4 => {
+                }
+                4 => {
                     let affinity = json!({"requiredDuringSchedulingIgnoredDuringExecution": [
                         {"topologyKey": ZONE, "labelSelector": {"matchLabels": {"app": app}}}
                     ]});
@@ -413,7 +414,6 @@ fn arb_pod(index: usize) -> impl Strategy<Value = Pod> {
                         _ => spec["affinity"] = json!({"podAffinity": affinity}),
                     }
                 }
-
                 _ => {}
             }
             serde_json::from_value(json!({"metadata": {"name": format!("p-{index}"), "namespace": "default", "labels": {"app": app}}, "spec": spec}))
