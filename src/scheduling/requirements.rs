@@ -119,6 +119,11 @@ impl Requirement {
         }
     }
 
+    /// `key DoesNotExist`: what a key nobody sets amounts to on a node.
+    pub fn absent(key: impl Into<String>) -> Self {
+        Self { key: key.into(), absent_allowed: true, values: Values::Only(BTreeSet::new()), min_values: None }
+    }
+
     /// A NodePool or NodeClaim requirement.
     pub fn from_api(r: &NodeSelectorRequirementWithMinValues) -> Result<Self, RequirementError> {
         let mut out = Self::new(&r.key, r.operator, &r.values)?;
@@ -431,22 +436,32 @@ impl Requirements {
     /// "absent" otherwise, since the node will not carry a label nobody puts there.
     pub fn compatible_with(&self, node: &Self, undefined_is_any: impl Fn(&str) -> bool) -> Result<(), Box<Conflict>> {
         for ours in self.0.values() {
-            let fits = match node.0.get(ours.key()) {
+            let theirs = node.0.get(ours.key());
+            let any = theirs.is_none() && undefined_is_any(ours.key());
+            let fits = match theirs {
                 Some(t) => ours.meets(t),
-                None if undefined_is_any(ours.key()) => !ours.is_unsatisfiable(),
+                None if any => !ours.is_unsatisfiable(),
                 None => ours.allows_absent(),
             };
             if !fits {
-                let theirs = match node.0.get(ours.key()) {
+                let theirs = match theirs {
                     Some(t) => t.clone(),
-                    None if undefined_is_any(ours.key()) => Requirement::any(ours.key()),
-                    None => Requirement::new(ours.key(), Operator::DoesNotExist, &[])
-                        .unwrap_or_else(|_| Requirement::any(ours.key())),
+                    None if any => Requirement::any(ours.key()),
+                    None => Requirement::absent(ours.key()),
                 };
                 return Err(Box::new(Conflict { key: ours.key().to_string(), ours: ours.clone(), theirs }));
             }
         }
         Ok(())
+    }
+
+    /// Whether every label state a node under `node` may end up with satisfies `self`: a key
+    /// `node` says nothing about will be absent on it.
+    pub fn guaranteed_by(&self, node: &Self) -> bool {
+        self.0.values().all(|r| match node.0.get(r.key()) {
+            Some(n) => r.contains(n),
+            None => r.allows_absent(),
+        })
     }
 
     /// The intersection of two sets of requirements.

@@ -188,6 +188,24 @@ impl Resources {
     }
 }
 
+impl Resources {
+    /// The vector in Kubernetes quantity notation (`cpu: 1500m`, `memory: 2048Mi`), for output.
+    pub fn to_quantities(&self) -> BTreeMap<String, String> {
+        const MI: i64 = 1 << 20;
+        let mut out = BTreeMap::new();
+        out.insert(CPU.to_string(), format!("{}m", self.cpu));
+        out.insert(MEMORY.to_string(), format!("{}Mi", (self.memory + MI - 1) / MI));
+        if self.ephemeral_storage > 0 {
+            out.insert(EPHEMERAL_STORAGE.to_string(), format!("{}Mi", (self.ephemeral_storage + MI - 1) / MI));
+        }
+        out.insert(PODS.to_string(), self.pods.to_string());
+        for (name, amount) in &self.extended {
+            out.insert(name.clone(), amount.to_string());
+        }
+        out
+    }
+}
+
 impl fmt::Display for Resources {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "cpu {}m, memory {}Mi", self.cpu, self.memory / (1024 * 1024))?;

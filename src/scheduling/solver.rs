@@ -60,7 +60,7 @@ use super::instance_types::InstanceType;
 use super::requirements::{
     Conflict, Requirement, RequirementError, Requirements, pod_preferred_terms, pod_required_terms,
 };
-use super::resources::{CPU, MEMORY, PODS, ResourceError, Resources, pod_requests};
+use super::resources::{CPU, MEMORY, ResourceError, Resources, pod_requests};
 use super::taints::{Display as TaintDisplay, first_untolerated};
 use super::topology::{AffinityTerm, Counts, PodTopology, Spread, Target, is_hostname};
 
@@ -607,8 +607,8 @@ struct Solver<'a> {
     /// grow, so a refusal stands (positive affinity by hostname excepted: those pods scan every
     /// claim).
     cursors: HashMap<String, usize>,
-    /// Per pod key and pool, the price of the cheapest type that holds the pod on its own.
-    alone: HashMap<(String, usize), f64>,
+    /// Per pod requests and pool, the price of the cheapest type that holds the pod on its own.
+    alone: HashMap<(Resources, usize), f64>,
     /// Per pool and requirement set, the instance types it admits.
     admitted: HashMap<(usize, String), Vec<usize>>,
     /// Host ports already bound on each node or claim.
@@ -857,11 +857,10 @@ impl<'a> Solver<'a> {
                 continue;
             }
             // Every label the node may end up with must satisfy the pod.
-            let guaranteed = reqs.iter().all(|r| match node.requirements.get(r.key()) {
-                Some(n) => r.contains(n),
-                None => r.allows_absent(),
-            });
-            if guaranteed && self.ports_free(pod, Target::Node(i)) && self.host_allows(pod, c, Target::Node(i)) {
+            if reqs.guaranteed_by(&node.requirements)
+                && self.ports_free(pod, Target::Node(i))
+                && self.host_allows(pod, c, Target::Node(i))
+            {
                 let node = &mut self.nodes[i];
                 node.available.sub(&pod.requests);
                 self.placements.push(Placement { pod: pod.key.clone(), node: node.name.clone() });
@@ -871,20 +870,17 @@ impl<'a> Solver<'a> {
         None
     }
 
-    /// The price of the cheapest type of `pool` that holds the pod and the DaemonSets alone.
+    /// The price of the cheapest type of `pool` that holds the pod and the DaemonSets alone. It
+    /// depends only on the requests, so identical pods share one scan of the types.
     fn alone_price(&mut self, pod: &PodInfo<'_>, pool: usize) -> f64 {
-        let key = (pod.key.clone(), pool);
-        if let Some(price) = self.alone.get(&key) {
-            return *price;
-        }
         let p = &self.pools[pool];
-        let requests = p.daemon_overhead.clone().plus(&pod.requests);
-        let price = (0..p.allocatable.len())
-            .filter(|&i| requests.fits_in(&p.allocatable[i]))
-            .map(|i| p.price[i])
-            .fold(f64::INFINITY, f64::min);
-        self.alone.insert(key, price);
-        price
+        *self.alone.entry((pod.requests.clone(), pool)).or_insert_with(|| {
+            let requests = p.daemon_overhead.clone().plus(&pod.requests);
+            (0..p.allocatable.len())
+                .filter(|&i| requests.fits_in(&p.allocatable[i]))
+                .map(|i| p.price[i])
+                .fold(f64::INFINITY, f64::min)
+        })
     }
 
     fn try_open_claims(&mut self, pod: &PodInfo<'_>, reqs: &Requirements, c: &Constraints<'_>) -> Option<Target> {
@@ -1139,11 +1135,13 @@ fn finish_claim(pool: &Pool<'_>, claim: &Claim) -> NewClaim {
         })
         .filter_map(|&i| types[i].cheapest_offering(&claim.requirements).map(|o| (i, o.price)))
         .collect();
-    priced.sort_by(|a, b| a.1.total_cmp(&b.1).then_with(|| types[a.0].name.cmp(&types[b.0].name)));
+    let by_price =
+        |a: &(usize, f64), b: &(usize, f64)| a.1.total_cmp(&b.1).then_with(|| types[a.0].name.cmp(&types[b.0].name));
+    priced.sort_by(by_price);
     let mut kept: Vec<(usize, f64)> = priced.iter().take(MAX_INSTANCE_TYPES).copied().collect();
-    let kept_types = |kept: &[(usize, f64)]| kept.iter().map(|(i, _)| &types[*i]).collect::<Vec<_>>();
-    if min_values_error(&kept_types(&kept), &claim.requirements).is_some() {
-        // Take types that bring new values first, then fill with the cheapest.
+    let kept_types: Vec<&InstanceType> = kept.iter().map(|(i, _)| &types[*i]).collect();
+    if min_values_error(&kept_types, &claim.requirements).is_some() {
+        // Take types that bring new values first, then fill with the cheapest up to 60.
         let mut chosen: Vec<(usize, f64)> = Vec::new();
         for r in claim.requirements.iter().filter(|r| r.min_values.is_some()) {
             let mut seen = BTreeSet::new();
@@ -1159,14 +1157,14 @@ fn finish_claim(pool: &Pool<'_>, claim: &Claim) -> NewClaim {
             }
         }
         for &(i, price) in &priced {
-            if chosen.len() >= MAX_INSTANCE_TYPES.max(chosen.len()) {
+            if chosen.len() >= MAX_INSTANCE_TYPES {
                 break;
             }
             if !chosen.iter().any(|(j, _)| *j == i) {
                 chosen.push((i, price));
             }
         }
-        chosen.sort_by(|a, b| a.1.total_cmp(&b.1).then_with(|| types[a.0].name.cmp(&types[b.0].name)));
+        chosen.sort_by(by_price);
         kept = chosen;
     }
     let mut requirements = claim.requirements.clone();
@@ -1176,24 +1174,9 @@ fn finish_claim(pool: &Pool<'_>, claim: &Claim) -> NewClaim {
         requirements: requirements.to_api(),
         price: kept.first().map_or(0.0, |(_, p)| *p),
         instance_types: kept.iter().map(|&(i, price)| InstanceOption { name: types[i].name.clone(), price }).collect(),
-        requests: quantities(&claim.requests),
+        requests: claim.requests.to_quantities(),
         pods: claim.pods.clone(),
     }
-}
-
-/// A resource vector in Kubernetes quantity notation, for output.
-pub fn quantities(r: &Resources) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    out.insert(CPU.to_string(), format!("{}m", r.cpu));
-    out.insert(MEMORY.to_string(), format!("{}Mi", (r.memory + (1 << 20) - 1) >> 20));
-    if r.ephemeral_storage > 0 {
-        out.insert("ephemeral-storage".to_string(), format!("{}Mi", (r.ephemeral_storage + (1 << 20) - 1) >> 20));
-    }
-    out.insert(PODS.to_string(), r.pods.to_string());
-    for (name, amount) in r.extended() {
-        out.insert(name.to_string(), amount.to_string());
-    }
-    out
 }
 
 /// The requests of the DaemonSets whose pods would land on a new node of `pool`.

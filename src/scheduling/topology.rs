@@ -180,34 +180,24 @@ impl PodTopology {
             .collect();
         let mut terms = Vec::new();
         let affinity = spec.affinity.as_ref();
+        let near = affinity.and_then(|a| a.pod_affinity.as_ref());
+        let away = affinity.and_then(|a| a.pod_anti_affinity.as_ref());
         for (anti, required, weighted) in [
             (
                 false,
-                affinity
-                    .and_then(|a| a.pod_affinity.as_ref())
-                    .and_then(|p| p.required_during_scheduling_ignored_during_execution.clone())
-                    .unwrap_or_default(),
-                affinity
-                    .and_then(|a| a.pod_affinity.as_ref())
-                    .and_then(|p| p.preferred_during_scheduling_ignored_during_execution.clone())
-                    .unwrap_or_default(),
+                near.and_then(|p| p.required_during_scheduling_ignored_during_execution.clone()),
+                near.and_then(|p| p.preferred_during_scheduling_ignored_during_execution.clone()),
             ),
             (
                 true,
-                affinity
-                    .and_then(|a| a.pod_anti_affinity.as_ref())
-                    .and_then(|p| p.required_during_scheduling_ignored_during_execution.clone())
-                    .unwrap_or_default(),
-                affinity
-                    .and_then(|a| a.pod_anti_affinity.as_ref())
-                    .and_then(|p| p.preferred_during_scheduling_ignored_during_execution.clone())
-                    .unwrap_or_default(),
+                away.and_then(|p| p.required_during_scheduling_ignored_during_execution.clone()),
+                away.and_then(|p| p.preferred_during_scheduling_ignored_during_execution.clone()),
             ),
         ] {
+            let (required, mut weighted) = (required.unwrap_or_default(), weighted.unwrap_or_default());
             for term in &required {
                 terms.push(AffinityTerm { selection: term_selection(term, &namespace), anti, required: true });
             }
-            let mut weighted = weighted;
             weighted.sort_by_key(|w| std::cmp::Reverse(w.weight));
             for w in &weighted {
                 terms.push(AffinityTerm {
