@@ -67,30 +67,30 @@ struct List {
     items: Vec<serde_json::Value>,
 }
 
-/// Reads one object of a known kind from its JSON form (the items of a `List`).
-fn object_from_value(value: serde_json::Value) -> Result<Object, String> {
-    let head: Head = serde_json::from_value(value.clone()).map_err(|e| e.to_string())?;
-    let typed = |e: serde_json::Error| e.to_string();
-    match (head.api_version.as_deref(), head.kind.as_deref()) {
-        (Some(api), Some(kind)) => match object_kind(api, kind) {
-            Some(ObjectKind::NodePool) => {
-                serde_json::from_value(value).map(|o| Object::NodePool(Box::new(o))).map_err(typed)
-            }
-            Some(ObjectKind::NodeClaim) => {
-                serde_json::from_value(value).map(|o| Object::NodeClaim(Box::new(o))).map_err(typed)
-            }
-            Some(ObjectKind::EC2NodeClass) => {
-                serde_json::from_value(value).map(|o| Object::EC2NodeClass(Box::new(o))).map_err(typed)
-            }
-            Some(ObjectKind::Provisioner) => {
-                serde_json::from_value(value).map(|o| Object::Provisioner(Box::new(o))).map_err(typed)
-            }
-            Some(ObjectKind::AWSNodeTemplate) => {
-                serde_json::from_value(value).map(|o| Object::AWSNodeTemplate(Box::new(o))).map_err(typed)
-            }
-            None => Err(unknown_kind(api, kind)),
-        },
-        _ => Err(NO_TYPE.into()),
+/// Something that can be read as any of Rafter's object types: a YAML document (keeping its line
+/// numbers) or a JSON value (an item of a `List`).
+trait Source {
+    type Error;
+    fn read<T: DeserializeOwned>(self) -> Result<T, Self::Error>;
+}
+
+/// One YAML document and the line it starts on.
+struct YamlDocument<'a> {
+    text: &'a str,
+    line: u64,
+}
+
+impl Source for YamlDocument<'_> {
+    type Error = ManifestError;
+    fn read<T: DeserializeOwned>(self) -> Result<T, ManifestError> {
+        typed(self.text, self.line)
+    }
+}
+
+impl Source for serde_json::Value {
+    type Error = String;
+    fn read<T: DeserializeOwned>(self) -> Result<T, String> {
+        serde_json::from_value(self).map_err(|e| e.to_string())
     }
 }
 
@@ -103,14 +103,38 @@ enum ObjectKind {
     AWSNodeTemplate,
 }
 
-fn object_kind(api_version: &str, kind: &str) -> Option<ObjectKind> {
-    match (api_version, kind) {
-        ("karpenter.sh/v1", "NodePool") => Some(ObjectKind::NodePool),
-        ("karpenter.sh/v1", "NodeClaim") => Some(ObjectKind::NodeClaim),
-        ("karpenter.k8s.aws/v1", "EC2NodeClass") => Some(ObjectKind::EC2NodeClass),
-        ("karpenter.sh/v1alpha5", "Provisioner") => Some(ObjectKind::Provisioner),
-        ("karpenter.k8s.aws/v1alpha1", "AWSNodeTemplate") => Some(ObjectKind::AWSNodeTemplate),
-        _ => None,
+impl ObjectKind {
+    fn of(api_version: &str, kind: &str) -> Option<Self> {
+        match (api_version, kind) {
+            ("karpenter.sh/v1", "NodePool") => Some(Self::NodePool),
+            ("karpenter.sh/v1", "NodeClaim") => Some(Self::NodeClaim),
+            ("karpenter.k8s.aws/v1", "EC2NodeClass") => Some(Self::EC2NodeClass),
+            ("karpenter.sh/v1alpha5", "Provisioner") => Some(Self::Provisioner),
+            ("karpenter.k8s.aws/v1alpha1", "AWSNodeTemplate") => Some(Self::AWSNodeTemplate),
+            _ => None,
+        }
+    }
+
+    fn read<S: Source>(self, source: S) -> Result<Object, S::Error> {
+        Ok(match self {
+            Self::NodePool => Object::NodePool(Box::new(source.read()?)),
+            Self::NodeClaim => Object::NodeClaim(Box::new(source.read()?)),
+            Self::EC2NodeClass => Object::EC2NodeClass(Box::new(source.read()?)),
+            Self::Provisioner => Object::Provisioner(Box::new(source.read()?)),
+            Self::AWSNodeTemplate => Object::AWSNodeTemplate(Box::new(source.read()?)),
+        })
+    }
+}
+
+/// Reads one object of a known kind from its JSON form (the items of a `List`).
+fn object_from_value(value: serde_json::Value) -> Result<Object, String> {
+    let head: Head = serde_json::from_value(value.clone()).map_err(|e| e.to_string())?;
+    match (head.api_version.as_deref(), head.kind.as_deref()) {
+        (Some(api), Some(kind)) => match ObjectKind::of(api, kind) {
+            Some(k) => k.read(value),
+            None => Err(unknown_kind(api, kind)),
+        },
+        _ => Err(NO_TYPE.into()),
     }
 }
 
@@ -204,12 +228,8 @@ pub fn parse_documents(text: &str) -> Result<Vec<Document>, Vec<ManifestError>> 
                 }
                 continue;
             }
-            (Some(api), Some(kind)) => match object_kind(api, kind) {
-                Some(ObjectKind::NodePool) => typed(&doc, line).map(|o| Object::NodePool(Box::new(o))),
-                Some(ObjectKind::NodeClaim) => typed(&doc, line).map(|o| Object::NodeClaim(Box::new(o))),
-                Some(ObjectKind::EC2NodeClass) => typed(&doc, line).map(|o| Object::EC2NodeClass(Box::new(o))),
-                Some(ObjectKind::Provisioner) => typed(&doc, line).map(|o| Object::Provisioner(Box::new(o))),
-                Some(ObjectKind::AWSNodeTemplate) => typed(&doc, line).map(|o| Object::AWSNodeTemplate(Box::new(o))),
+            (Some(api), Some(kind)) => match ObjectKind::of(api, kind) {
+                Some(k) => k.read(YamlDocument { text: &doc, line }),
                 None => Err(at_document(unknown_kind(api, kind))),
             },
             _ => Err(at_document(NO_TYPE.into())),
