@@ -87,6 +87,9 @@ impl Simulator {
 pub fn client_for(url: &str, user_agent: &str) -> Result<kube::Client, SimError> {
     let uri: http::Uri = url.parse().map_err(|_| SimError::Url(url.to_string()))?;
     let mut config = kube::Config::new(uri);
+    // kube's default layer retries every 429 up to 15 times with growing delays, which turns a
+    // PodDisruptionBudget's refusal into minutes of waiting; callers retry on their own terms.
+    config.default_retry = false;
     config.headers.push((
         http::header::USER_AGENT,
         http::HeaderValue::from_str(user_agent).map_err(|_| SimError::Url(user_agent.to_string()))?,

@@ -839,7 +839,11 @@ async fn evict(
         let allowed = if healthy(&pod.value) { current - desired > 0 } else { current >= desired };
         if !allowed {
             let pdb_name = pdb.meta("name").to_string();
-            return Err(ApiError::too_many_requests("Cannot evict pod as it would violate the pod's disruption budget.").with_details(json!({
+            let mut error =
+                ApiError::too_many_requests("Cannot evict pod as it would violate the pod's disruption budget.");
+            // kube-apiserver sends no Retry-After here: the budget, not the server's load, decides.
+            error.retry_after = None;
+            return Err(error.with_details(json!({
                 "causes": [{"reason": "DisruptionBudget", "message": format!("The disruption budget {pdb_name} needs {desired} healthy pods and has {current} currently")}]
             })));
         }
