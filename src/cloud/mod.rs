@@ -1,0 +1,142 @@
+//! The cloud seam: a narrow provider trait with typed errors, an in-memory implementation for tests and
+//! the demo, and (with its own issue) EC2.
+
+pub mod fake;
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+
+use crate::api::nodeclaim::NodeClaim;
+use crate::api::nodepool::NodePool;
+use crate::scheduling::instance_types::{CapacityType, InstanceType};
+
+/// An instance's life, as EC2 reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum InstanceState {
+    Pending,
+    Running,
+    ShuttingDown,
+    Terminated,
+}
+
+impl InstanceState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InstanceState::Pending => "pending",
+            InstanceState::Running => "running",
+            InstanceState::ShuttingDown => "shutting-down",
+            InstanceState::Terminated => "terminated",
+        }
+    }
+}
+
+/// A machine the cloud runs for a NodeClaim.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Instance {
+    /// `i-…`
+    pub id: String,
+    /// `aws:///us-east-1a/i-…`, the Node's `spec.providerID`.
+    pub provider_id: String,
+    pub instance_type: String,
+    pub zone: String,
+    pub capacity_type: CapacityType,
+    pub state: InstanceState,
+    /// Hourly price paid for it.
+    pub price: f64,
+    /// The node name the kubelet will register (EC2's private DNS name).
+    pub private_dns_name: String,
+    pub private_ip: String,
+    /// Tags, including `karpenter.sh/nodeclaim` and `karpenter.sh/nodepool`.
+    pub tags: BTreeMap<String, String>,
+    /// RFC 3339 launch time.
+    pub launch_time: String,
+}
+
+impl Instance {
+    /// The NodeClaim this instance was launched for, from its tag.
+    pub fn node_claim(&self) -> Option<&str> {
+        self.tags.get(TAG_NODECLAIM).map(String::as_str)
+    }
+}
+
+/// Tag naming the NodeClaim an instance belongs to.
+pub const TAG_NODECLAIM: &str = "karpenter.sh/nodeclaim";
+/// Tag naming the NodePool.
+pub const TAG_NODEPOOL: &str = "karpenter.sh/nodepool";
+
+/// One way to buy a type: the unit the insufficient-capacity cache works in.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct OfferingKey {
+    pub instance_type: String,
+    pub zone: String,
+    pub capacity_type: CapacityType,
+}
+
+impl std::fmt::Display for OfferingKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}/{}", self.instance_type, self.zone, self.capacity_type.as_str())
+    }
+}
+
+/// Why a machine no longer matches its NodeClaim's intent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DriftReason(pub String);
+
+/// What the cloud can say went wrong; each kind has its own remedy.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CloudError {
+    /// No capacity in any offering tried; these offerings should be avoided for a while.
+    #[error("insufficient capacity for {}", offerings.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "))]
+    InsufficientCapacity { offerings: Vec<OfferingKey> },
+    /// The API throttled the call: retry with backoff and jitter.
+    #[error("throttled by the cloud API: {message}")]
+    Throttled { message: String },
+    /// The instance does not exist (for deletes: it is gone, which is success).
+    #[error("instance {id} not found")]
+    NotFound { id: String },
+    /// The user's configuration cannot work (no subnet, no such AMI, no permission): fix it, don't retry.
+    #[error("invalid cloud configuration: {message}")]
+    InvalidConfiguration { message: String },
+    /// Anything else that may pass: retry.
+    #[error("transient cloud error: {message}")]
+    Transient { message: String },
+}
+
+/// The cloud, as Rafter needs it. Every call is idempotent where it says so, so any replica may
+/// repeat a call a previous leader made.
+#[async_trait]
+pub trait CloudProvider: Send + Sync + std::fmt::Debug {
+    /// Launches the machine for a claim; repeating it for the same claim returns the same machine.
+    async fn create(&self, claim: &NodeClaim) -> Result<Instance, CloudError>;
+    /// Terminates the claim's machine; `NotFound` means it is already gone.
+    async fn delete(&self, claim: &NodeClaim) -> Result<(), CloudError>;
+    async fn get(&self, provider_id: &str) -> Result<Instance, CloudError>;
+    /// Every instance of this cluster, for garbage collection and for simulated kubelets.
+    async fn list(&self) -> Result<Vec<Instance>, CloudError>;
+    /// The types a pool may launch, with offerings and prices.
+    async fn instance_types(&self, pool: &NodePool) -> Result<Vec<InstanceType>, CloudError>;
+    async fn is_drifted(&self, claim: &NodeClaim) -> Result<Option<DriftReason>, CloudError>;
+}
+
+/// Splits `aws:///us-east-1a/i-0abc` into zone and instance id.
+pub fn parse_provider_id(provider_id: &str) -> Option<(&str, &str)> {
+    let rest = provider_id.strip_prefix("aws:///")?;
+    let (zone, id) = rest.split_once('/')?;
+    if zone.is_empty() || !id.starts_with("i-") {
+        return None;
+    }
+    Some((zone, id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn provider_ids_split_into_zone_and_instance() {
+        assert_eq!(parse_provider_id("aws:///us-east-1a/i-0abc"), Some(("us-east-1a", "i-0abc")));
+        assert_eq!(parse_provider_id("kind://x"), None);
+        assert_eq!(parse_provider_id("aws:///us-east-1a/x"), None);
+    }
+}
