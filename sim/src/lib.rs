@@ -3,6 +3,10 @@
 #![forbid(unsafe_code)]
 
 pub mod apiserver;
+pub mod components;
+pub mod nodes;
+pub mod scheduler;
+pub mod workloads;
 
 use std::path::Path;
 use std::sync::Arc;

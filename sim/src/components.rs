@@ -1,0 +1,71 @@
+//! What the simulated components share: caches fed by kube-runtime watchers, and a handle that stops a
+//! component's tasks when dropped.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use kube::api::Api;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use serde::de::DeserializeOwned;
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+
+/// A running component; dropping it stops it.
+#[derive(Debug, Default)]
+pub struct Component {
+    tasks: JoinSet<()>,
+}
+
+impl Component {
+    pub fn spawn(&mut self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.tasks.spawn(task);
+    }
+
+    pub fn stop(&mut self) {
+        self.tasks.abort_all();
+    }
+}
+
+impl Drop for Component {
+    fn drop(&mut self) {
+        self.tasks.abort_all();
+    }
+}
+
+/// A reflector cache over `api` that pokes `notify` on every change. Watch errors are retried with
+/// kube-runtime's default backoff, so a dropped watch or a 410 only delays the cache.
+pub fn cache<K>(component: &mut Component, api: Api<K>, config: watcher::Config, notify: Arc<Notify>) -> Store<K>
+where
+    K: kube::Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    let (reader, writer) = reflector::store();
+    let stream = reflector::reflector(writer, watcher(api, config)).default_backoff().touched_objects();
+    component.spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(item) = stream.next().await {
+            if let Err(error) = item {
+                tracing::debug!(%error, "watch error; the watcher retries");
+            }
+            notify.notify_one();
+        }
+    });
+    reader
+}
+
+/// Waits for a poke or a period, whichever comes first.
+pub async fn wait(notify: &Notify, period: Duration) {
+    let _ = tokio::time::timeout(period, notify.notified()).await;
+}
+
+/// The current time as `metav1.Time`.
+pub fn now() -> String {
+    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+/// The current time as `metav1.MicroTime`.
+pub fn now_micro() -> String {
+    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+}
