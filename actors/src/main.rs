@@ -61,8 +61,31 @@ enum Command {
         #[arg(long, default_value_t = 0.4)]
         spot_price_ratio: f64,
     },
+    /// The simulated world Rafter is tested in.
+    #[command(subcommand)]
+    Sim(SimCommand),
     /// Print the version.
     Version,
+}
+
+#[derive(Debug, Subcommand)]
+enum SimCommand {
+    /// Run the in-memory Kubernetes API server on 127.0.0.1 until interrupted, with simulated
+    /// nodes (following the fake cloud), scheduler and workload controllers.
+    Apiserver {
+        /// Port to listen on; 0 picks a free one.
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+        /// Write a kubeconfig for kubectl and `rafter run` here.
+        #[arg(long)]
+        kubeconfig_out: Option<PathBuf>,
+        /// Serve the API only: no simulated nodes, scheduler or workload controllers.
+        #[arg(long)]
+        api_only: bool,
+        /// Install Rafter's CRDs at start.
+        #[arg(long)]
+        install_crds: bool,
+    },
 }
 
 fn init_logging(format: LogFormat) {
@@ -85,6 +108,9 @@ fn main() -> ExitCode {
             convert(&file, &ConversionOptions { default_instance_profile, role })
         }
         Command::Solve { input, catalog, spot_price_ratio } => solve(&input, &catalog, spot_price_ratio),
+        Command::Sim(SimCommand::Apiserver { port, kubeconfig_out, api_only, install_crds }) => {
+            sim_apiserver(port, kubeconfig_out.as_deref(), api_only, install_crds)
+        }
         Command::Version => {
             println!("rafter {}", env!("CARGO_PKG_VERSION"));
             Ok(())
@@ -97,6 +123,44 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn sim_apiserver(port: u16, kubeconfig: Option<&Path>, api_only: bool, install_crds: bool) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let config = rafter_sim::ServerConfig { port, ..rafter_sim::ServerConfig::default() };
+        let sim = rafter_sim::Simulator::start_with(config).await?;
+        let client = sim.client();
+        if install_crds {
+            let api: kube::Api<
+                k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+            > = kube::Api::all(client.clone());
+            for (_, crd) in crds::all() {
+                api.create(&kube::api::PostParams::default(), &crd).await.context("installing the CRDs")?;
+            }
+        }
+        let mut components = Vec::new();
+        if !api_only {
+            let cloud =
+                std::sync::Arc::new(rafter::cloud::fake::FakeCloud::new(rafter::cloud::fake::FakeConfig::default())?);
+            components.push(rafter_sim::workloads::spawn(client.clone()));
+            components.push(rafter_sim::scheduler::spawn(client.clone()));
+            let feed = std::sync::Arc::new(rafter_sim::nodes::FakeFeed(cloud));
+            components.push(rafter_sim::nodes::spawn(
+                client.clone(),
+                feed,
+                rafter_sim::nodes::NodeSimConfig::default(),
+            ));
+        }
+        if let Some(path) = kubeconfig {
+            sim.write_kubeconfig(path)?;
+        }
+        tracing::info!(url = %sim.url(), kubeconfig = ?kubeconfig, "API server listening");
+        println!("{}", sim.url());
+        tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+        drop(components);
+        Ok(())
+    })
 }
 
 fn print_crds(dir: Option<&Path>) -> anyhow::Result<()> {

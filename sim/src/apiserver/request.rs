@@ -105,6 +105,10 @@ pub struct ApiRequest {
     pub body: Option<Value>,
     /// The client wants a `meta.k8s.io` Table (kubectl get).
     pub table: bool,
+    /// For `/openapi/…`: the version asked for.
+    pub openapi_version: Option<String>,
+    /// The client accepts protobuf (kubectl asks for the OpenAPI document so).
+    pub protobuf: bool,
 }
 
 fn parse_bool(key: &str, value: &str) -> Result<bool, ApiError> {
@@ -270,7 +274,12 @@ pub fn decode(
     {
         return Err(ApiError::bad_request("the body of the request must be a JSON object"));
     }
-    Ok(ApiRequest { route, verb, query, patch, body, table })
+    let openapi_version = match route {
+        Route::OpenApi => path.trim_end_matches('/').rsplit('/').next().map(str::to_string),
+        _ => None,
+    };
+    let protobuf = accept.contains("protobuf");
+    Ok(ApiRequest { route, verb, query, patch, body, table, openapi_version, protobuf })
 }
 
 #[cfg(test)]

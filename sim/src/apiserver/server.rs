@@ -160,7 +160,7 @@ fn respond_error(error: &ApiError) -> Response<Body> {
     response
 }
 
-fn header_text<'a>(req: &'a Request<Incoming>, name: header::HeaderName) -> &'a str {
+fn header_text(req: &Request<Incoming>, name: header::HeaderName) -> &str {
     req.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or_default()
 }
 
@@ -326,6 +326,24 @@ async fn serve(state: &Arc<ServerState>, req: ApiRequest, manager_default: &str)
             }),
         )),
         Route::Healthz => Ok(respond(200, Bytes::from_static(b"ok"))),
+        // kubectl's client-side validation downloads the v2 document; an empty one (no definitions)
+        // leaves validation to the server, which checks every write anyway. v3 is not served, so
+        // kubectl falls back to v2.
+        Route::OpenApi if req.verb == Verb::List && openapi_v2(&req) => {
+            if req.protobuf {
+                // gnostic's openapi_v2.Document with only `swagger: "2.0"` (field 1, a string).
+                let mut response = respond(200, Bytes::from_static(b"\x0a\x032.0"));
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/com.github.proto-openapi.spec.v2.v1.0+protobuf"),
+                );
+                return Ok(response);
+            }
+            Ok(respond_json(
+                200,
+                &json!({"swagger": "2.0", "info": {"title": "Kubernetes", "version": "v1.33.0"}, "paths": {}, "definitions": {}}),
+            ))
+        }
         Route::OpenApi => Err(ApiError::path_not_found()),
         Route::Admin(path) => admin(state, path, req.body.as_ref()),
         Route::Resource(path) => {
@@ -334,6 +352,10 @@ async fn serve(state: &Arc<ServerState>, req: ApiRequest, manager_default: &str)
             resource(state, &view, &path, req, manager_default).await
         }
     }
+}
+
+fn openapi_v2(req: &ApiRequest) -> bool {
+    req.openapi_version.as_deref() == Some("v2")
 }
 
 fn admin(state: &Arc<ServerState>, path: &str, body: Option<&Value>) -> Result<Response<Body>, ApiError> {
@@ -525,6 +547,9 @@ async fn resource(
         None => {}
         Some("status") if rt.status_subresource => {}
         Some("binding" | "eviction") if rt.group.is_empty() && rt.plural == "pods" && req.verb == Verb::Create => {}
+        Some("scale") if rt.group == "apps" && (rt.plural == "deployments" || rt.plural == "replicasets") => {
+            return scale(state, &rt, &key, path, &req);
+        }
         Some(_) => return Err(ApiError::path_not_found()),
     }
     let not_found = || ApiError::not_found(&rt.plural, &rt.group, path.name.as_deref().unwrap_or_default());
@@ -678,6 +703,73 @@ async fn resource(
             ))
         }
     }
+}
+
+/// The `autoscaling/v1` Scale of a workload.
+fn scale_of(object: &Value) -> Value {
+    let selector = object.pointer("/spec/selector/matchLabels").and_then(Value::as_object).map(|labels| {
+        labels.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default())).collect::<Vec<_>>().join(",")
+    });
+    let meta = object.get("metadata").cloned().unwrap_or_default();
+    json!({
+        "kind": "Scale", "apiVersion": "autoscaling/v1",
+        "metadata": {"name": meta["name"], "namespace": meta["namespace"], "uid": meta["uid"], "resourceVersion": meta["resourceVersion"], "creationTimestamp": meta["creationTimestamp"]},
+        "spec": {"replicas": object.pointer("/spec/replicas").cloned().unwrap_or(json!(0))},
+        "status": {"replicas": object.pointer("/status/replicas").cloned().unwrap_or(json!(0)), "selector": selector.unwrap_or_default()}
+    })
+}
+
+/// `…/scale`: read or change a workload's replicas (what `kubectl scale` uses).
+fn scale(
+    state: &Arc<ServerState>,
+    rt: &ResourceType,
+    key: &StorageKey,
+    path: &ResourcePath,
+    req: &ApiRequest,
+) -> Result<Response<Body>, ApiError> {
+    let objkey = objkey(rt, path);
+    let not_found = || ApiError::not_found(&rt.plural, &rt.group, &objkey.1);
+    if req.verb == Verb::Get {
+        let stored = state.store.get(key, &objkey).ok_or_else(not_found)?;
+        return Ok(respond_json(200, &scale_of(&stored.value)));
+    }
+    if !matches!(req.verb, Verb::Patch | Verb::Update) {
+        return Err(ApiError::method_not_allowed("scale supports get, update and patch"));
+    }
+    let body = req.body.clone().unwrap_or_default();
+    let written = state.store.modify(key, &objkey, not_found, |current| {
+        let mut scaled = scale_of(&current.value);
+        match (req.verb, req.patch) {
+            (Verb::Update, _) => scaled = body.clone(),
+            (_, Some(PatchType::Json)) => patch::json_patch(&mut scaled, &body)
+                .map_err(|e| ApiError::invalid("Scale", "autoscaling", &objkey.1, vec![("patch".into(), e)]))?,
+            _ => patch::merge_patch(&mut scaled, &body),
+        }
+        let replicas = scaled.pointer("/spec/replicas").and_then(Value::as_i64).ok_or_else(|| {
+            ApiError::invalid(
+                "Scale",
+                "autoscaling",
+                &objkey.1,
+                vec![("spec.replicas".into(), "Required value".into())],
+            )
+        })?;
+        if replicas < 0 {
+            return Err(ApiError::invalid(
+                "Scale",
+                "autoscaling",
+                &objkey.1,
+                vec![(
+                    "spec.replicas".into(),
+                    format!("Invalid value: {replicas}: must be greater than or equal to 0"),
+                )],
+            ));
+        }
+        let mut next = current.value.clone();
+        next["spec"]["replicas"] = json!(replicas);
+        let next = admission::prepare_update(rt, &current.value, next, None)?;
+        Ok(Outcome::Replace(next))
+    })?;
+    Ok(respond_json(200, &scale_of(&written.object().value)))
 }
 
 fn delete_options(req: &ApiRequest) -> DeleteOptions {

@@ -114,6 +114,9 @@ impl Default for StoreConfig {
     }
 }
 
+/// A table as a list saw it, kept for its `continue` tokens: (resourceVersion, table, objects, taken at).
+type Snapshot = (u64, StorageKey, OrdMap<ObjKey, Arc<Stored>>, Instant);
+
 struct Inner {
     rv: u64,
     counter: u64,
@@ -122,7 +125,7 @@ struct Inner {
     dependents: HashMap<String, HashSet<(StorageKey, ObjKey)>>,
     /// uid → where the object lives.
     uids: HashMap<String, (StorageKey, ObjKey)>,
-    snapshots: VecDeque<(u64, StorageKey, OrdMap<ObjKey, Arc<Stored>>, Instant)>,
+    snapshots: VecDeque<Snapshot>,
 }
 
 /// How a delete is asked for.
@@ -709,9 +712,8 @@ mod tests {
         p["metadata"]["finalizers"] = json!(["x"]);
         store.create(&key("pods"), true, p, "pods", "").expect("a");
         let objkey = ("default".to_string(), "a".to_string());
-        let written = store
-            .delete(&key("pods"), &objkey, &DeleteOptions::default(), || ApiError::path_not_found())
-            .expect("deletes");
+        let written =
+            store.delete(&key("pods"), &objkey, &DeleteOptions::default(), ApiError::path_not_found).expect("deletes");
         assert!(matches!(written, Written::Updated(_)));
         let current = store.get(&key("pods"), &objkey).expect("still there");
         assert!(current.value.pointer("/metadata/deletionTimestamp").is_some());

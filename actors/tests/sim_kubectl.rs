@@ -1,0 +1,87 @@
+//! `rafter sim apiserver` runs standalone and kubectl works against it: apply, scale, get, describe.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn kubectl(kubeconfig: &std::path::Path, args: &[&str]) -> (bool, String) {
+    let program = std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".to_string());
+    let output = Command::new(&program).args(args).env("KUBECONFIG", kubeconfig).output().unwrap_or_else(|e| {
+        panic!("cannot run {program} ({e}); ./scripts/test installs kubectl when it is missing, or set KUBECTL")
+    });
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    (output.status.success(), text)
+}
+
+fn until(what: &str, mut check: impl FnMut() -> Option<String>) -> String {
+    let started = Instant::now();
+    loop {
+        if let Some(found) = check() {
+            return found;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn kubectl_gets_and_describes_against_the_standalone_server() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let kubeconfig = dir.path().join("kubeconfig");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rafter"))
+        .args(["sim", "apiserver", "--install-crds", "--kubeconfig-out"])
+        .arg(&kubeconfig)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("rafter sim apiserver starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let _server = Server(child);
+    let mut url = String::new();
+    BufReader::new(stdout).read_line(&mut url).expect("the server prints its URL");
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    assert!(kubeconfig.exists());
+
+    let inflate = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/examples/workloads/inflate.yaml");
+    let (ok, out) = kubectl(&kubeconfig, &["apply", "-f", inflate]);
+    assert!(ok, "kubectl apply: {out}");
+    let pool = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/examples/v1/nodepool-default.yaml");
+    let (ok, out) = kubectl(&kubeconfig, &["apply", "-f", pool]);
+    assert!(ok && out.contains("nodepool.karpenter.sh/default created"), "kubectl apply NodePool: {out}");
+    let (ok, out) = kubectl(&kubeconfig, &["scale", "deployment", "inflate", "--replicas", "2"]);
+    assert!(ok, "kubectl scale: {out}");
+
+    let listing = until("two inflate pods are listed", || {
+        let (ok, out) = kubectl(&kubeconfig, &["get", "nodes,pods"]);
+        (ok && out.matches("inflate-").count() == 2).then_some(out)
+    });
+    assert!(listing.contains("NAME") && listing.contains("READY") && listing.contains("STATUS"), "{listing}");
+    assert!(listing.contains("Pending"), "{listing}");
+    let pod = listing
+        .lines()
+        .find_map(|l| l.split_whitespace().next().filter(|n| n.starts_with("pod/inflate-")))
+        .expect("a pod line")
+        .to_string();
+
+    let described = until("the pod's FailedScheduling event shows", || {
+        let (ok, out) = kubectl(&kubeconfig, &["describe", &pod]);
+        (ok && out.contains("FailedScheduling")).then_some(out)
+    });
+    assert!(described.contains("Controlled By:  ReplicaSet/inflate-"), "{described}");
+    assert!(described.contains("cpu:        100m"), "{described}");
+    assert!(described.contains("0/0 nodes are available"), "{described}");
+
+    let (ok, out) = kubectl(&kubeconfig, &["get", "nodepools"]);
+    assert!(ok && out.contains("default"), "{out}");
+    let (ok, out) = kubectl(&kubeconfig, &["get", "pod", "missing"]);
+    assert!(!ok && out.contains("NotFound"), "{out}");
+}
