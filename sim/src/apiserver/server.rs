@@ -1163,11 +1163,33 @@ fn watch(
                 message = events.recv() => match message {
                     Ok(Broadcast::Change(change)) => {
                         last_rv = change.rv;
-                        if let Some(line) = change_line(&view, &filter, &change) {
+                        // Send what is already queued as one chunk: one write for a burst, not one per event.
+                        let mut chunk: Vec<u8> = change_line(&view, &filter, &change).map(|l| l.to_vec()).unwrap_or_default();
+                        let mut lagged = false;
+                        while chunk.len() < 1 << 20 {
+                            match events.try_recv() {
+                                Ok(Broadcast::Change(next)) => {
+                                    last_rv = next.rv;
+                                    if let Some(line) = change_line(&view, &filter, &next) {
+                                        chunk.extend_from_slice(&line);
+                                    }
+                                }
+                                Ok(Broadcast::Bookmark(_)) => {}
+                                Err(broadcast::error::TryRecvError::Empty) => break,
+                                Err(_) => {
+                                    lagged = true;
+                                    break;
+                                }
+                            }
+                        }
+                        if !chunk.is_empty() {
                             state.faults.wait_unpaused().await;
-                            if tx.send(line).await.is_err() {
+                            if tx.send(Bytes::from(chunk)).await.is_err() {
                                 return;
                             }
+                        }
+                        if lagged {
+                            return;
                         }
                     }
                     Ok(Broadcast::Bookmark(rv)) => {
