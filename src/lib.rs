@@ -1,7 +1,9 @@
 //! Rafter's domain library: the Karpenter-compatible API types and the pure logic around them.
 //!
-//! Everything in this crate is synchronous and free of I/O so it can be tested without a
-//! cluster, a cloud or a runtime; the actor tree in `rafter-actors` supplies the effects.
+//! The API types, the scheduling library and the parsers are synchronous and free of I/O, so they
+//! are tested without a cluster, a cloud or a runtime. `cloud` is the async seam to the cloud (the
+//! `CloudProvider` trait and its implementations); the actor tree in `rafter-actors` supplies the
+//! effects.
 #![forbid(unsafe_code)]
 
 pub mod api;

@@ -64,9 +64,14 @@ pub fn json_path(value: &Value, path: &str) -> Value {
     let mut rest = path.trim().trim_start_matches('{').trim_end_matches('}').trim_start_matches('$');
     while !rest.is_empty() {
         if let Some(tail) = rest.strip_prefix('.') {
-            let end = tail.find(['.', '[']).unwrap_or(tail.len());
-            let field = &tail[..end];
-            current = current.iter().filter_map(|v| v.get(field).cloned()).collect();
+            // A field ends at the first `.` or `[` that is not escaped (`node\.kubernetes\.io/…`).
+            let bytes = tail.as_bytes();
+            let mut end = 0;
+            while end < bytes.len() && !((bytes[end] == b'.' || bytes[end] == b'[') && (end == 0 || bytes[end - 1] != b'\\')) {
+                end += 1;
+            }
+            let field = tail[..end].replace("\\.", ".");
+            current = current.iter().filter_map(|v| v.get(&field).cloned()).collect();
             rest = &tail[end..];
         } else if let Some(tail) = rest.strip_prefix('[') {
             let Some(end) = tail.find(']') else { return Value::Null };
@@ -275,5 +280,7 @@ mod tests {
         assert_eq!(json_path(&claim, ".status.conditions[?(@.type==\"Ready\")].status"), json!("False"));
         assert_eq!(json_path(&claim, ".spec.a[1]"), json!(2));
         assert_eq!(json_path(&claim, ".missing"), Value::Null);
+        let node = json!({"metadata": {"labels": {"node.kubernetes.io/instance-type": "m5.large"}}});
+        assert_eq!(json_path(&node, ".metadata.labels.node\\.kubernetes\\.io/instance-type"), json!("m5.large"));
     }
 }
