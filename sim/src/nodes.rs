@@ -68,6 +68,44 @@ impl InstanceFeed for FakeFeed {
     }
 }
 
+/// Any `CloudProvider` followed by polling `list()` (for an EC2 emulator: `DescribeInstances`), with
+/// instance types from the shipped catalog.
+#[derive(Debug, Clone)]
+pub struct PollingFeed {
+    pub cloud: Arc<dyn CloudProvider>,
+    pub types: Arc<HashMap<String, InstanceType>>,
+    pub period: Duration,
+}
+
+impl PollingFeed {
+    pub fn new(
+        cloud: Arc<dyn CloudProvider>,
+        period: Duration,
+    ) -> Result<Self, rafter::scheduling::catalog::CatalogError> {
+        let kubelet = rafter::scheduling::instance_types::KubeletSettings::default();
+        let types = rafter::scheduling::catalog::us_east_1()?
+            .iter()
+            .map(|spec| (spec.name.clone(), InstanceType::new(spec, &kubelet, |_| None)))
+            .collect();
+        Ok(Self { cloud, types: Arc::new(types), period })
+    }
+}
+
+#[async_trait]
+impl InstanceFeed for PollingFeed {
+    async fn instances(&self) -> Result<Vec<Instance>, CloudError> {
+        self.cloud.list().await
+    }
+
+    async fn wait(&self, period: Duration) {
+        tokio::time::sleep(self.period.min(period)).await;
+    }
+
+    fn instance_type(&self, name: &str) -> Option<InstanceType> {
+        self.types.get(name).cloned()
+    }
+}
+
 /// NodeSim's timings.
 #[derive(Debug, Clone)]
 pub struct NodeSimConfig {
@@ -98,6 +136,7 @@ struct NodeState {
     startup_taints: Vec<Value>,
     startup_cleared: bool,
     last_heartbeat: tokio::time::Instant,
+    last_status: tokio::time::Instant,
 }
 
 /// Starts NodeSim.
@@ -264,6 +303,7 @@ async fn reconcile(
                     startup_taints: Vec::new(),
                     startup_cleared: true,
                     last_heartbeat: now,
+                    last_status: now,
                 },
             );
             continue;
@@ -296,6 +336,7 @@ async fn reconcile(
                 startup_cleared: startup.is_empty(),
                 startup_taints: startup,
                 last_heartbeat: now,
+                last_status: now,
             },
         );
     }
@@ -364,10 +405,25 @@ async fn reconcile(
             let _ = lease_api.patch(name, &PatchParams::default(), &Patch::Merge(renew)).await;
             state.last_heartbeat = now;
         }
+        // Like the kubelet's status report: the Ready condition's heartbeat, less often than the Lease.
+        if now.duration_since(state.last_status) >= config.heartbeat * 6 {
+            let ready = json!({"status": {"conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "kubelet is posting ready status", "lastHeartbeatTime": components::now()}]}});
+            let _ = node_api.patch_status(name, &PatchParams::default(), &Patch::Strategic(ready)).await;
+            state.last_status = now;
+        }
     }
-    // Pods: run the bound ones, finish graceful deletions.
+    // Pods: run the bound ones, finish graceful deletions; pods of a Node someone deleted go too
+    // (what pod garbage collection does for pods bound to nodes that no longer exist).
     for pod in pods {
         let Some(node_name) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) else { continue };
+        if let Some(state) = known.get(&node_name)
+            && now.duration_since(state.registered_at) > Duration::from_secs(5)
+            && !nodes.iter().any(|n| n.name_any() == node_name)
+        {
+            let api: Api<Pod> = Api::namespaced(client.clone(), &pod.namespace().unwrap_or_default());
+            let _ = api.delete(&pod.name_any(), &DeleteParams::default().grace_period(0)).await;
+            continue;
+        }
         let Some(state) = known.get(&node_name) else { continue };
         let api: Api<Pod> = Api::namespaced(client.clone(), &pod.namespace().unwrap_or_default());
         let key = format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any());

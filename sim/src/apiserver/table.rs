@@ -67,7 +67,9 @@ pub fn json_path(value: &Value, path: &str) -> Value {
             // A field ends at the first `.` or `[` that is not escaped (`node\.kubernetes\.io/…`).
             let bytes = tail.as_bytes();
             let mut end = 0;
-            while end < bytes.len() && !((bytes[end] == b'.' || bytes[end] == b'[') && (end == 0 || bytes[end - 1] != b'\\')) {
+            while end < bytes.len()
+                && !((bytes[end] == b'.' || bytes[end] == b'[') && (end == 0 || bytes[end - 1] != b'\\'))
+            {
                 end += 1;
             }
             let field = tail[..end].replace("\\.", ".");
