@@ -9,4 +9,5 @@
 pub mod api;
 pub mod cloud;
 pub mod interruption;
+pub mod mix;
 pub mod scheduling;

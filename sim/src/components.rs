@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::Api;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -58,6 +59,33 @@ where
 /// Waits for a poke or a period, whichever comes first.
 pub async fn wait(notify: &Notify, period: Duration) {
     let _ = tokio::time::timeout(period, notify.notified()).await;
+}
+
+fn condition_true(conditions: Option<&Vec<k8s_openapi::api::core::v1::PodCondition>>, kind: &str) -> bool {
+    conditions.is_some_and(|c| c.iter().any(|c| c.type_ == kind && c.status == "True"))
+}
+
+/// A pod whose Ready condition is True.
+pub fn ready(pod: &Pod) -> bool {
+    condition_true(pod.status.as_ref().and_then(|s| s.conditions.as_ref()), "Ready")
+}
+
+/// A pod that finished (Succeeded or Failed).
+pub fn terminal(pod: &Pod) -> bool {
+    matches!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"))
+}
+
+/// A pod that counts towards its controller: not finished and not being deleted.
+pub fn active(pod: &Pod) -> bool {
+    pod.metadata.deletion_timestamp.is_none() && !terminal(pod)
+}
+
+/// A node whose Ready condition is True.
+pub fn node_ready(node: &Node) -> bool {
+    node.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 /// The current time as `metav1.Time`.

@@ -17,7 +17,7 @@ use rafter::scheduling::taints;
 use serde_json::json;
 use tokio::sync::Notify;
 
-use crate::components::{self, Component};
+use crate::components::{self, Component, node_ready, terminal};
 
 /// The scheduler name this simulator serves.
 pub const SCHEDULER_NAME: &str = "default-scheduler";
@@ -49,15 +49,13 @@ fn key(pod: &Pod) -> String {
     format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any())
 }
 
-fn node_ready(node: &Node) -> bool {
+/// What a node offers pods (zero when it reports nothing readable).
+fn allocatable(node: &Node) -> Resources {
     node.status
         .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
-fn terminal(pod: &Pod) -> bool {
-    matches!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"))
+        .and_then(|s| s.allocatable.as_ref())
+        .and_then(|a| Resources::from_kube(a).ok())
+        .unwrap_or_else(Resources::zero)
 }
 
 /// Why one node cannot take a pod, in kube-scheduler's words.
@@ -93,12 +91,7 @@ fn misfit(pod: &Pod, node: &Node, used: &Resources, pods_on_node: &[&Pod]) -> Op
     if !node_ready(node) {
         return Some("node(s) had untolerated taint {node.kubernetes.io/not-ready: }".into());
     }
-    let allocatable = node
-        .status
-        .as_ref()
-        .and_then(|s| s.allocatable.as_ref())
-        .and_then(|a| Resources::from_kube(a).ok())
-        .unwrap_or_else(Resources::zero);
+    let allocatable = allocatable(node);
     let need = pod_requests(spec).unwrap_or_else(|_| Resources::zero());
     let total = used.clone().plus(&need);
     if let Some(resource) = total.first_exceeding(&allocatable) {
@@ -179,12 +172,7 @@ async fn schedule(
             match misfit(pod, node, &node_used, &neighbours) {
                 Some(reason) => *reasons.entry(reason).or_insert(0) += 1,
                 None => {
-                    let allocatable = node
-                        .status
-                        .as_ref()
-                        .and_then(|s| s.allocatable.as_ref())
-                        .and_then(|a| Resources::from_kube(a).ok())
-                        .unwrap_or_else(Resources::zero);
+                    let allocatable = allocatable(node);
                     let share = node_used.cpu as f64 / allocatable.cpu.max(1) as f64
                         + node_used.memory as f64 / allocatable.memory.max(1) as f64;
                     if best.is_none_or(|(s, n)| share < s || (share == s && node.name_any() < n.name_any())) {

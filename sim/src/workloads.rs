@@ -16,7 +16,7 @@ use rafter::scheduling::taints;
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 
-use crate::components::{self, Component};
+use crate::components::{self, Component, active, ready};
 
 const MANAGER: &str = "rafter-sim-workloads";
 
@@ -102,28 +102,7 @@ fn owned_by(pod_meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMet
 }
 
 fn hash_text(text: &str) -> String {
-    let h = text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
-    let alphabet = b"bcdfghjklmnpqrstvwxz2456789";
-    let mut x = h;
-    (0..10)
-        .map(|_| {
-            let c = alphabet[(x % alphabet.len() as u64) as usize] as char;
-            x /= alphabet.len() as u64;
-            c
-        })
-        .collect()
-}
-
-fn ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
-fn active(pod: &Pod) -> bool {
-    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or_default();
-    pod.metadata.deletion_timestamp.is_none() && phase != "Succeeded" && phase != "Failed"
+    rafter::mix::name_suffix(rafter::mix::fnv1a(text), 10)
 }
 
 async fn reconcile(client: &Client, c: &Caches, expect: &mut Expectations) -> Result<(), kube::Error> {

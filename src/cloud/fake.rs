@@ -21,6 +21,7 @@ use super::{
 use crate::api::labels;
 use crate::api::nodeclaim::NodeClaim;
 use crate::api::nodepool::NodePool;
+use crate::mix::{fnv1a, splitmix64, unit};
 use crate::scheduling::catalog;
 use crate::scheduling::instance_types::{CapacityType, InstanceType, InstanceTypeSpec, KubeletSettings};
 use crate::scheduling::requirements::Requirements;
@@ -92,6 +93,14 @@ pub struct Interruption {
     pub deadline: Instant,
 }
 
+impl State {
+    /// Whether an offering can still supply an instance.
+    fn has_room(&self, key: &OfferingKey, default_limit: Option<u32>) -> bool {
+        let used = self.used.get(key).copied().unwrap_or(0);
+        self.limits.get(key).copied().or(default_limit).is_none_or(|limit| used < limit)
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
     instances: BTreeMap<String, FakeInstance>,
@@ -114,21 +123,10 @@ pub struct FakeCloud {
     changes: watch::Sender<u64>,
 }
 
-fn splitmix(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
-}
-
-fn hash(text: &str) -> u64 {
-    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
-}
-
 /// The spot price of a type in a zone: between 30% and 55% of on-demand, fixed per (seed, type, zone).
 pub fn spot_price(seed: u64, spec: &InstanceTypeSpec, zone: &str) -> f64 {
-    let x = splitmix(seed ^ hash(&spec.name) ^ hash(zone).rotate_left(21));
-    let share = 0.30 + 0.25 * ((x >> 11) as f64 / (1u64 << 53) as f64);
+    let x = splitmix64(seed ^ fnv1a(&spec.name) ^ fnv1a(zone).rotate_left(21));
+    let share = 0.30 + 0.25 * unit(x);
     (spec.on_demand_price * share * 10_000.0).round() / 10_000.0
 }
 
@@ -282,9 +280,7 @@ impl FakeCloud {
                     zone: offering.zone.clone(),
                     capacity_type: offering.capacity_type,
                 };
-                let used = state.used.get(&key).copied().unwrap_or(0);
-                let limit = state.limits.get(&key).copied().or(self.config.capacity_per_offering);
-                if limit.is_some_and(|l| used >= l) {
+                if !state.has_room(&key, self.config.capacity_per_offering) {
                     dry.push(key);
                     continue;
                 }
@@ -310,7 +306,7 @@ impl FakeCloud {
         };
         let (capacity_type, price, it, zone) = (chosen.0, chosen.1, chosen.2, chosen.3.clone());
         state.counter += 1;
-        let x = splitmix(self.config.seed ^ state.counter.wrapping_mul(0x9e37_79b9));
+        let x = splitmix64(self.config.seed ^ state.counter.wrapping_mul(0x9e37_79b9));
         let id = format!("i-{:017x}", x & 0x0fff_ffff_ffff_ffff_u64);
         let ip = format!("10.{}.{}.{}", (x >> 40) & 0xff, (x >> 48) & 0xff, 1 + ((x >> 56) % 254));
         let name = claim.metadata.name.clone().unwrap_or_default();
@@ -436,9 +432,7 @@ impl CloudProvider for FakeCloud {
                     zone: offering.zone.clone(),
                     capacity_type: offering.capacity_type,
                 };
-                let used = state.used.get(&key).copied().unwrap_or(0);
-                let limit = state.limits.get(&key).copied().or(self.config.capacity_per_offering);
-                offering.available = limit.is_none_or(|l| used < l);
+                offering.available = state.has_room(&key, self.config.capacity_per_offering);
             }
         }
         Ok(types)

@@ -8,6 +8,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use rafter::mix::{fnv1a, splitmix64, unit};
+
 use super::error::ApiError;
 
 /// An error rate for requests matching a verb and resource (either may be `*` or absent: any).
@@ -83,21 +85,6 @@ impl Default for Faults {
     }
 }
 
-fn splitmix(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
-}
-
-fn hash(text: &str) -> u64 {
-    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
-}
-
-fn unit(x: u64) -> f64 {
-    (x >> 11) as f64 / (1u64 << 53) as f64
-}
-
 impl Faults {
     pub fn spec(&self) -> FaultSpec {
         self.spec.read().unwrap_or_else(|p| p.into_inner()).clone()
@@ -161,7 +148,7 @@ impl Faults {
         if spec.jitter_ms > 0 {
             let n = counters.entry((usize::MAX, verb.to_string(), resource.to_string())).or_insert(0);
             *n += 1;
-            let x = splitmix(spec.seed ^ hash(verb) ^ hash(resource).rotate_left(17) ^ n.wrapping_mul(0x9e37));
+            let x = splitmix64(spec.seed ^ fnv1a(verb) ^ fnv1a(resource).rotate_left(17) ^ n.wrapping_mul(0x9e37));
             latency += Duration::from_millis(x % (spec.jitter_ms + 1));
         }
         for (i, rule) in spec.errors.iter().enumerate() {
@@ -172,11 +159,11 @@ impl Faults {
             }
             let n = counters.entry((i, verb.to_string(), resource.to_string())).or_insert(0);
             *n += 1;
-            let x = splitmix(
+            let x = splitmix64(
                 spec.seed
                     ^ (i as u64).wrapping_mul(0x1234_5678)
-                    ^ hash(verb)
-                    ^ hash(resource).rotate_left(29)
+                    ^ fnv1a(verb)
+                    ^ fnv1a(resource).rotate_left(29)
                     ^ n.wrapping_mul(0x2545_f491),
             );
             if unit(x) < rule.rate {

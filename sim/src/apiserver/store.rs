@@ -13,6 +13,8 @@ use imbl::OrdMap;
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
+use rafter::mix::{name_suffix, splitmix64};
+
 use super::error::ApiError;
 
 /// Where a table lives: (group, plural).
@@ -184,13 +186,6 @@ fn time_in(seconds: i64) -> String {
         .checked_add(jiff::SignedDuration::from_secs(seconds))
         .unwrap_or_else(|_| jiff::Timestamp::now());
     ts.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
-}
-
-fn splitmix(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
 }
 
 const PODS: (&str, &str) = ("", "pods");
@@ -372,15 +367,8 @@ impl Store {
                 value.pointer("/metadata/generateName").and_then(Value::as_str).unwrap_or_default().to_string();
             for _ in 0..16 {
                 inner.counter += 1;
-                let mut x = splitmix(self.config.seed ^ inner.counter.wrapping_mul(0x2545_f491_4f6c_dd1d));
-                let alphabet = b"bcdfghjklmnpqrstvwxz2456789";
-                let suffix: String = (0..5)
-                    .map(|_| {
-                        let c = alphabet[(x % alphabet.len() as u64) as usize] as char;
-                        x /= alphabet.len() as u64;
-                        c
-                    })
-                    .collect();
+                let x = splitmix64(self.config.seed ^ inner.counter.wrapping_mul(0x2545_f491_4f6c_dd1d));
+                let suffix = name_suffix(x, 5);
                 let candidate = format!("{prefix}{suffix}");
                 let taken = inner
                     .tables
@@ -404,8 +392,8 @@ impl Store {
             return Err(ApiError::already_exists(resource, group, &name));
         }
         inner.counter += 1;
-        let a = splitmix(self.config.seed.wrapping_add(inner.counter));
-        let b = splitmix(a);
+        let a = splitmix64(self.config.seed.wrapping_add(inner.counter));
+        let b = splitmix64(a);
         let uid = format!(
             "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
             a >> 32,
