@@ -88,6 +88,21 @@ pub fn node_ready(node: &Node) -> bool {
         .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
+/// The first of a node's NoSchedule/NoExecute taints the pod does not tolerate.
+pub fn untolerated_taint(
+    spec: &k8s_openapi::api::core::v1::PodSpec,
+    node: &Node,
+) -> Option<rafter::api::nodeclaim::Taint> {
+    let node_taints: Vec<_> = node
+        .spec
+        .as_ref()
+        .and_then(|s| s.taints.as_ref())
+        .map(|t| t.iter().filter_map(rafter::scheduling::taints::from_kube).collect())
+        .unwrap_or_default();
+    let tolerations = spec.tolerations.clone().unwrap_or_default();
+    rafter::scheduling::taints::first_untolerated(&tolerations, &node_taints, false).cloned()
+}
+
 /// The current time as `metav1.Time`.
 pub fn now() -> String {
     jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()

@@ -13,7 +13,6 @@ use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use rafter::scheduling::requirements::{Requirements, pod_required_terms};
 use rafter::scheduling::resources::{Resources, pod_requests};
-use rafter::scheduling::taints;
 use serde_json::json;
 use tokio::sync::Notify;
 
@@ -74,14 +73,7 @@ fn misfit(pod: &Pod, node: &Node, used: &Resources, pods_on_node: &[&Pod]) -> Op
     if !terms.is_empty() && !terms.iter().any(|t: &Requirements| t.matches_labels(&labels)) {
         return Some("node(s) didn't match Pod's node affinity/selector".into());
     }
-    let node_taints: Vec<_> = node
-        .spec
-        .as_ref()
-        .and_then(|s| s.taints.as_ref())
-        .map(|t| t.iter().filter_map(taints::from_kube).collect())
-        .unwrap_or_default();
-    let tolerations = spec.tolerations.clone().unwrap_or_default();
-    if let Some(taint) = taints::first_untolerated(&tolerations, &node_taints, false) {
+    if let Some(taint) = components::untolerated_taint(spec, node) {
         return Some(format!(
             "node(s) had untolerated taint {{{}: {}}}",
             taint.key,

@@ -12,7 +12,6 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
-use rafter::scheduling::taints;
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 
@@ -262,14 +261,7 @@ fn daemon_fits(daemon: &DaemonSet, node: &Node) -> bool {
     {
         return false;
     }
-    let node_taints: Vec<_> = node
-        .spec
-        .as_ref()
-        .and_then(|s| s.taints.as_ref())
-        .map(|t| t.iter().filter_map(taints::from_kube).collect())
-        .unwrap_or_default();
-    let tolerations = spec.tolerations.clone().unwrap_or_default();
-    taints::first_untolerated(&tolerations, &node_taints, false).is_none()
+    components::untolerated_taint(spec, node).is_none()
 }
 
 async fn reconcile_daemon_set(
