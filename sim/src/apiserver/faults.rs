@@ -2,6 +2,7 @@
 //! watches, partitioned clients, and pausing the whole server.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, RwLock};
 use std::time::Duration;
 
@@ -68,6 +69,8 @@ pub enum Decision {
 /// The fault state shared by every connection.
 #[derive(Debug)]
 pub struct Faults {
+    /// Whether any fault is set: the common case (none) costs one atomic load per request.
+    active: AtomicBool,
     spec: RwLock<FaultSpec>,
     counters: Mutex<HashMap<(usize, String, String), u64>>,
     changed: watch::Sender<u64>,
@@ -77,6 +80,7 @@ pub struct Faults {
 impl Default for Faults {
     fn default() -> Self {
         Self {
+            active: AtomicBool::new(false),
             spec: RwLock::new(FaultSpec::default()),
             counters: Mutex::new(HashMap::new()),
             changed: watch::channel(0).0,
@@ -92,6 +96,7 @@ impl Faults {
 
     /// Replaces every fault; counters restart so the same spec gives the same sequence.
     pub fn set(&self, spec: FaultSpec) {
+        self.active.store(spec != FaultSpec::default(), Ordering::SeqCst);
         *self.spec.write().unwrap_or_else(|p| p.into_inner()) = spec;
         self.counters.lock().unwrap_or_else(|p| p.into_inner()).clear();
         self.changed.send_modify(|g| *g += 1);
@@ -126,6 +131,9 @@ impl Faults {
 
     /// Waits while the server is paused.
     pub async fn wait_unpaused(&self) {
+        if !self.active.load(Ordering::SeqCst) {
+            return;
+        }
         let mut rx = self.changed.subscribe();
         while self.spec().paused {
             if rx.changed().await.is_err() {
@@ -137,6 +145,9 @@ impl Faults {
     /// Decides a request's fate and the latency to add. Error draws are a pure function of the seed,
     /// the rule, the verb, the resource and how many such requests came before.
     pub fn decide(&self, verb: &str, resource: &str, user_agent: &str, token: &str) -> (Duration, Decision) {
+        if !self.active.load(Ordering::SeqCst) {
+            return (Duration::ZERO, Decision::Proceed);
+        }
         let spec = self.spec();
         for p in &spec.partitions {
             if !p.client.is_empty() && (user_agent.contains(&p.client) || token == p.client) {
