@@ -610,7 +610,10 @@ struct Solver<'a> {
     /// Per pod requests and pool, the price of the cheapest type that holds the pod on its own.
     alone: HashMap<(Resources, usize), f64>,
     /// Per pool and requirement set, the instance types it admits.
-    admitted: HashMap<(usize, String), Vec<usize>>,
+    admitted: HashMap<(usize, Requirements), Vec<usize>>,
+    /// Per pool and the requirements a joining pod narrowed (only the keys that decide), which of
+    /// the pool's types still admit them: computed once per distinct narrowing, then looked up.
+    still_admits: HashMap<(usize, Requirements), Vec<bool>>,
     /// Host ports already bound on each node or claim.
     ports: HashMap<Target, Vec<HostPort>>,
 }
@@ -670,6 +673,7 @@ impl<'a> Solver<'a> {
             cursors: HashMap::new(),
             alone: HashMap::new(),
             admitted: HashMap::new(),
+            still_admits: HashMap::new(),
             ports,
         }
     }
@@ -917,13 +921,33 @@ impl<'a> Solver<'a> {
         let narrowed_to = narrowed.then(|| claim.requirements.intersect(reqs));
         let merged = narrowed_to.as_ref().unwrap_or(&claim.requirements);
         let requests = claim.requests.clone().plus(&pod.requests);
+        let admits = narrowed.then(|| {
+            // What decides: the merged requirement of each key the pod names, and the zone and
+            // capacity type when either of those changed (they pick the offerings).
+            let mut deciding = Requirements::new();
+            for r in reqs.iter() {
+                deciding.add(merged.get(r.key()).unwrap_or(r).clone());
+            }
+            if reqs.get(ZONE).is_some() || reqs.get(CAPACITY_TYPE).is_some() {
+                for key in [ZONE, CAPACITY_TYPE] {
+                    if let Some(r) = merged.get(key) {
+                        deciding.add(r.clone());
+                    }
+                }
+            }
+            let types = &pool.input.instance_types;
+            &*self
+                .still_admits
+                .entry((claim.pool, deciding))
+                .or_insert_with_key(|(_, deciding)| types.iter().map(|it| type_still_admits(it, deciding, deciding)).collect())
+        });
         let types: Vec<usize> = claim
             .types
             .iter()
             .copied()
             .filter(|&i| {
                 requests.fits_in(&pool.allocatable[i])
-                    && (!narrowed || type_still_admits(&pool.input.instance_types[i], merged, reqs))
+                    && admits.is_none_or(|a| a[i])
                     && (pool.input.limits.is_empty()
                         || pool.within_limits(&pool.input.instance_types[i].capacity, &claim.reserved))
             })
@@ -994,7 +1018,7 @@ impl<'a> Solver<'a> {
             // New claims of a pool mostly share their requirements; the types they admit are cached.
             let compatible = self
                 .admitted
-                .entry((p, format!("{merged:?}")))
+                .entry((p, merged.clone()))
                 .or_insert_with(|| {
                     pool.by_price
                         .iter()
