@@ -505,6 +505,22 @@ struct Claim {
     pods: Vec<String>,
 }
 
+/// A claim's types (cheapest first) that still hold `requests`, are admitted (`admits`, when the
+/// pod narrowed the claim) and keep the pool within its limits.
+fn fitting<'x>(
+    pool: &'x Pool<'_>,
+    claim: &'x Claim,
+    requests: &'x Resources,
+    admits: Option<&'x [bool]>,
+) -> impl Iterator<Item = usize> + 'x {
+    claim.types.iter().copied().filter(move |&i| {
+        requests.fits_in(&pool.allocatable[i])
+            && admits.is_none_or(|a| a[i])
+            && (pool.input.limits.is_empty()
+                || pool.within_limits(&pool.input.instance_types[i].capacity, &claim.reserved))
+    })
+}
+
 fn cheapest(pool: &Pool<'_>, types: &[usize]) -> f64 {
     types.iter().map(|&i| pool.price[i]).fold(f64::INFINITY, f64::min)
 }
@@ -921,7 +937,7 @@ impl<'a> Solver<'a> {
         let narrowed_to = narrowed.then(|| claim.requirements.intersect(reqs));
         let merged = narrowed_to.as_ref().unwrap_or(&claim.requirements);
         let requests = claim.requests.clone().plus(&pod.requests);
-        let admits = narrowed.then(|| {
+        let admits_key = narrowed.then(|| {
             // What decides: the merged requirement of each key the pod names, and the zone and
             // capacity type when either of those changed (they pick the offerings).
             let mut deciding = Requirements::new();
@@ -936,41 +952,34 @@ impl<'a> Solver<'a> {
                 }
             }
             let types = &pool.input.instance_types;
-            &*self
-                .still_admits
-                .entry((claim.pool, deciding))
-                .or_insert_with_key(|(_, deciding)| types.iter().map(|it| type_still_admits(it, deciding, deciding)).collect())
+            self.still_admits
+                .entry((claim.pool, deciding.clone()))
+                .or_insert_with(|| types.iter().map(|it| type_still_admits(it, &deciding, &deciding)).collect());
+            (claim.pool, deciding)
         });
-        let types: Vec<usize> = claim
-            .types
-            .iter()
-            .copied()
-            .filter(|&i| {
-                requests.fits_in(&pool.allocatable[i])
-                    && admits.is_none_or(|a| a[i])
-                    && (pool.input.limits.is_empty()
-                        || pool.within_limits(&pool.input.instance_types[i].capacity, &claim.reserved))
-            })
-            .collect();
-        if types.is_empty() {
-            return None;
-        }
+        let admits = admits_key.as_ref().and_then(|k| self.still_admits.get(k)).map(Vec::as_slice);
+        // A claim's types are kept cheapest first, so the first that fits gives the new price; the
+        // full list is only built once the pod is accepted.
+        let first = fitting(pool, claim, &requests, admits).next()?;
+        let price = pool.price[first];
         if narrowed || merged.iter().any(|r| r.min_values.is_some()) {
-            let chosen: Vec<&InstanceType> = types.iter().map(|&i| &pool.input.instance_types[i]).collect();
+            let chosen: Vec<&InstanceType> =
+                fitting(pool, claim, &requests, admits).map(|i| &pool.input.instance_types[i]).collect();
             if min_values_error(&chosen, merged).is_some() {
                 return None;
             }
         }
+        let (pool_index, old_price) = (claim.pool, claim.price);
         if !self.ports_free(pod, Target::Claim(j)) || !self.host_allows(pod, c, Target::Claim(j)) {
             return None;
         }
         // Joining must not cost more than a node of the pod's own would. A claim's cheapest type
         // only gets dearer as it fills, so such a refusal is taken to stand, like the others.
-        let (pool_index, old_price) = (self.claims[j].pool, self.claims[j].price);
-        let price = cheapest(&self.pools[pool_index], &types);
         if price - old_price > self.alone_price(pod, pool_index) + 1e-9 {
             return None;
         }
+        let admits = admits_key.as_ref().and_then(|k| self.still_admits.get(k)).map(Vec::as_slice);
+        let types: Vec<usize> = fitting(&self.pools[pool_index], &self.claims[j], &requests, admits).collect();
         let largest = largest(&self.pools[pool_index], &types);
         let mut reserved = self.pools[pool_index].reservation(&types);
         reserved.max(&self.claims[j].reserved);
