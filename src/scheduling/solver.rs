@@ -608,6 +608,17 @@ fn combine_reasons(reasons: Vec<(String, Option<String>)>) -> String {
     unique.join("; ")
 }
 
+/// Pods of one class, with the same requirements and constraints, are refused by the same claims:
+/// the next of them starts where the last stopped.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct CursorKey {
+    class: String,
+    strict: bool,
+    reqs: Requirements,
+    spreads: usize,
+    terms: usize,
+}
+
 struct Solver<'a> {
     pools: Vec<Pool<'a>>,
     /// Pool indexes by weight (descending), then name.
@@ -622,7 +633,7 @@ struct Solver<'a> {
     /// has not refused one of them. Claims only fill up and narrow, and topology counts only
     /// grow, so a refusal stands (positive affinity by hostname excepted: those pods scan every
     /// claim).
-    cursors: HashMap<String, usize>,
+    cursors: HashMap<CursorKey, usize>,
     /// Per pod requests and pool, the price of the cheapest type that holds the pod on its own.
     alone: HashMap<(Resources, usize), f64>,
     /// Per pool and requirement set, the instance types it admits.
@@ -907,19 +918,27 @@ impl<'a> Solver<'a> {
         // Positive affinity by hostname is the one refusal that can turn into acceptance (when a
         // matching pod joins the claim later); affinity by zone is settled by the domain pin.
         let monotonic = !c.terms.iter().any(|t| !t.anti && is_hostname(&t.selection.key));
-        let class =
-            monotonic.then(|| format!("{}|{:?}|{reqs:?}|{}|{:?}", pod.class, c.strict, c.spreads.len(), c.terms.len()));
+        let class = monotonic.then(|| CursorKey {
+            class: pod.class.clone(),
+            strict: c.strict,
+            reqs: reqs.clone(),
+            spreads: c.spreads.len(),
+            terms: c.terms.len(),
+        });
         let start = class.as_ref().and_then(|k| self.cursors.get(k)).copied().unwrap_or(0);
+        let mut accepted = None;
+        let mut next = self.claims.len();
         for j in start..self.claims.len() {
-            let accepted = self.try_claim(pod, reqs, c, j);
+            accepted = self.try_claim(pod, reqs, c, j);
             if accepted.is_some() {
-                return accepted;
-            }
-            if let Some(k) = &class {
-                self.cursors.insert(k.clone(), j + 1);
+                next = j;
+                break;
             }
         }
-        None
+        if let Some(k) = class {
+            self.cursors.insert(k, next);
+        }
+        accepted
     }
 
     fn try_claim(&mut self, pod: &PodInfo<'_>, reqs: &Requirements, c: &Constraints<'_>, j: usize) -> Option<Target> {
