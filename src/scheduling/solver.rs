@@ -36,7 +36,10 @@
 //! instance types of the pool, G topology selections. Pods the solver cannot tell apart form a
 //! class, and a claim that refused one pod of a class is skipped for the rest of the class (claims
 //! only fill up and narrow, and topology counts only grow), so over a whole solve each class scans
-//! each claim about once: O(P·T + K·C) for K classes.
+//! each claim about once: O(P·T + K·C) for K classes. Two caches keep the T factor small: a
+//! claim's types stay cheapest first, so a refusal usually costs a scan to the first type that fits
+//! (the full list is rebuilt only when a pod joins); and which types still admit a claim once a pod
+//! narrows it (a zone pin, say) is computed once per distinct narrowing and then looked up.
 //!
 //! # Where it loses to the optimum
 //!
