@@ -3,7 +3,8 @@
 //! Reports writes per second and the watch-delivery lag (request sent → event received by every watcher),
 //! median of several runs, as JSON.
 //!
-//! `cargo bench -p rafter-sim --bench capacity` (env: BENCH_RUNS, BENCH_PODS, BENCH_NODES, BENCH_WRITERS, BENCH_OUT).
+//! `cargo bench -p rafter-sim --bench capacity` (env: BENCH_RUNS, BENCH_WARMUP, BENCH_PODS, BENCH_NODES,
+//! BENCH_WRITERS, BENCH_OUT).
 
 use std::collections::HashMap;
 
@@ -193,6 +194,11 @@ fn main() {
     let nodes = env("BENCH_NODES", 2_000);
     let writers = env("BENCH_WRITERS", 32);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    // One untimed run first (as criterion warms up): the first run in a process pays for page
+    // faults and allocator growth that a long-running server has long paid.
+    for _ in 0..env("BENCH_WARMUP", 1) {
+        runtime.block_on(run_once(pods, nodes, writers));
+    }
     let mut results = Vec::new();
     for run in 0..runs {
         let r = runtime.block_on(run_once(pods, nodes, writers));

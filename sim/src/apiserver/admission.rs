@@ -422,23 +422,25 @@ pub fn prepare_update(
             ));
         }
     }
-    if rt.group.is_empty() && rt.plural == "pods" {
+    let status_only = subresource == Some("status");
+    if rt.group.is_empty() && rt.plural == "pods" && !status_only {
         let before = old.get("spec").map(mutable_pod_spec);
         let after = result.get("spec").map(mutable_pod_spec);
         if before != after {
             return Err(ApiError::invalid(&rt.kind, &rt.group, &name, vec![("spec".into(), "Forbidden: pod updates may not change fields other than `spec.containers[*].image`,`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing tolerations),`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)".into())]));
         }
     }
-    let spec_changed = {
-        let strip = |v: &Value| {
-            let mut v = v.clone();
-            if let Some(m) = v.as_object_mut() {
-                m.remove("metadata");
-                m.remove("status");
+    // Everything but metadata and status counts as spec for the generation; a status write changes none.
+    let spec_changed = !status_only && {
+        let outside =
+            |m: &serde_json::Map<String, Value>| m.iter().filter(|(k, _)| *k != "metadata" && *k != "status").count();
+        match (old.as_object(), result.as_object()) {
+            (Some(a), Some(b)) => {
+                outside(a) != outside(b)
+                    || a.iter().any(|(k, v)| k != "metadata" && k != "status" && b.get(k) != Some(v))
             }
-            v
-        };
-        strip(old) != strip(&result)
+            _ => old != &result,
+        }
     };
     if spec_changed && let Some(meta) = result.get_mut("metadata").and_then(Value::as_object_mut) {
         let generation = old_meta.get("generation").and_then(Value::as_i64).unwrap_or(0) + 1;
