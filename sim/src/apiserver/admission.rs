@@ -450,29 +450,37 @@ pub fn prepare_update(
     Ok(result)
 }
 
+/// Fields of events.k8s.io/v1 Event and the core/v1 Event fields they are stored as.
+const EVENT_FIELDS: &[(&str, &str)] = &[
+    ("regarding", "involvedObject"),
+    ("note", "message"),
+    ("reason", "reason"),
+    ("type", "type"),
+    ("action", "action"),
+    ("related", "related"),
+    ("eventTime", "eventTime"),
+    ("series", "series"),
+    ("reportingController", "reportingComponent"),
+    ("reportingInstance", "reportingInstance"),
+    ("deprecatedSource", "source"),
+    ("deprecatedFirstTimestamp", "firstTimestamp"),
+    ("deprecatedLastTimestamp", "lastTimestamp"),
+    ("deprecatedCount", "count"),
+];
+
+fn event_as(from: &Value, api_version: &str, names: impl Iterator<Item = (&'static str, &'static str)>) -> Value {
+    let mut out = json!({"apiVersion": api_version, "kind": "Event", "metadata": from.get("metadata").cloned().unwrap_or_default()});
+    for (source, target) in names {
+        if let Some(v) = from.get(source) {
+            out[target] = v.clone();
+        }
+    }
+    out
+}
+
 /// events.k8s.io/v1 Event → core/v1 Event (one storage serves both, as in kube-apiserver).
 pub fn event_to_core(event: &Value) -> Value {
-    let mut core =
-        json!({"apiVersion": "v1", "kind": "Event", "metadata": event.get("metadata").cloned().unwrap_or_default()});
-    let copy = |core: &mut Value, from: &str, to: &str| {
-        if let Some(v) = event.get(from) {
-            core[to] = v.clone();
-        }
-    };
-    copy(&mut core, "regarding", "involvedObject");
-    copy(&mut core, "note", "message");
-    copy(&mut core, "reason", "reason");
-    copy(&mut core, "type", "type");
-    copy(&mut core, "action", "action");
-    copy(&mut core, "related", "related");
-    copy(&mut core, "eventTime", "eventTime");
-    copy(&mut core, "series", "series");
-    copy(&mut core, "reportingController", "reportingComponent");
-    copy(&mut core, "reportingInstance", "reportingInstance");
-    copy(&mut core, "deprecatedSource", "source");
-    copy(&mut core, "deprecatedFirstTimestamp", "firstTimestamp");
-    copy(&mut core, "deprecatedLastTimestamp", "lastTimestamp");
-    copy(&mut core, "deprecatedCount", "count");
+    let mut core = event_as(event, "v1", EVENT_FIELDS.iter().copied());
     if core.get("source").is_none()
         && let Some(controller) = event.get("reportingController")
     {
@@ -486,27 +494,7 @@ pub fn event_to_core(event: &Value) -> Value {
 
 /// core/v1 Event → events.k8s.io/v1 Event.
 pub fn event_from_core(core: &Value) -> Value {
-    let mut event = json!({"apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": core.get("metadata").cloned().unwrap_or_default()});
-    let copy = |event: &mut Value, from: &str, to: &str| {
-        if let Some(v) = core.get(from) {
-            event[to] = v.clone();
-        }
-    };
-    copy(&mut event, "involvedObject", "regarding");
-    copy(&mut event, "message", "note");
-    copy(&mut event, "reason", "reason");
-    copy(&mut event, "type", "type");
-    copy(&mut event, "action", "action");
-    copy(&mut event, "related", "related");
-    copy(&mut event, "eventTime", "eventTime");
-    copy(&mut event, "series", "series");
-    copy(&mut event, "reportingComponent", "reportingController");
-    copy(&mut event, "reportingInstance", "reportingInstance");
-    copy(&mut event, "source", "deprecatedSource");
-    copy(&mut event, "firstTimestamp", "deprecatedFirstTimestamp");
-    copy(&mut event, "lastTimestamp", "deprecatedLastTimestamp");
-    copy(&mut event, "count", "deprecatedCount");
-    event
+    event_as(core, "events.k8s.io/v1", EVENT_FIELDS.iter().map(|(new, old)| (*old, *new)))
 }
 
 #[cfg(test)]
