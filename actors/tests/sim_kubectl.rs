@@ -60,12 +60,24 @@ fn kubectl_gets_and_describes_against_the_standalone_server() {
     let (ok, out) = kubectl(&kubeconfig, &["scale", "deployment", "inflate", "--replicas", "2"]);
     assert!(ok, "kubectl scale: {out}");
 
+    let node = dir.path().join("node.yaml");
+    std::fs::write(
+        &node,
+        "apiVersion: v1\nkind: Node\nmetadata:\n  name: ip-10-0-0-1.ec2.internal\n  labels:\n    node.kubernetes.io/instance-type: m5.large\nstatus:\n  conditions:\n  - type: Ready\n    status: \"True\"\n  nodeInfo:\n    kubeletVersion: v1.33.0\n",
+    )
+    .expect("node manifest");
+    let (ok, out) = kubectl(&kubeconfig, &["create", "-f", node.to_str().expect("utf-8 path")]);
+    assert!(ok, "kubectl create node: {out}");
+
     let listing = until("two inflate pods are listed", || {
         let (ok, out) = kubectl(&kubeconfig, &["get", "nodes,pods"]);
         (ok && out.matches("inflate-").count() == 2).then_some(out)
     });
     assert!(listing.contains("NAME") && listing.contains("READY") && listing.contains("STATUS"), "{listing}");
     assert!(listing.contains("Pending"), "{listing}");
+    let node_line =
+        listing.lines().find(|l| l.starts_with("node/ip-10-0-0-1.ec2.internal")).expect("the node is listed");
+    assert!(node_line.contains("Ready") && node_line.contains("v1.33.0"), "{listing}");
     let pod = listing
         .lines()
         .find_map(|l| l.split_whitespace().next().filter(|n| n.starts_with("pod/inflate-")))
@@ -78,7 +90,7 @@ fn kubectl_gets_and_describes_against_the_standalone_server() {
     });
     assert!(described.contains("Controlled By:  ReplicaSet/inflate-"), "{described}");
     assert!(described.contains("cpu:        100m"), "{described}");
-    assert!(described.contains("0/0 nodes are available"), "{described}");
+    assert!(described.contains("nodes are available"), "{described}");
 
     let (ok, out) = kubectl(&kubeconfig, &["get", "nodepools"]);
     assert!(ok && out.contains("default"), "{out}");
