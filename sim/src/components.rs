@@ -56,6 +56,15 @@ where
     reader
 }
 
+/// [`cache`] of every object of a kind, cluster-wide.
+pub fn cache_all<K>(component: &mut Component, client: &kube::Client, notify: &Arc<Notify>) -> Store<K>
+where
+    K: kube::Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    cache(component, Api::all(client.clone()), watcher::Config::default(), notify.clone())
+}
+
 /// Waits for a poke or a period, whichever comes first.
 pub async fn wait(notify: &Notify, period: Duration) {
     let _ = tokio::time::timeout(period, notify.notified()).await;

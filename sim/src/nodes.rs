@@ -14,7 +14,6 @@ use async_trait::async_trait;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use rafter::api::labels;
 use rafter::api::nodeclaim::NodeClaim;
@@ -143,10 +142,8 @@ struct NodeState {
 pub fn spawn(client: Client, feed: Arc<dyn InstanceFeed>, config: NodeSimConfig) -> Component {
     let mut component = Component::default();
     let notify = Arc::new(Notify::new());
-    let pods =
-        components::cache(&mut component, Api::<Pod>::all(client.clone()), watcher::Config::default(), notify.clone());
-    let nodes =
-        components::cache(&mut component, Api::<Node>::all(client.clone()), watcher::Config::default(), notify.clone());
+    let pods = components::cache_all::<Pod>(&mut component, &client, &notify);
+    let nodes = components::cache_all::<Node>(&mut component, &client, &notify);
     let wake = notify.clone();
     let feed_for_wait = feed.clone();
     component.spawn(async move {

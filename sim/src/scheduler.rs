@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use rafter::scheduling::requirements::{Requirements, pod_required_terms};
 use rafter::scheduling::resources::{Resources, pod_requests};
@@ -25,10 +24,8 @@ pub const SCHEDULER_NAME: &str = "default-scheduler";
 pub fn spawn(client: Client) -> Component {
     let mut component = Component::default();
     let notify = Arc::new(Notify::new());
-    let pods =
-        components::cache(&mut component, Api::<Pod>::all(client.clone()), watcher::Config::default(), notify.clone());
-    let nodes =
-        components::cache(&mut component, Api::<Node>::all(client.clone()), watcher::Config::default(), notify.clone());
+    let pods = components::cache_all::<Pod>(&mut component, &client, &notify);
+    let nodes = components::cache_all::<Node>(&mut component, &client, &notify);
     component.spawn(async move {
         let mut assumed: HashMap<String, (String, Resources)> = HashMap::new();
         let mut reported: HashMap<String, String> = HashMap::new();

@@ -10,7 +10,6 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::Store;
-use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use serde_json::{Value, json};
 use tokio::sync::Notify;
@@ -23,14 +22,12 @@ const MANAGER: &str = "rafter-sim-workloads";
 pub fn spawn(client: Client) -> Component {
     let mut component = Component::default();
     let notify = Arc::new(Notify::new());
-    let cfg = watcher::Config::default;
-    let deployments = components::cache(&mut component, Api::<Deployment>::all(client.clone()), cfg(), notify.clone());
-    let sets = components::cache(&mut component, Api::<ReplicaSet>::all(client.clone()), cfg(), notify.clone());
-    let daemons = components::cache(&mut component, Api::<DaemonSet>::all(client.clone()), cfg(), notify.clone());
-    let pods = components::cache(&mut component, Api::<Pod>::all(client.clone()), cfg(), notify.clone());
-    let nodes = components::cache(&mut component, Api::<Node>::all(client.clone()), cfg(), notify.clone());
-    let pdbs =
-        components::cache(&mut component, Api::<PodDisruptionBudget>::all(client.clone()), cfg(), notify.clone());
+    let deployments = components::cache_all::<Deployment>(&mut component, &client, &notify);
+    let sets = components::cache_all::<ReplicaSet>(&mut component, &client, &notify);
+    let daemons = components::cache_all::<DaemonSet>(&mut component, &client, &notify);
+    let pods = components::cache_all::<Pod>(&mut component, &client, &notify);
+    let nodes = components::cache_all::<Node>(&mut component, &client, &notify);
+    let pdbs = components::cache_all::<PodDisruptionBudget>(&mut component, &client, &notify);
     let caches = Caches { deployments, sets, daemons, pods, nodes, pdbs };
     component.spawn(async move {
         let mut expect = Expectations::default();
@@ -102,6 +99,26 @@ fn owned_by(pod_meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMet
 
 fn hash_text(text: &str) -> String {
     rafter::mix::name_suffix(rafter::mix::fnv1a(text), 10)
+}
+
+/// Writes `desired` as the object's status when any of `fields` differs (absent counts as 0), so an
+/// unchanged world causes no writes.
+async fn sync_status<K>(client: &Client, object: &K, fields: &[&str], desired: Value) -> Result<(), kube::Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let current = serde_json::to_value(object).ok().and_then(|o| o.get("status").cloned()).unwrap_or_default();
+    let value = |v: &Value, k: &str| v.get(k).cloned().unwrap_or(json!(0));
+    if fields.iter().any(|k| value(&current, k) != value(&desired, k)) {
+        Api::<K>::namespaced(client.clone(), &object.namespace().unwrap_or_default())
+            .patch_status(&object.name_any(), &PatchParams::default(), &Patch::Merge(json!({"status": desired})))
+            .await?;
+    }
+    Ok(())
 }
 
 async fn reconcile(client: &Client, c: &Caches, expect: &mut Expectations) -> Result<(), kube::Error> {
@@ -177,15 +194,13 @@ async fn reconcile_deployment(client: &Client, c: &Caches, deployment: &Deployme
         "observedGeneration": deployment.metadata.generation, "replicas": total, "readyReplicas": ready,
         "availableReplicas": available, "updatedReplicas": updated, "unavailableReplicas": (replicas - available).max(0)
     });
-    let current = serde_json::to_value(&deployment.status).unwrap_or_default();
-    if ["observedGeneration", "replicas", "readyReplicas", "availableReplicas", "updatedReplicas"]
-        .iter()
-        .any(|k| current.get(k).cloned().unwrap_or(json!(0)) != desired.get(k).cloned().unwrap_or(json!(0)))
-    {
-        Api::<Deployment>::namespaced(client.clone(), &ns)
-            .patch_status(&deployment.name_any(), &PatchParams::default(), &Patch::Merge(json!({"status": desired})))
-            .await?;
-    }
+    sync_status(
+        client,
+        deployment,
+        &["observedGeneration", "replicas", "readyReplicas", "availableReplicas", "updatedReplicas"],
+        desired,
+    )
+    .await?;
     Ok(())
 }
 
@@ -239,15 +254,8 @@ async fn reconcile_replica_set(
     let replicas = pods.len().min(want.max(pods.len())) as i32;
     let ready_count = pods.iter().filter(|p| ready(p)).count() as i32;
     let desired = json!({"replicas": replicas, "readyReplicas": ready_count, "availableReplicas": ready_count, "fullyLabeledReplicas": replicas, "observedGeneration": set.metadata.generation});
-    let current = serde_json::to_value(&set.status).unwrap_or_default();
-    if ["replicas", "readyReplicas", "availableReplicas", "observedGeneration"]
-        .iter()
-        .any(|k| current.get(k).cloned().unwrap_or(json!(0)) != desired.get(k).cloned().unwrap_or(json!(0)))
-    {
-        Api::<ReplicaSet>::namespaced(client.clone(), &ns)
-            .patch_status(&set.name_any(), &PatchParams::default(), &Patch::Merge(json!({"status": desired})))
-            .await?;
-    }
+    sync_status(client, set, &["replicas", "readyReplicas", "availableReplicas", "observedGeneration"], desired)
+        .await?;
     Ok(())
 }
 
@@ -315,15 +323,13 @@ async fn reconcile_daemon_set(
     let scheduled = nodes.iter().filter(|n| by_node.contains_key(&n.name_any())).count() as i32;
     let ready_count = by_node.values().filter(|p| ready(p)).count() as i32;
     let desired = json!({"desiredNumberScheduled": nodes.len(), "currentNumberScheduled": scheduled, "numberReady": ready_count, "numberAvailable": ready_count, "numberMisscheduled": 0, "observedGeneration": daemon.metadata.generation});
-    let current = serde_json::to_value(&daemon.status).unwrap_or_default();
-    if ["desiredNumberScheduled", "currentNumberScheduled", "numberReady", "observedGeneration"]
-        .iter()
-        .any(|k| current.get(k).cloned().unwrap_or(json!(0)) != desired.get(k).cloned().unwrap_or(json!(0)))
-    {
-        Api::<DaemonSet>::namespaced(client.clone(), &ns)
-            .patch_status(&daemon.name_any(), &PatchParams::default(), &Patch::Merge(json!({"status": desired})))
-            .await?;
-    }
+    sync_status(
+        client,
+        daemon,
+        &["desiredNumberScheduled", "currentNumberScheduled", "numberReady", "observedGeneration"],
+        desired,
+    )
+    .await?;
     Ok(())
 }
 
@@ -358,14 +364,12 @@ async fn reconcile_budget(client: &Client, c: &Caches, pdb: &PodDisruptionBudget
         "observedGeneration": pdb.metadata.generation, "expectedPods": expected, "currentHealthy": healthy,
         "desiredHealthy": desired, "disruptionsAllowed": (healthy - desired).max(0)
     });
-    let current = serde_json::to_value(&pdb.status).unwrap_or_default();
-    if ["observedGeneration", "expectedPods", "currentHealthy", "desiredHealthy", "disruptionsAllowed"]
-        .iter()
-        .any(|k| current.get(k) != status.get(k))
-    {
-        Api::<PodDisruptionBudget>::namespaced(client.clone(), &ns)
-            .patch_status(&pdb.name_any(), &PatchParams::default(), &Patch::Merge(json!({"status": status})))
-            .await?;
-    }
+    sync_status(
+        client,
+        pdb,
+        &["observedGeneration", "expectedPods", "currentHealthy", "desiredHealthy", "disruptionsAllowed"],
+        status,
+    )
+    .await?;
     Ok(())
 }

@@ -90,6 +90,11 @@ impl Default for Faults {
 }
 
 impl Faults {
+    /// Whether any fault is set.
+    pub fn active(&self) -> bool {
+        self.active.load(Ordering::SeqCst)
+    }
+
     pub fn spec(&self) -> FaultSpec {
         self.spec.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
