@@ -11,3 +11,4 @@ pub mod cloud;
 pub mod interruption;
 pub mod mix;
 pub mod scheduling;
+pub mod state;

@@ -448,7 +448,8 @@ impl Attempt {
 struct Pool<'a> {
     input: &'a PoolInput,
     allocatable: Vec<Resources>,
-    /// Each type's cheapest available offering under the pool's requirements (infinite if none).
+    /// Each type's cheapest available offering under the pool's requirements (infinite if none, or
+    /// if the pool's requirements exclude the type).
     price: Vec<f64>,
     daemon_overhead: Resources,
     /// Type indexes by price (then name): claims keep their types in this order.
@@ -460,8 +461,15 @@ struct Pool<'a> {
 impl<'a> Pool<'a> {
     fn new(input: &'a PoolInput, daemonsets: &[PodSpec]) -> Self {
         let types = &input.instance_types;
-        let price: Vec<f64> =
-            types.iter().map(|t| t.cheapest_offering(&input.requirements).map_or(f64::INFINITY, |o| o.price)).collect();
+        // A type the pool's requirements exclude has no price here, or it would set the price of a
+        // "node of the pod's own" that no claim of this pool can buy.
+        let price: Vec<f64> = types
+            .iter()
+            .map(|t| match type_admits(t, &input.requirements) {
+                true => t.cheapest_offering(&input.requirements).map_or(f64::INFINITY, |o| o.price),
+                false => f64::INFINITY,
+            })
+            .collect();
         let mut by_price: Vec<usize> = (0..types.len()).collect();
         by_price.sort_by(|&a, &b| price[a].total_cmp(&price[b]).then_with(|| types[a].name.cmp(&types[b].name)));
         Self {
