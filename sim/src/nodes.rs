@@ -291,7 +291,26 @@ async fn reconcile(
         if known.contains_key(&name) {
             continue;
         }
-        if nodes.iter().any(|n| n.name_any() == name) {
+        if let Some(existing) = nodes.iter().find(|n| n.name_any() == name) {
+            if !existing.annotations().contains_key(SIMULATED) {
+                // Someone created the Node before the kubelet started (direct binding): the kubelet
+                // registers into it, adding its labels and reporting its status.
+                let it = feed.instance_type(&instance.instance_type);
+                let (node, _) = node_object(instance, it.as_ref(), None, config);
+                let meta = json!({"metadata": {"labels": node["metadata"]["labels"], "annotations": node["metadata"]["annotations"]}});
+                let mut labels_patch = meta.clone();
+                if let (Some(mine), Some(theirs)) =
+                    (labels_patch["metadata"]["labels"].as_object_mut(), existing.metadata.labels.as_ref())
+                {
+                    for key in theirs.keys() {
+                        mine.remove(key);
+                    }
+                }
+                node_api.patch(&name, &PatchParams::default(), &Patch::Merge(labels_patch)).await?;
+                node_api
+                    .patch_status(&name, &PatchParams::default(), &Patch::Merge(json!({"status": node["status"]})))
+                    .await?;
+            }
             known.insert(
                 name,
                 NodeState {

@@ -1,0 +1,277 @@
+//! The watched caches every replica keeps warm (hot standby), and the two actors that fill them:
+//! `PodWatcher` (pods; announces pods that need capacity to the Batcher) and `ClusterState`
+//! (nodes, NodeClaims, NodePools, node classes, legacy Provisioners and AWSNodeTemplates,
+//! DaemonSets, PodDisruptionBudgets).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Resource};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use rafter::api::legacy::{AWSNodeTemplate, Provisioner};
+use rafter::api::nodeclaim::NodeClaim;
+use rafter::api::{EC2NodeClass, NodePool};
+use serde::de::DeserializeOwned;
+use tokio::task::JoinSet;
+
+use crate::context::{Ctx, peer};
+
+/// A store that a restarted watcher replaces.
+#[derive(Debug)]
+pub struct Slot<K: kube::Resource<DynamicType = ()> + Clone + 'static> {
+    store: RwLock<Option<Store<K>>>,
+    synced: AtomicBool,
+}
+
+impl<K: kube::Resource<DynamicType = ()> + Clone + 'static> Default for Slot<K> {
+    fn default() -> Self {
+        Self { store: RwLock::new(None), synced: AtomicBool::new(false) }
+    }
+}
+
+impl<K: kube::Resource<DynamicType = ()> + Clone + 'static> Slot<K> {
+    /// Every cached object.
+    pub fn all(&self) -> Vec<Arc<K>> {
+        let guard = match self.store.read() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        guard.as_ref().map(Store::state).unwrap_or_default()
+    }
+
+    pub fn is_synced(&self) -> bool {
+        self.synced.load(Ordering::Acquire)
+    }
+
+    fn replace(&self, store: Option<Store<K>>) {
+        self.synced.store(false, Ordering::Release);
+        match self.store.write() {
+            Ok(mut g) => *g = store,
+            Err(p) => *p.into_inner() = store,
+        }
+    }
+
+    /// Marks a kind the API server does not serve (legacy CRDs not installed) as synced and empty.
+    fn absent(&self) {
+        self.replace(None);
+        self.synced.store(true, Ordering::Release);
+    }
+}
+
+/// What this replica knows about the cluster.
+#[derive(Debug, Default)]
+pub struct Caches {
+    pub pods: Slot<Pod>,
+    pub nodes: Slot<Node>,
+    pub claims: Slot<NodeClaim>,
+    pub pools: Slot<NodePool>,
+    pub classes: Slot<EC2NodeClass>,
+    pub provisioners: Slot<Provisioner>,
+    pub templates: Slot<AWSNodeTemplate>,
+    pub daemonsets: Slot<DaemonSet>,
+    pub pdbs: Slot<PodDisruptionBudget>,
+    /// Wakes the reconcilers when nodes or claims change.
+    pub changed: tokio::sync::Notify,
+}
+
+impl Caches {
+    /// Whether every watch has listed once: `/readyz` is green only then.
+    pub fn synced(&self) -> bool {
+        self.pods.is_synced()
+            && self.nodes.is_synced()
+            && self.claims.is_synced()
+            && self.pools.is_synced()
+            && self.classes.is_synced()
+            && self.provisioners.is_synced()
+            && self.templates.is_synced()
+            && self.daemonsets.is_synced()
+            && self.pdbs.is_synced()
+    }
+
+    /// NodePools, with legacy Provisioners converted (a Provisioner that cannot be converted is
+    /// reported and left out; a NodePool of the same name wins).
+    pub fn effective_pools(&self) -> Vec<NodePool> {
+        let mut pools: Vec<NodePool> = self.pools.all().iter().map(|p| p.as_ref().clone()).collect();
+        let templates: Vec<AWSNodeTemplate> = self.templates.all().iter().map(|t| t.as_ref().clone()).collect();
+        for provisioner in self.provisioners.all() {
+            match rafter::api::convert::node_pool_from_provisioner(&provisioner, &templates) {
+                Ok(pool) if !pools.iter().any(|p| p.metadata.name == pool.metadata.name) => pools.push(pool),
+                Ok(_) => {}
+                Err(errors) => {
+                    let reasons: Vec<String> = errors.iter().map(ToString::to_string).collect();
+                    tracing::warn!(provisioner = ?provisioner.metadata.name, "Provisioner cannot be used: {}", reasons.join("; "));
+                }
+            }
+        }
+        pools
+    }
+}
+
+/// Runs one reflector into `slot` until the task is aborted, calling `on_applied` for each object
+/// the watch delivers. A missing resource (legacy CRDs not installed) leaves the slot empty.
+fn reflect<K>(
+    tasks: &mut JoinSet<()>,
+    api: Api<K>,
+    slot: &'static str,
+    caches: Arc<Caches>,
+    pick: fn(&Caches) -> &Slot<K>,
+    on_applied: impl Fn(&K) + Send + 'static,
+) where
+    K: kube::Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+{
+    let (store, writer) = reflector::store();
+    pick(&caches).replace(Some(store.clone()));
+    let ready_caches = caches.clone();
+    tasks.spawn(async move {
+        if store.wait_until_ready().await.is_ok() {
+            pick(&ready_caches).synced.store(true, Ordering::Release);
+            tracing::debug!(cache = slot, "cache synced");
+        }
+    });
+    tasks.spawn(async move {
+        let stream =
+            reflector::reflector(writer, watcher(api, watcher::Config::default()).default_backoff()).applied_objects();
+        futures::pin_mut!(stream);
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(object) => {
+                    on_applied(&object);
+                    caches.changed.notify_waiters();
+                }
+                Err(error) => tracing::debug!(cache = slot, %error, "watch interrupted; resuming"),
+            }
+        }
+    });
+}
+
+/// Whether the API server serves a kind (the legacy CRDs are optional).
+async fn served<K: Resource<DynamicType = ()>>(client: &kube::Client) -> bool {
+    let gv = format!("{}/{}", K::group(&()), K::version(&()));
+    let path = if K::group(&()).is_empty() { "v1".to_string() } else { gv.clone() };
+    match client.list_api_group_resources(&path).await {
+        Ok(list) => list.resources.iter().any(|r| r.name == K::plural(&())),
+        Err(_) => false,
+    }
+}
+
+/// Fills the cluster caches.
+#[derive(Debug)]
+pub struct ClusterState;
+
+#[derive(Debug)]
+pub enum ClusterStateMessage {}
+
+#[derive(Debug)]
+pub struct ClusterStateState {
+    tasks: JoinSet<()>,
+}
+
+pub type ClusterStateArgs = Ctx;
+
+impl Actor for ClusterState {
+    type Msg = ClusterStateMessage;
+    type State = ClusterStateState;
+    type Arguments = ClusterStateArgs;
+
+    async fn pre_start(&self, _: ActorRef<Self::Msg>, ctx: Ctx) -> Result<Self::State, ActorProcessingErr> {
+        let mut tasks = JoinSet::new();
+        let c = ctx.client.clone();
+        let caches = ctx.caches.clone();
+        reflect(&mut tasks, Api::<Node>::all(c.clone()), "nodes", caches.clone(), |c| &c.nodes, |_| {});
+        reflect(&mut tasks, Api::<NodeClaim>::all(c.clone()), "nodeclaims", caches.clone(), |c| &c.claims, |_| {});
+        reflect(&mut tasks, Api::<NodePool>::all(c.clone()), "nodepools", caches.clone(), |c| &c.pools, |_| {});
+        reflect(
+            &mut tasks,
+            Api::<EC2NodeClass>::all(c.clone()),
+            "ec2nodeclasses",
+            caches.clone(),
+            |c| &c.classes,
+            |_| {},
+        );
+        reflect(&mut tasks, Api::<DaemonSet>::all(c.clone()), "daemonsets", caches.clone(), |c| &c.daemonsets, |_| {});
+        reflect(&mut tasks, Api::<PodDisruptionBudget>::all(c.clone()), "pdbs", caches.clone(), |c| &c.pdbs, |_| {});
+        if served::<Provisioner>(&c).await {
+            reflect(
+                &mut tasks,
+                Api::<Provisioner>::all(c.clone()),
+                "provisioners",
+                caches.clone(),
+                |c| &c.provisioners,
+                |_| {},
+            );
+        } else {
+            caches.provisioners.absent();
+        }
+        if served::<AWSNodeTemplate>(&c).await {
+            reflect(
+                &mut tasks,
+                Api::<AWSNodeTemplate>::all(c.clone()),
+                "awsnodetemplates",
+                caches.clone(),
+                |c| &c.templates,
+                |_| {},
+            );
+        } else {
+            caches.templates.absent();
+        }
+        Ok(ClusterStateState { tasks })
+    }
+
+    async fn post_stop(&self, _: ActorRef<Self::Msg>, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+        state.tasks.abort_all();
+        Ok(())
+    }
+}
+
+/// Watches pods, and tells the Batcher about each pod that needs capacity.
+#[derive(Debug)]
+pub struct PodWatcher;
+
+#[derive(Debug)]
+pub enum PodWatcherMessage {}
+
+#[derive(Debug)]
+pub struct PodWatcherState {
+    tasks: JoinSet<()>,
+}
+
+pub type PodWatcherArgs = Ctx;
+
+impl Actor for PodWatcher {
+    type Msg = PodWatcherMessage;
+    type State = PodWatcherState;
+    type Arguments = PodWatcherArgs;
+
+    async fn pre_start(&self, _: ActorRef<Self::Msg>, ctx: Ctx) -> Result<Self::State, ActorProcessingErr> {
+        let mut tasks = JoinSet::new();
+        let peers = ctx.peers.clone();
+        let timeline = ctx.timeline.clone();
+        reflect(
+            &mut tasks,
+            Api::<Pod>::all(ctx.client.clone()),
+            "pods",
+            ctx.caches.clone(),
+            |c| &c.pods,
+            move |pod| {
+                if rafter::state::provisionable(pod) {
+                    timeline.pod_seen();
+                    if let Some(batcher) = peer(&peers.batcher) {
+                        let _ = batcher.cast(crate::batcher::BatcherMessage::Pending);
+                    }
+                }
+            },
+        );
+        Ok(PodWatcherState { tasks })
+    }
+
+    async fn post_stop(&self, _: ActorRef<Self::Msg>, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+        state.tasks.abort_all();
+        Ok(())
+    }
+}

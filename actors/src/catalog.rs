@@ -1,0 +1,141 @@
+//! The instance catalog every replica keeps warm: each pool's instance types from the cloud,
+//! refreshed periodically, with offerings the cloud recently had no capacity for marked
+//! unavailable for a while (the insufficient-capacity cache).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use rafter::api::NodePool;
+use rafter::cloud::OfferingKey;
+use rafter::scheduling::instance_types::InstanceType;
+use tokio::time::Instant;
+
+use crate::context::Ctx;
+
+#[derive(Debug, Default)]
+struct Inner {
+    /// Pool name → (the pool's resourceVersion when fetched, its types).
+    types: HashMap<String, (Option<String>, Arc<Vec<InstanceType>>)>,
+    unavailable: HashMap<OfferingKey, Instant>,
+}
+
+/// Instance types by pool, shared by the Catalog actor (writer) and the Solver (reader).
+#[derive(Debug, Default)]
+pub struct Catalog {
+    inner: Mutex<Inner>,
+}
+
+impl Catalog {
+    fn with<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> T {
+        match self.inner.lock() {
+            Ok(mut g) => f(&mut g),
+            Err(p) => f(&mut p.into_inner()),
+        }
+    }
+
+    /// A pool's types with recently exhausted offerings marked unavailable; `None` until fetched.
+    pub fn types_for(&self, name: &str) -> Option<Vec<InstanceType>> {
+        let now = Instant::now();
+        self.with(|inner| {
+            inner.unavailable.retain(|_, until| *until > now);
+            let (_, types) = inner.types.get(name)?;
+            let mut types = types.as_ref().clone();
+            if !inner.unavailable.is_empty() {
+                for it in &mut types {
+                    for offering in &mut it.offerings {
+                        let key = OfferingKey {
+                            instance_type: it.name.clone(),
+                            zone: offering.zone.clone(),
+                            capacity_type: offering.capacity_type,
+                        };
+                        if inner.unavailable.contains_key(&key) {
+                            offering.available = false;
+                        }
+                    }
+                }
+            }
+            Some(types)
+        })
+    }
+
+    /// Avoid these offerings for `ttl`.
+    pub fn mark_unavailable(&self, offerings: &[OfferingKey], ttl: Duration) {
+        let until = Instant::now() + ttl;
+        self.with(|inner| {
+            for o in offerings {
+                inner.unavailable.insert(o.clone(), until);
+            }
+        });
+    }
+
+    fn needs_refresh(&self, pool: &NodePool) -> bool {
+        let name = pool.metadata.name.clone().unwrap_or_default();
+        self.with(|inner| inner.types.get(&name).is_none_or(|(rv, _)| rv != &pool.metadata.resource_version))
+    }
+
+    pub fn store(&self, pool: &NodePool, types: Vec<InstanceType>) {
+        let name = pool.metadata.name.clone().unwrap_or_default();
+        self.with(|inner| inner.types.insert(name, (pool.metadata.resource_version.clone(), Arc::new(types))));
+    }
+}
+
+/// Refreshes the catalog: at start, whenever a pool changes, and every `REFRESH`.
+#[derive(Debug)]
+pub struct CatalogRefresher;
+
+#[derive(Debug)]
+pub enum CatalogMessage {
+    /// Fetch types for pools that are new or changed (`all`: for every pool).
+    Refresh { all: bool },
+}
+
+#[derive(Debug)]
+pub struct CatalogState {
+    ctx: Ctx,
+    last_full: Instant,
+}
+
+pub type CatalogArgs = Ctx;
+
+/// How often every pool's types are fetched again, as Karpenter does for instance types and prices.
+pub const REFRESH: Duration = Duration::from_secs(300);
+
+impl Actor for CatalogRefresher {
+    type Msg = CatalogMessage;
+    type State = CatalogState;
+    type Arguments = CatalogArgs;
+
+    async fn pre_start(&self, myself: ActorRef<Self::Msg>, ctx: Ctx) -> Result<Self::State, ActorProcessingErr> {
+        let _ = myself.cast(CatalogMessage::Refresh { all: true });
+        Ok(CatalogState { ctx, last_full: Instant::now() })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let CatalogMessage::Refresh { all } = message;
+        let all = all || state.last_full.elapsed() >= REFRESH;
+        if all {
+            state.last_full = Instant::now();
+        }
+        for pool in state.ctx.caches.effective_pools() {
+            if !all && !state.ctx.catalog.needs_refresh(&pool) {
+                continue;
+            }
+            match state.ctx.cloud.instance_types(&pool).await {
+                Ok(types) => state.ctx.catalog.store(&pool, types),
+                Err(error) => {
+                    tracing::warn!(pool = ?pool.metadata.name, %error, "cannot fetch instance types; keeping the last good list")
+                }
+            }
+        }
+        // Pools appear through the watch; look for new ones often, fetch all rarely.
+        myself.send_after(Duration::from_millis(250), || CatalogMessage::Refresh { all: false });
+        Ok(())
+    }
+}

@@ -1,0 +1,549 @@
+//! Launcher: turns planned claims into NodeClaim objects (intent first, with the termination
+//! finalizer), then into instances (idempotent per claim), and follows each claim through
+//! `Launched`, `Registered` (its Node appeared: labels, owner, `unregistered` taint lifted) and
+//! `Initialized` (Ready, startup taints gone). Claims that never launch or never register are
+//! deleted, and their pods are batched again.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::Api;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use rafter::api::NodePool;
+use rafter::api::labels;
+use rafter::api::nodeclaim::{NodeClaim, NodeClaimSpec, NodeClaimTemplateSpec, ResourceRequirements, conditions};
+use rafter::cloud::{CloudError, Instance};
+use rafter::scheduling::solver::NewClaim;
+use rafter::state::disruption::{ClaimTimeout, claim_timeout};
+use serde_json::{Value, json};
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::batcher::BatcherMessage;
+use crate::clock::{Clock, age};
+use crate::context::{BindingMode, Ctx, peer};
+use crate::timeline::Mark;
+
+/// Why a launch step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error("NodePool {0} no longer exists")]
+    PoolGone(String),
+    #[error("Kubernetes API: {0}")]
+    Kube(#[source] kube::Error),
+    #[error("cloud: {0}")]
+    Cloud(#[source] CloudError),
+}
+
+#[derive(Debug)]
+pub struct Launcher;
+
+#[derive(Debug)]
+pub enum LauncherMessage {
+    /// Create and launch these claims, inside the batch's `provision` span.
+    Launch { claims: Vec<NewClaim>, span: tracing::Span },
+    /// Follow every claim one step further.
+    Reconcile,
+}
+
+#[derive(Debug)]
+pub struct LauncherState {
+    ctx: Ctx,
+    /// Each launch's span, so registration joins the batch's trace.
+    spans: HashMap<String, tracing::Span>,
+    /// Claims whose launch failed transiently: when to try again and how often it failed.
+    retry: HashMap<String, (Instant, u32)>,
+}
+
+pub type LauncherArgs = Ctx;
+
+/// How long a freshly launched claim is left out of relaunch checks while the watch catches up.
+const CACHE_GRACE: Duration = Duration::from_secs(2);
+
+static NAMES: AtomicU64 = AtomicU64::new(0);
+
+/// A fresh `<pool>-xxxxx` name.
+fn claim_name(pool: &str) -> String {
+    let seed = NAMES.fetch_add(1, Ordering::Relaxed)
+        ^ jiff::Timestamp::now().as_nanosecond() as u64
+        ^ (std::process::id() as u64).rotate_left(32);
+    format!("{pool}-{}", rafter::mix::name_suffix(rafter::mix::splitmix64(seed), 5))
+}
+
+/// The NodeClaim for a planned machine: the pool's template with the plan's requirements.
+pub fn build_claim(pool: &NodePool, planned: &NewClaim) -> NodeClaim {
+    let pool_name = pool.metadata.name.clone().unwrap_or_default();
+    let template = &pool.spec.template;
+    let mut claim_labels: BTreeMap<String, String> =
+        template.metadata.as_ref().map(|m| m.labels.clone()).unwrap_or_default();
+    claim_labels.insert(labels::NODEPOOL.into(), pool_name.clone());
+    let annotations = template.metadata.as_ref().map(|m| m.annotations.clone()).unwrap_or_default();
+    let mut claim = NodeClaim::new(
+        &claim_name(&pool_name),
+        NodeClaimSpec {
+            template: NodeClaimTemplateSpec {
+                taints: template.spec.taints.clone(),
+                startup_taints: template.spec.startup_taints.clone(),
+                requirements: planned.requirements.clone(),
+                node_class_ref: template.spec.node_class_ref.clone(),
+                expire_after: template.spec.expire_after.clone(),
+                termination_grace_period: template.spec.termination_grace_period.clone(),
+            },
+            resources: Some(ResourceRequirements {
+                requests: planned.requests.iter().map(|(k, v)| (k.clone(), v.as_str().into())).collect(),
+            }),
+        },
+    );
+    claim.metadata.labels = Some(claim_labels);
+    claim.metadata.annotations = (!annotations.is_empty()).then_some(annotations);
+    claim.metadata.finalizers = Some(vec![labels::TERMINATION_FINALIZER.into()]);
+    claim.metadata.owner_references = pool.metadata.uid.clone().map(|uid| {
+        vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+            api_version: "karpenter.sh/v1".into(),
+            kind: "NodePool".into(),
+            name: pool_name.clone(),
+            uid,
+            block_owner_deletion: Some(true),
+            controller: None,
+        }]
+    });
+    claim
+}
+
+/// Sets one condition in a list (keeping `lastTransitionTime` when the status did not change).
+pub fn set_condition(
+    list: &mut Vec<Condition>,
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: &str,
+    clock: &dyn Clock,
+) {
+    let status = if status { "True" } else { "False" };
+    if let Some(c) = list.iter_mut().find(|c| c.type_ == type_) {
+        if c.status != status {
+            c.last_transition_time = Time(clock.now());
+        }
+        c.status = status.into();
+        c.reason = reason.into();
+        c.message = message.into();
+        return;
+    }
+    list.push(Condition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message: message.into(),
+        last_transition_time: Time(clock.now()),
+        observed_generation: None,
+    });
+}
+
+pub fn condition_true(claim: &NodeClaim, type_: &str) -> bool {
+    claim.status.as_ref().is_some_and(|s| s.conditions.iter().any(|c| c.type_ == type_ && c.status == "True"))
+}
+
+fn name_of(claim: &NodeClaim) -> String {
+    claim.metadata.name.clone().unwrap_or_default()
+}
+
+/// Writes a claim's conditions (and optional other status fields) through the status subresource.
+async fn patch_status(
+    ctx: &Ctx,
+    claim: &NodeClaim,
+    extra: Value,
+    set: &[(&str, bool, &str, &str)],
+) -> Result<(), kube::Error> {
+    let mut list = claim.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
+    for (t, s, r, m) in set {
+        set_condition(&mut list, t, *s, r, m, ctx.clock.as_ref());
+    }
+    let mut status = extra;
+    status["conditions"] = serde_json::to_value(&list).unwrap_or(Value::Null);
+    Api::<NodeClaim>::all(ctx.client.clone())
+        .patch_status(&name_of(claim), &PatchParams::default(), &Patch::Merge(json!({ "status": status })))
+        .await
+        .map(|_| ())
+}
+
+/// Deletes a claim (the Terminator finishes it through the finalizer).
+pub async fn delete_claim(ctx: &Ctx, name: &str) -> Result<(), kube::Error> {
+    match Api::<NodeClaim>::all(ctx.client.clone()).delete(name, &DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+fn rebatch(ctx: &Ctx) {
+    if let Some(b) = peer(&ctx.peers.batcher) {
+        let _ = b.cast(BatcherMessage::Pending);
+    }
+}
+
+/// Calls the cloud for a claim and records the result on it. Idempotent: a claim the cloud
+/// already launched gets the same instance back.
+async fn launch(ctx: &Ctx, claim: &NodeClaim, pods: &[String]) -> Result<Instance, LaunchError> {
+    let name = name_of(claim);
+    ctx.timeline.mark(Mark::CreateCalled { claim: name.clone() });
+    let created = ctx.cloud.create(claim).instrument(tracing::info_span!("cloud.create", claim = %name)).await;
+    let instance = match created {
+        Ok(i) => i,
+        Err(error) => {
+            let reason = match &error {
+                CloudError::InsufficientCapacity { .. } => "InsufficientCapacity",
+                CloudError::Throttled { .. } => "Throttled",
+                CloudError::NotFound { .. } => "NotFound",
+                CloudError::InvalidConfiguration { .. } => "InvalidConfiguration",
+                CloudError::Transient { .. } => "Transient",
+            };
+            ctx.metrics.launch_failures.get_or_create(&crate::metrics::ReasonLabel { reason: reason.into() }).inc();
+            return Err(LaunchError::Cloud(error));
+        }
+    };
+    let pool = rafter::state::pool_of(claim.metadata.labels.as_ref()).unwrap_or_default();
+    let types = ctx.catalog.types_for(pool).unwrap_or_default();
+    let it = types.iter().find(|t| t.name == instance.instance_type);
+    let (capacity, allocatable) =
+        it.map(|t| (t.capacity.to_quantities(), t.allocatable().to_quantities())).unwrap_or_default();
+    let api = Api::<NodeClaim>::all(ctx.client.clone());
+    let meta = json!({"metadata": {"labels": {
+        labels::INSTANCE_TYPE: instance.instance_type,
+        labels::ZONE: instance.zone,
+        labels::CAPACITY_TYPE: instance.capacity_type.as_str(),
+    }}});
+    api.patch(&name, &PatchParams::default(), &Patch::Merge(meta)).await.map_err(LaunchError::Kube)?;
+    let extra = json!({"providerID": instance.provider_id, "capacity": capacity, "allocatable": allocatable});
+    patch_status(ctx, claim, extra, &[(conditions::LAUNCHED, true, "Launched", "")])
+        .await
+        .map_err(LaunchError::Kube)?;
+    ctx.metrics.claims_launched.inc();
+    ctx.timeline.mark(Mark::Launched { claim: name.clone(), instance_type: instance.instance_type.clone() });
+    tracing::info!(
+        "Launched nodeclaim {name}: {}, type {}, zone {}, capacity {}",
+        instance.id,
+        instance.instance_type,
+        instance.zone,
+        instance.capacity_type.as_str()
+    );
+    if ctx.config.binding == BindingMode::Direct && !pods.is_empty() {
+        bind_direct(ctx, claim, &instance, it, pods).await.map_err(LaunchError::Kube)?;
+    }
+    Ok(instance)
+}
+
+/// Direct binding: create the Node with the launch and bind the batch's pods to it, so their
+/// images can be pulled as soon as the kubelet starts.
+async fn bind_direct(
+    ctx: &Ctx,
+    claim: &NodeClaim,
+    instance: &Instance,
+    it: Option<&rafter::scheduling::instance_types::InstanceType>,
+    pods: &[String],
+) -> Result<(), kube::Error> {
+    let node_name = instance.private_dns_name.clone();
+    let mut node_labels: BTreeMap<String, String> = claim.metadata.labels.clone().unwrap_or_default();
+    if let Some(it) = it {
+        for r in it.requirements.iter() {
+            if let Some(v) = r.single_value() {
+                node_labels.entry(r.key().to_string()).or_insert_with(|| v.to_string());
+            }
+        }
+    }
+    node_labels.insert(labels::HOSTNAME.into(), node_name.clone());
+    node_labels.insert(labels::INSTANCE_TYPE.into(), instance.instance_type.clone());
+    node_labels.insert(labels::ZONE.into(), instance.zone.clone());
+    node_labels.insert(labels::CAPACITY_TYPE.into(), instance.capacity_type.as_str().into());
+    node_labels.insert(labels::REGISTERED.into(), "true".into());
+    let taints: Vec<Value> = claim
+        .spec
+        .template
+        .taints
+        .iter()
+        .chain(&claim.spec.template.startup_taints)
+        .filter_map(|t| serde_json::to_value(t).ok())
+        .collect();
+    let node: Node = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": node_name, "labels": node_labels, "ownerReferences": [owner(claim)]},
+        "spec": {"providerID": instance.provider_id, "taints": taints}
+    }))
+    .map_err(kube::Error::SerdeError)?;
+    match Api::<Node>::all(ctx.client.clone()).create(&PostParams::default(), &node).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(e) => return Err(e),
+    }
+    let bound = futures::stream::iter(pods.iter().cloned())
+        .map(|key| {
+            let client = ctx.client.clone();
+            let node_name = node_name.clone();
+            async move {
+                let (ns, name) = key.split_once('/').unwrap_or(("default", key.as_str()));
+                let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": name}, "target": {"kind": "Node", "name": node_name}});
+                let bound: Result<Value, kube::Error> = Api::<Pod>::namespaced(client, ns)
+                    .create_subresource("binding", name, &PostParams::default(), &binding)
+                    .await;
+                bound.is_ok()
+            }
+        })
+        .buffer_unordered(ctx.config.parallelism)
+        .filter(|ok| futures::future::ready(*ok))
+        .count()
+        .await;
+    tracing::info!("Bound {bound} pod(s) to node {node_name}");
+    Ok(())
+}
+
+fn owner(claim: &NodeClaim) -> Value {
+    json!({"apiVersion": "karpenter.sh/v1", "kind": "NodeClaim", "name": name_of(claim), "uid": claim.metadata.uid, "blockOwnerDeletion": true})
+}
+
+/// Registration: the Node with the claim's provider ID joined. Adopt it: pool labels, owner
+/// reference, `registered` label, and the `unregistered` taint lifted.
+async fn register(ctx: &Ctx, claim: &NodeClaim, node: &Node) -> Result<(), kube::Error> {
+    let node_name = node.metadata.name.clone().unwrap_or_default();
+    let mut node_labels: BTreeMap<String, String> = claim.metadata.labels.clone().unwrap_or_default();
+    node_labels.insert(labels::REGISTERED.into(), "true".into());
+    let taints: Vec<Value> = node
+        .spec
+        .as_ref()
+        .and_then(|s| s.taints.as_ref())
+        .into_iter()
+        .flatten()
+        .filter(|t| t.key != labels::UNREGISTERED_TAINT_KEY)
+        .filter_map(|t| serde_json::to_value(t).ok())
+        .collect();
+    let patch = json!({
+        "metadata": {"labels": node_labels, "ownerReferences": [owner(claim)]},
+        "spec": {"taints": taints}
+    });
+    Api::<Node>::all(ctx.client.clone()).patch(&node_name, &PatchParams::default(), &Patch::Merge(patch)).await?;
+    patch_status(ctx, claim, json!({"nodeName": node_name}), &[(conditions::REGISTERED, true, "Registered", "")]).await
+}
+
+fn node_ready(node: &Node) -> bool {
+    node.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Initialised: the node is Ready and none of the claim's startup taints (nor `unregistered`) remain.
+pub fn initialized(claim: &NodeClaim, node: &Node) -> bool {
+    let taints = node.spec.as_ref().and_then(|s| s.taints.as_ref());
+    let pending = taints.into_iter().flatten().any(|t| {
+        t.key == labels::UNREGISTERED_TAINT_KEY || claim.spec.template.startup_taints.iter().any(|s| s.key == t.key)
+    });
+    node_ready(node) && !pending
+}
+
+impl Launcher {
+    async fn launch_planned(&self, state: &mut LauncherState, planned: Vec<NewClaim>, span: tracing::Span) {
+        let ctx = state.ctx.clone();
+        let pools: HashMap<String, NodePool> = ctx
+            .caches
+            .effective_pools()
+            .into_iter()
+            .map(|p| (p.metadata.name.clone().unwrap_or_default(), p))
+            .collect();
+        let results: Vec<(Option<String>, tracing::Span, Result<(), LaunchError>)> = futures::stream::iter(planned)
+            .map(|planned| {
+                let ctx = ctx.clone();
+                let launch_span = tracing::info_span!(parent: &span, "launch", nodeclaim = tracing::field::Empty, pool = %planned.node_pool, instance_type = tracing::field::Empty);
+                let pool = pools.get(&planned.node_pool).cloned();
+                async move {
+                    let Some(pool) = pool else {
+                        return (None, launch_span, Err(LaunchError::PoolGone(planned.node_pool.clone())));
+                    };
+                    let claim = build_claim(&pool, &planned);
+                    let created = match Api::<NodeClaim>::all(ctx.client.clone()).create(&PostParams::default(), &claim).await {
+                        Ok(c) => c,
+                        Err(e) => return (None, launch_span, Err(LaunchError::Kube(e))),
+                    };
+                    ctx.metrics.claims_created.inc();
+                    let name = name_of(&created);
+                    launch_span.record("nodeclaim", name.as_str());
+                    let result = launch(&ctx, &created, &planned.pods).instrument(launch_span.clone()).await;
+                    if let Ok(instance) = &result {
+                        launch_span.record("instance_type", instance.instance_type.as_str());
+                    }
+                    (Some(name), launch_span, result.map(|_| ()))
+                }
+            })
+            .buffer_unordered(ctx.config.parallelism)
+            .collect()
+            .await;
+        for (name, launch_span, result) in results {
+            match (name, result) {
+                (Some(name), Ok(())) => {
+                    // The cache may not show the provider ID yet; don't relaunch until it can.
+                    state.retry.insert(name.clone(), (Instant::now() + CACHE_GRACE, 0));
+                    state.spans.insert(name, launch_span);
+                }
+                (Some(name), Err(error)) => {
+                    self.failed(state, &name, &error).await;
+                    state.spans.insert(name, launch_span);
+                }
+                (None, Err(error)) => {
+                    tracing::warn!(parent: &launch_span, %error, "cannot create a NodeClaim; its pods stay pending");
+                    rebatch(&ctx);
+                }
+                (None, Ok(())) => {}
+            }
+        }
+    }
+
+    /// What a failed launch leads to: capacity errors avoid the offerings and re-plan at once,
+    /// configuration errors give up on the claim, the rest is retried with backoff.
+    async fn failed(&self, state: &mut LauncherState, name: &str, error: &LaunchError) {
+        let ctx = state.ctx.clone();
+        match error {
+            LaunchError::Cloud(CloudError::InsufficientCapacity { offerings }) => {
+                ctx.catalog.mark_unavailable(offerings, ctx.config.unavailable_offering_ttl);
+                tracing::warn!(nodeclaim = %name, %error, "no capacity; deleting the claim and planning again without these offerings");
+                let _ = delete_claim(&ctx, name).await;
+                rebatch(&ctx);
+            }
+            LaunchError::Cloud(CloudError::InvalidConfiguration { .. }) | LaunchError::PoolGone(_) => {
+                tracing::error!(nodeclaim = %name, %error, "cannot launch; deleting the claim (fix the NodePool or EC2NodeClass)");
+                let _ = delete_claim(&ctx, name).await;
+            }
+            _ => {
+                let entry = state.retry.entry(name.to_string()).or_insert((Instant::now(), 0));
+                entry.1 += 1;
+                entry.0 = Instant::now() + rafter::state::disruption::eviction_backoff(entry.1 + 2);
+                tracing::warn!(nodeclaim = %name, %error, "launch failed; retrying");
+            }
+        }
+    }
+
+    async fn reconcile(&self, state: &mut LauncherState) {
+        let ctx = state.ctx.clone();
+        let nodes = ctx.caches.nodes.all();
+        let by_provider: HashMap<&str, &Arc<Node>> =
+            nodes.iter().filter_map(|n| Some((n.spec.as_ref()?.provider_id.as_deref()?, n))).collect();
+        let claims = ctx.caches.claims.all();
+        let live: HashSet<String> = claims.iter().map(|c| name_of(c)).collect();
+        state.spans.retain(|k, _| live.contains(k));
+        state.retry.retain(|k, _| live.contains(k));
+        let mut relaunch = Vec::new();
+        for claim in &claims {
+            if claim.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
+            let name = name_of(claim);
+            let created_age =
+                claim.metadata.creation_timestamp.as_ref().map(|t| age(ctx.clock.as_ref(), t)).unwrap_or_default();
+            let provider = claim.status.as_ref().and_then(|s| s.provider_id.as_deref());
+            let registered = condition_true(claim, conditions::REGISTERED);
+            if let Some(timeout) = claim_timeout(created_age, provider.is_some(), registered) {
+                let why = match timeout {
+                    ClaimTimeout::NotLaunched => "was not launched within 5m",
+                    ClaimTimeout::NotRegistered => "did not register within 15m",
+                };
+                tracing::warn!("nodeclaim {name} {why}; deleting it and batching its pods again");
+                if delete_claim(&ctx, &name).await.is_ok() {
+                    rebatch(&ctx);
+                }
+                continue;
+            }
+            let Some(provider) = provider else {
+                if state.retry.get(&name).is_none_or(|(at, _)| *at <= Instant::now()) {
+                    relaunch.push(claim.clone());
+                }
+                continue;
+            };
+            let node = by_provider.get(provider);
+            if !registered {
+                let Some(node) = node else { continue };
+                let span = match state.spans.get(&name) {
+                    Some(parent) => tracing::info_span!(parent: parent, "register", nodeclaim = %name),
+                    None => tracing::info_span!("register", nodeclaim = %name),
+                };
+                match register(&ctx, claim, node).instrument(span.clone()).await {
+                    Ok(()) => {
+                        let node_name = node.metadata.name.clone().unwrap_or_default();
+                        span.in_scope(|| tracing::info!("Registered nodeclaim {name}: node {node_name}"));
+                        ctx.metrics.claims_registered.inc();
+                        ctx.timeline.mark(Mark::Registered { claim: name.clone(), node: node_name });
+                        state.spans.remove(&name);
+                    }
+                    Err(error) => tracing::debug!(nodeclaim = %name, %error, "registration failed; retrying"),
+                }
+                continue;
+            }
+            if !condition_true(claim, conditions::INITIALIZED)
+                && let Some(node) = node
+                && initialized(claim, node)
+            {
+                let node_name = node.metadata.name.clone().unwrap_or_default();
+                let label = json!({"metadata": {"labels": {labels::INITIALIZED: "true"}}});
+                let _ = Api::<Node>::all(ctx.client.clone())
+                    .patch(&node_name, &PatchParams::default(), &Patch::Merge(label))
+                    .await;
+                let set = [(conditions::INITIALIZED, true, "Initialized", ""), (conditions::READY, true, "Ready", "")];
+                if patch_status(&ctx, claim, json!({}), &set).await.is_ok() {
+                    ctx.metrics.claims_initialized.inc();
+                    tracing::info!("Initialized nodeclaim {name}: node {node_name} is ready");
+                }
+            }
+        }
+        // Claims without an instance: a previous leader's, or a transient failure. The cloud call is
+        // idempotent per claim, so an instance launched before a crash is found, not bought again.
+        let outcomes: Vec<(String, Result<Instance, LaunchError>)> = futures::stream::iter(relaunch)
+            .map(|claim| {
+                let ctx = ctx.clone();
+                async move {
+                    let name = name_of(&claim);
+                    let result = launch(&ctx, &claim, &[]).await;
+                    (name, result)
+                }
+            })
+            .buffer_unordered(ctx.config.parallelism)
+            .collect()
+            .await;
+        for (name, result) in outcomes {
+            match result {
+                Ok(_) => {
+                    state.retry.remove(&name);
+                }
+                Err(error) => self.failed(state, &name, &error).await,
+            }
+        }
+    }
+}
+
+impl Actor for Launcher {
+    type Msg = LauncherMessage;
+    type State = LauncherState;
+    type Arguments = LauncherArgs;
+
+    async fn pre_start(&self, myself: ActorRef<Self::Msg>, ctx: Ctx) -> Result<Self::State, ActorProcessingErr> {
+        let _ = myself.cast(LauncherMessage::Reconcile);
+        Ok(LauncherState { ctx, spans: HashMap::new(), retry: HashMap::new() })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            LauncherMessage::Launch { claims, span } => self.launch_planned(state, claims, span).await,
+            LauncherMessage::Reconcile => {
+                self.reconcile(state).await;
+                let period = state.ctx.config.reconcile_period;
+                myself.send_after(period, || LauncherMessage::Reconcile);
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,157 @@
+//! Prometheus metrics (names prefixed `rafter_`) and the one HTTP port that serves them with
+//! `/healthz` and `/readyz`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+
+/// Label of launch failures.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+/// Every metric of one replica.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub pods_pending: Gauge,
+    pub batch_size: Histogram,
+    pub batch_duration: Histogram,
+    pub solve_duration: Histogram,
+    pub claims_created: Counter,
+    pub claims_launched: Counter,
+    pub claims_registered: Counter,
+    pub claims_initialized: Counter,
+    pub claims_terminated: Counter,
+    pub launch_failures: Family<ReasonLabel, Counter>,
+    pub evictions: Counter,
+    pub leader: Gauge,
+    pub leader_transitions: Counter,
+    pub actor_restarts: Counter,
+    pub instances_collected: Counter,
+    ready: AtomicBool,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("rafter");
+        let m = Self {
+            pods_pending: Gauge::default(),
+            batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 16)),
+            batch_duration: Histogram::new(exponential_buckets(0.05, 2.0, 10)),
+            solve_duration: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
+            claims_created: Counter::default(),
+            claims_launched: Counter::default(),
+            claims_registered: Counter::default(),
+            claims_initialized: Counter::default(),
+            claims_terminated: Counter::default(),
+            launch_failures: Family::default(),
+            evictions: Counter::default(),
+            leader: Gauge::default(),
+            leader_transitions: Counter::default(),
+            actor_restarts: Counter::default(),
+            instances_collected: Counter::default(),
+            ready: AtomicBool::new(false),
+            registry: Registry::default(),
+        };
+        registry.register("pods_pending", "Pods waiting for capacity in the last batch", m.pods_pending.clone());
+        registry.register("batch_size", "Pods per batch", m.batch_size.clone());
+        registry.register("batch_duration_seconds", "From a batch's first pod to its close", m.batch_duration.clone());
+        registry.register("solve_duration_seconds", "Time to compute a packing", m.solve_duration.clone());
+        registry.register("nodeclaims_created", "NodeClaims created", m.claims_created.clone());
+        registry.register(
+            "nodeclaims_launched",
+            "NodeClaims whose instance the cloud confirmed",
+            m.claims_launched.clone(),
+        );
+        registry.register("nodeclaims_registered", "NodeClaims whose Node joined", m.claims_registered.clone());
+        registry.register("nodeclaims_initialized", "NodeClaims whose Node became Ready", m.claims_initialized.clone());
+        registry.register(
+            "nodeclaims_terminated",
+            "NodeClaims whose instance was terminated and finalizer removed",
+            m.claims_terminated.clone(),
+        );
+        registry.register("launch_failures", "Failed cloud launches by reason", m.launch_failures.clone());
+        registry.register("pod_evictions", "Pods evicted while draining", m.evictions.clone());
+        registry.register("leader", "1 while this replica leads", m.leader.clone());
+        registry.register(
+            "leader_transitions",
+            "Times this replica became or stopped being the leader",
+            m.leader_transitions.clone(),
+        );
+        registry.register("actor_restarts", "Actors restarted by the supervisor", m.actor_restarts.clone());
+        registry.register(
+            "instances_garbage_collected",
+            "Instances terminated because no NodeClaim owned them",
+            m.instances_collected.clone(),
+        );
+        Self { registry, ..m }
+    }
+}
+
+impl Metrics {
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Release);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` until the task is aborted. `ready` is asked on
+/// each `/readyz`.
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, ready: Arc<dyn Fn() -> bool + Send + Sync>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let metrics = metrics.clone();
+        let ready = ready.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req: Request<Incoming>| {
+                let metrics = metrics.clone();
+                let ready = ready.clone();
+                async move {
+                    let (status, body) = match req.uri().path() {
+                        "/metrics" => (StatusCode::OK, metrics.encode()),
+                        "/healthz" => (StatusCode::OK, "ok\n".to_string()),
+                        "/readyz" if ready() => (StatusCode::OK, "ok\n".to_string()),
+                        "/readyz" => (StatusCode::SERVICE_UNAVAILABLE, "caches not synced\n".to_string()),
+                        _ => (StatusCode::NOT_FOUND, "not found\n".to_string()),
+                    };
+                    let mut response = Response::new(Full::new(hyper::body::Bytes::from(body)));
+                    *response.status_mut() = status;
+                    Ok::<_, std::convert::Infallible>(response)
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+        });
+    }
+}
+
+/// Binds the metrics address.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}

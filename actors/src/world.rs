@@ -1,0 +1,234 @@
+//! The simulated world Rafter runs in for the demo, the end-to-end tests and the benchmarks: the
+//! simulator's API server (or any API server), its simulated kubelets, scheduler and workload
+//! controllers, the fake cloud, and Rafter replicas started and killed at will.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
+use kube::core::GroupVersionKind;
+use rafter::api::nodeclaim::NodeClaim;
+use rafter::cloud::fake::{FakeCloud, FakeConfig};
+use rafter_sim::components::Component;
+use rafter_sim::nodes::{FakeFeed, NodeSimConfig};
+use rafter_sim::{Simulator, nodes, scheduler, workloads};
+use serde_json::{Value, json};
+
+use crate::clock::{Clock, SkewedClock};
+use crate::context::ControllerConfig;
+use crate::controller::{ControllerError, Replica, ReplicaArgs};
+
+/// The NodePool and EC2NodeClass users start from (`../shared/examples/v1`).
+pub const NODEPOOL_DEFAULT: &str = include_str!("../../deploy/examples/v1/nodepool-default.yaml");
+/// A legacy Provisioner with `ttlSecondsAfterEmpty: 30` and its AWSNodeTemplate.
+pub const PROVISIONER_SPOT_DEFAULT: &str = include_str!("../../deploy/examples/legacy/provisioner-spot-default.yaml");
+/// The `inflate` Deployment.
+pub const INFLATE: &str = include_str!("../../deploy/examples/workloads/inflate.yaml");
+
+/// Why the world could not be set up or driven.
+#[derive(Debug, thiserror::Error)]
+pub enum WorldError {
+    #[error(transparent)]
+    Sim(#[from] rafter_sim::SimError),
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("manifest: {0}")]
+    Manifest(String),
+    #[error(transparent)]
+    Cloud(#[from] rafter::cloud::fake::FakeCloudError),
+    #[error(transparent)]
+    Controller(#[from] ControllerError),
+    #[error("timed out after {0:?} waiting for {1}")]
+    Timeout(Duration, String),
+}
+
+/// How the world is built.
+#[derive(Debug, Clone)]
+pub struct WorldConfig {
+    pub fake: FakeConfig,
+    /// Use this API server instead of starting one.
+    pub kubeconfig: Option<std::path::PathBuf>,
+}
+
+impl Default for WorldConfig {
+    fn default() -> Self {
+        Self { fake: FakeConfig { cluster: "rafter-sim".into(), ..FakeConfig::default() }, kubeconfig: None }
+    }
+}
+
+/// A running world.
+pub struct World {
+    pub sim: Option<Simulator>,
+    pub client: kube::Client,
+    pub url: String,
+    pub cloud: Arc<FakeCloud>,
+    pub clock: Arc<SkewedClock>,
+    cluster: String,
+    components: Vec<Component>,
+}
+
+impl std::fmt::Debug for World {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("World").field("url", &self.url).finish_non_exhaustive()
+    }
+}
+
+impl World {
+    pub async fn start(config: WorldConfig) -> Result<Self, WorldError> {
+        let (sim, client, url) = match &config.kubeconfig {
+            None => {
+                let sim = Simulator::start().await?;
+                let (client, url) = (sim.client(), sim.url());
+                (Some(sim), client, url)
+            }
+            Some(path) => {
+                let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                    .map_err(|e| WorldError::Manifest(format!("kubeconfig {}: {e}", path.display())))?;
+                let mut cfg = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+                    .await
+                    .map_err(|e| WorldError::Manifest(format!("kubeconfig {}: {e}", path.display())))?;
+                cfg.default_retry = false;
+                let url = cfg.cluster_url.to_string();
+                (None, kube::Client::try_from(cfg)?, url)
+            }
+        };
+        let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+        for (_, crd) in rafter::api::crds::all() {
+            crds.patch(
+                crd.metadata.name.as_deref().unwrap_or_default(),
+                &PatchParams::apply("rafter-demo").force(),
+                &Patch::Apply(&crd),
+            )
+            .await?;
+        }
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "karpenter"}});
+        namespaces.patch("karpenter", &PatchParams::apply("rafter-demo").force(), &Patch::Apply(&ns)).await?;
+        let cloud = Arc::new(FakeCloud::new(config.fake.clone())?);
+        let components = vec![
+            workloads::spawn(client.clone()),
+            scheduler::spawn(client.clone()),
+            nodes::spawn(client.clone(), Arc::new(FakeFeed(cloud.clone())), NodeSimConfig::default()),
+        ];
+        Ok(Self {
+            sim,
+            client,
+            url,
+            cloud,
+            clock: Arc::new(SkewedClock::default()),
+            cluster: config.fake.cluster,
+            components,
+        })
+    }
+
+    /// A client of its own, named for fault injection.
+    pub fn client_as(&self, user_agent: &str) -> Result<kube::Client, WorldError> {
+        match &self.sim {
+            Some(sim) => Ok(sim.client_as(user_agent)?),
+            None => Ok(self.client.clone()),
+        }
+    }
+
+    /// Controller settings for this world: the cluster name matches the fake cloud's tags.
+    pub fn config(&self, identity: &str) -> ControllerConfig {
+        ControllerConfig {
+            identity: identity.into(),
+            cluster_name: self.cluster.clone(),
+            ..ControllerConfig::default()
+        }
+    }
+
+    /// Starts a replica with its own clients (one for the lease), named `identity`.
+    pub async fn replica(&self, config: ControllerConfig) -> Result<Replica, WorldError> {
+        let identity = config.identity.clone();
+        let args = ReplicaArgs {
+            client: self.client_as(&identity)?,
+            lease_client: self.client_as(&format!("{identity}-lease"))?,
+            cloud: self.cloud.clone(),
+            config,
+            clock: Some(self.clock.clone() as Arc<dyn Clock>),
+            metrics_addr: None,
+        };
+        Ok(Replica::start(args).await?)
+    }
+
+    /// Applies every document of a manifest (server-side apply, kinds found by discovery).
+    pub async fn apply(&self, manifest: &str) -> Result<(), WorldError> {
+        for doc in manifest
+            .split("\n---")
+            .filter(|d| d.lines().any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#')))
+        {
+            let value: Value = serde_saphyr::from_str(doc).map_err(|e| WorldError::Manifest(e.to_string()))?;
+            let api_version = value["apiVersion"].as_str().unwrap_or_default();
+            let kind = value["kind"].as_str().unwrap_or_default();
+            let name = value["metadata"]["name"].as_str().unwrap_or_default().to_string();
+            let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+            let gvk = GroupVersionKind::gvk(group, version, kind);
+            let (resource, caps) = kube::discovery::pinned_kind(&self.client, &gvk).await?;
+            let api: Api<DynamicObject> = match caps.scope {
+                kube::discovery::Scope::Namespaced => {
+                    let ns = value["metadata"]["namespace"].as_str().unwrap_or("default").to_string();
+                    Api::namespaced_with(self.client.clone(), &ns, &resource)
+                }
+                kube::discovery::Scope::Cluster => Api::all_with(self.client.clone(), &resource),
+            };
+            api.patch(&name, &PatchParams::apply("rafter-demo").force(), &Patch::Apply(&value)).await?;
+        }
+        Ok(())
+    }
+
+    /// Scales `inflate` in `default`.
+    pub async fn scale(&self, replicas: u32) -> Result<(), WorldError> {
+        let api: Api<Deployment> = Api::namespaced(self.client.clone(), "default");
+        api.patch("inflate", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": replicas}}))).await?;
+        Ok(())
+    }
+
+    pub async fn pods(&self) -> Result<Vec<Pod>, WorldError> {
+        Ok(Api::<Pod>::namespaced(self.client.clone(), "default")
+            .list(&ListParams::default().labels("app=inflate"))
+            .await?
+            .items)
+    }
+
+    pub async fn nodes(&self) -> Result<Vec<Node>, WorldError> {
+        Ok(Api::<Node>::all(self.client.clone()).list(&ListParams::default()).await?.items)
+    }
+
+    pub async fn claims(&self) -> Result<Vec<NodeClaim>, WorldError> {
+        Ok(Api::<NodeClaim>::all(self.client.clone()).list(&ListParams::default()).await?.items)
+    }
+
+    /// Inflate pods that are Running and Ready.
+    pub async fn running(&self) -> Result<usize, WorldError> {
+        Ok(self.pods().await?.iter().filter(|p| rafter_sim::components::ready(p)).count())
+    }
+
+    /// Polls `check` every 100 ms until it is true, at most `limit`.
+    pub async fn wait_for<F, Fut>(&self, what: &str, limit: Duration, mut check: F) -> Result<Duration, WorldError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<bool, WorldError>>,
+    {
+        let started = tokio::time::Instant::now();
+        loop {
+            if check().await.unwrap_or(false) {
+                return Ok(started.elapsed());
+            }
+            if started.elapsed() >= limit {
+                return Err(WorldError::Timeout(limit, what.to_string()));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Stops the simulated components (the API server stops when the world is dropped).
+    pub fn stop(&mut self) {
+        for c in &mut self.components {
+            c.stop();
+        }
+    }
+}
