@@ -74,6 +74,12 @@ pub struct RunArgs {
     /// Where machines come from.
     #[arg(long, env = "RAFTER_CLOUD", value_enum, default_value = "aws")]
     pub cloud: CloudKind,
+    /// This replica's name in the leader Lease (default: the pod's hostname).
+    #[arg(long, env = "RAFTER_IDENTITY")]
+    pub identity: Option<String>,
+    /// How pods reach new nodes: left to kube-scheduler, or bound by Rafter at launch.
+    #[arg(long, env = "RAFTER_BINDING", value_enum, default_value = "scheduler")]
+    pub binding: rafter_actors::context::BindingMode,
     /// Instance profile for legacy AWSNodeTemplates that name none (legacy `aws.defaultInstanceProfile`).
     #[arg(long, env = "RAFTER_DEFAULT_INSTANCE_PROFILE")]
     pub default_instance_profile: Option<String>,
@@ -109,6 +115,23 @@ pub enum ConfigError {
 }
 
 impl RunArgs {
+    /// The controller's settings from the flags.
+    pub fn controller_config(&self, identity: String) -> rafter_actors::context::ControllerConfig {
+        rafter_actors::context::ControllerConfig {
+            cluster_name: self.cluster_name.clone(),
+            identity,
+            lease_namespace: self.namespace.clone(),
+            lease_name: self.lease_name.clone(),
+            lease_duration: self.lease_duration,
+            renew_deadline: self.renew_deadline,
+            retry_period: self.retry_period,
+            batch_idle: self.batch_idle,
+            batch_max: self.batch_max,
+            binding: self.binding,
+            ..rafter_actors::context::ControllerConfig::default()
+        }
+    }
+
     /// Every inconsistency in the flags.
     pub fn validate(&self) -> Vec<ConfigError> {
         let mut errors = Vec::new();

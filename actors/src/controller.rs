@@ -169,6 +169,14 @@ impl Replica {
         }
     }
 
+    /// Resolves when the supervisor has stopped (it gave up, or was shut down).
+    pub async fn stopped(&mut self) {
+        if let Some(join) = self.join.as_mut() {
+            let _ = join.await;
+            self.join = None;
+        }
+    }
+
     /// Waits until the replica stops; an error when the supervisor gave up.
     pub async fn wait(mut self) -> Result<(), ControllerError> {
         if let Some(join) = self.join.take() {

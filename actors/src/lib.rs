@@ -8,6 +8,7 @@ pub mod catalog;
 pub mod clock;
 pub mod context;
 pub mod controller;
+pub mod demo;
 pub mod disrupter;
 pub mod elector;
 pub mod gc;

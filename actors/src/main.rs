@@ -3,6 +3,9 @@
 
 mod config;
 
+use rafter_actors::context::BindingMode;
+use rafter_actors::{demo, telemetry};
+
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -27,9 +30,11 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the controller against a cluster. This build checks the configuration and the cluster
-    /// (API server reachable, CRDs served) and stops: provisioning is not in it yet.
+    /// Run the controller against a cluster.
     Run(Box<RunArgs>),
+    /// The whole story on this machine, no cluster or cloud needed: a simulated cluster and cloud,
+    /// two replicas, inflate scaled 0 → 100, the leader killed, scaled to 0; a timeline and summary.
+    Demo(DemoArgs),
     /// Print every CustomResourceDefinition Rafter serves (v1 and legacy) as YAML.
     Crds {
         /// Write one file per CRD into this directory instead of printing.
@@ -68,6 +73,31 @@ enum Command {
     Version,
 }
 
+#[derive(Debug, clap::Args)]
+struct DemoArgs {
+    /// Rafter replicas to run (one leads, the others stand by).
+    #[arg(long, default_value_t = 2)]
+    replicas: usize,
+    /// Replicas of inflate to scale to.
+    #[arg(long, default_value_t = 100)]
+    pods: u32,
+    /// From launch until an instance runs.
+    #[arg(long, default_value = "2s", value_parser = config::parse_flag_duration)]
+    boot_delay: std::time::Duration,
+    /// How pods reach new nodes.
+    #[arg(long, value_enum, default_value = "scheduler")]
+    binding: BindingMode,
+    /// The NodePool's consolidateAfter for the demo (the example says 1m).
+    #[arg(long, default_value = "10s", value_parser = config::parse_flag_duration)]
+    consolidate_after: std::time::Duration,
+    /// Run against this API server instead of the embedded simulator.
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Export spans over OTLP/HTTP to this endpoint (e.g. http://localhost:4318 for Jaeger).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    otlp: Option<String>,
+}
+
 #[derive(Debug, Subcommand)]
 enum SimCommand {
     /// Run the in-memory Kubernetes API server on 127.0.0.1 until interrupted, with simulated
@@ -88,21 +118,31 @@ enum SimCommand {
     },
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let json = cli.log_format == LogFormat::Json;
+    let result = match cli.command {
+        Command::Run(args) => run(*args, json),
+        Command::Demo(args) => run_demo(args, json),
+        command => {
+            if let Err(e) = telemetry::init(json, None) {
+                eprintln!("warning: {e}");
+            }
+            other(command)
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 
-fn main() -> ExitCode {
-    let cli = Cli::parse();
-    init_logging(cli.log_format);
-    let result = match cli.command {
-        Command::Run(args) => run(*args),
+fn other(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Run(_) | Command::Demo(_) => Ok(()),
         Command::Crds { dir } => print_crds(dir.as_deref()),
         Command::Convert { file, default_instance_profile, role } => {
             convert(&file, &ConversionOptions { default_instance_profile, role })
@@ -115,14 +155,27 @@ fn main() -> ExitCode {
             println!("rafter {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
     }
+}
+
+fn run_demo(args: DemoArgs, json: bool) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let mut guard = telemetry::init(json, args.otlp.as_deref())?;
+        let config = demo::DemoConfig {
+            replicas: args.replicas,
+            pods: args.pods,
+            boot_delay: args.boot_delay,
+            binding: args.binding,
+            kubeconfig: args.kubeconfig,
+            consolidate_after: args.consolidate_after,
+            ..demo::DemoConfig::default()
+        };
+        let summary = demo::run(config, |line| println!("{line}")).await.context("the demo failed")?;
+        println!("{}", summary.render());
+        guard.shutdown();
+        Ok(())
+    })
 }
 
 fn sim_apiserver(port: u16, kubeconfig: Option<&Path>, api_only: bool, install_crds: bool) -> anyhow::Result<()> {
@@ -247,7 +300,7 @@ fn solve(file: &str, catalog: &str, spot_price_ratio: f64) -> anyhow::Result<()>
     Ok(())
 }
 
-fn run(args: RunArgs) -> anyhow::Result<()> {
+fn run(args: RunArgs, json: bool) -> anyhow::Result<()> {
     let problems = args.validate();
     if !problems.is_empty() {
         let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
@@ -255,12 +308,53 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
+        let otlp = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok().filter(|e| !e.is_empty());
+        let mut guard = telemetry::init(json, otlp.as_deref())?;
         let client = connect(&args).await?;
+        let lease_client = connect(&args).await?;
         preflight(&client).await?;
-        tracing::info!(cluster = %args.cluster_name, namespace = %args.namespace, "preflight passed: the API server answers and Rafter's CRDs are served");
-        bail!(
-            "this build of rafter has no controller loop yet (leader election, provisioning and disruption land with the control-plane work); nothing was changed in the cluster"
-        )
+        let cloud: std::sync::Arc<dyn rafter::cloud::CloudProvider> = match args.cloud {
+            config::CloudKind::Fake => std::sync::Arc::new(rafter::cloud::fake::FakeCloud::new(
+                rafter::cloud::fake::FakeConfig { cluster: args.cluster_name.clone(), ..Default::default() },
+            )?),
+            config::CloudKind::Aws => bail!(
+                "--cloud aws: the EC2 provider is not in this build yet; use --cloud fake (an in-memory cloud) or `rafter demo`"
+            ),
+        };
+        let identity = args.identity.clone().unwrap_or_else(|| {
+            std::env::var("HOSTNAME").unwrap_or_else(|_| format!("rafter-{}", std::process::id()))
+        });
+        let replica = rafter_actors::controller::Replica::start(rafter_actors::controller::ReplicaArgs {
+            client,
+            lease_client,
+            cloud,
+            config: args.controller_config(identity),
+            clock: None,
+            metrics_addr: Some(args.metrics_addr),
+        })
+        .await?;
+        tracing::info!(identity = %replica.identity(), metrics = ?replica.metrics_addr, "controller started");
+        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("installing the SIGTERM handler")?;
+        enum Ended {
+            Signal,
+            Stopped,
+        }
+        let mut replica = replica;
+        let ended = tokio::select! {
+            _ = tokio::signal::ctrl_c() => Ended::Signal,
+            _ = terminate.recv() => Ended::Signal,
+            _ = replica.stopped() => Ended::Stopped,
+        };
+        let result = match ended {
+            Ended::Signal => {
+                replica.shutdown().await;
+                Ok(())
+            }
+            Ended::Stopped => replica.wait().await.context("the controller stopped"),
+        };
+        guard.shutdown();
+        result
     })
 }
 
@@ -278,6 +372,9 @@ async fn connect(args: &RunArgs) -> anyhow::Result<kube::Client> {
             .await
             .context("no kubeconfig given and no in-cluster configuration found; pass --kubeconfig")?,
     };
+    let mut config = config;
+    // Rafter retries on its own terms (evictions refused by a PDB answer 429).
+    config.default_retry = false;
     kube::Client::try_from(config).context("building the Kubernetes client")
 }
 

@@ -1,0 +1,232 @@
+//! `rafter demo`: the scenes of DESIGN.md on a laptop. The simulator, its kubelets, scheduler and
+//! workload controllers, and the fake cloud; two Rafter replicas; inflate scaled 0 → 100; the
+//! leader killed; scaled to 0; a timeline and a summary.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use rafter::cloud::fake::FakeConfig;
+use tokio::time::Instant;
+
+use crate::context::{BindingMode, ControllerConfig};
+use crate::controller::Replica;
+use crate::timeline::Mark;
+use crate::world::{INFLATE, NODEPOOL_DEFAULT, World, WorldConfig, WorldError};
+
+/// What the demo is run with.
+#[derive(Debug, Clone)]
+pub struct DemoConfig {
+    pub replicas: usize,
+    pub pods: u32,
+    pub boot_delay: Duration,
+    pub binding: BindingMode,
+    pub kubeconfig: Option<std::path::PathBuf>,
+    /// The NodePool's `consolidateAfter` for the demo (the example says 1m).
+    pub consolidate_after: Duration,
+    pub lease_duration: Duration,
+    pub renew_deadline: Duration,
+    pub retry_period: Duration,
+}
+
+impl Default for DemoConfig {
+    fn default() -> Self {
+        Self {
+            replicas: 2,
+            pods: 100,
+            boot_delay: Duration::from_secs(2),
+            binding: BindingMode::Scheduler,
+            kubeconfig: None,
+            consolidate_after: Duration::from_secs(10),
+            lease_duration: Duration::from_secs(15),
+            renew_deadline: Duration::from_secs(10),
+            retry_period: Duration::from_secs(2),
+        }
+    }
+}
+
+/// What the demo measured.
+#[derive(Debug, Clone, Default)]
+pub struct Summary {
+    pub pods: u32,
+    pub nodes: usize,
+    pub instance_types: BTreeMap<String, usize>,
+    pub price_per_hour: f64,
+    pub to_batch: Duration,
+    pub solve: Duration,
+    pub to_launch: Duration,
+    pub all_running: Duration,
+    pub failover: Duration,
+    pub scale_down: Duration,
+    pub launches: u64,
+    pub timeline: Vec<(Duration, String)>,
+}
+
+impl Summary {
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "\nTimeline");
+        for (at, what) in &self.timeline {
+            let _ = writeln!(out, "  {:>7.2}s  {what}", at.as_secs_f64());
+        }
+        let types: Vec<String> = self.instance_types.iter().map(|(t, n)| format!("{n}× {t}")).collect();
+        let _ = writeln!(out, "\nSummary");
+        let _ = writeln!(out, "  pods               {}", self.pods);
+        let _ = writeln!(out, "  nodes              {} ({})", self.nodes, types.join(", "));
+        let _ = writeln!(out, "  cost               ${:.4}/h", self.price_per_hour);
+        let _ = writeln!(out, "  cloud launches     {} (none twice)", self.launches);
+        let _ = writeln!(out, "  time to batch      {:.2}s (scale → batch closed)", self.to_batch.as_secs_f64());
+        let _ = writeln!(out, "  solve              {:.1} ms", self.solve.as_secs_f64() * 1000.0);
+        let _ = writeln!(
+            out,
+            "  time to launch     {:.2}s (scale → first instance launched)",
+            self.to_launch.as_secs_f64()
+        );
+        let _ = writeln!(
+            out,
+            "  all running        {:.2}s (scale → {} pods Running)",
+            self.all_running.as_secs_f64(),
+            self.pods
+        );
+        let _ =
+            writeln!(out, "  failover           {:.2}s (leader killed → standby leads)", self.failover.as_secs_f64());
+        let _ = writeln!(out, "  scale-down         {:.2}s (scale to 0 → nodes gone)", self.scale_down.as_secs_f64());
+        out
+    }
+}
+
+fn since(t0: Instant, t: Instant) -> Duration {
+    t.saturating_duration_since(t0)
+}
+
+/// Runs the demo, printing progress through `say`.
+pub async fn run(config: DemoConfig, say: impl Fn(&str)) -> Result<Summary, WorldError> {
+    let t0 = Instant::now();
+    let mut events: Vec<(Duration, String)> = Vec::new();
+    let note = |what: String, events: &mut Vec<(Duration, String)>| {
+        say(&format!("[{:>6.2}s] {what}", t0.elapsed().as_secs_f64()));
+        events.push((t0.elapsed(), what));
+    };
+    let fake = FakeConfig { cluster: "rafter-demo".into(), boot_delay: config.boot_delay, ..FakeConfig::default() };
+    let mut world = World::start(WorldConfig { fake, kubeconfig: config.kubeconfig.clone() }).await?;
+    note(
+        format!("API server at {} (CRDs installed; simulated kubelets, scheduler, workloads; fake cloud)", world.url),
+        &mut events,
+    );
+    let after = rafter::api::duration::format_duration(config.consolidate_after);
+    let pool = NODEPOOL_DEFAULT.replace("consolidateAfter: 1m", &format!("consolidateAfter: {after}"));
+    world.apply(&pool).await?;
+    world.apply(INFLATE).await?;
+    note(
+        format!(
+            "applied NodePool default (consolidateAfter {after}), EC2NodeClass default, Deployment inflate (0 replicas)"
+        ),
+        &mut events,
+    );
+
+    let mut replicas: Vec<Option<Replica>> = Vec::new();
+    for i in 0..config.replicas.max(1) {
+        let cfg = ControllerConfig {
+            lease_duration: config.lease_duration,
+            renew_deadline: config.renew_deadline,
+            retry_period: config.retry_period,
+            binding: config.binding,
+            ..world.config(&format!("rafter-{i}"))
+        };
+        replicas.push(Some(world.replica(cfg).await?));
+    }
+    let leader_index =
+        |replicas: &[Option<Replica>]| replicas.iter().position(|r| r.as_ref().is_some_and(Replica::is_leader));
+    world
+        .wait_for("a leader", config.lease_duration * 2, || {
+            let found = leader_index(&replicas).is_some();
+            async move { Ok(found) }
+        })
+        .await?;
+    let first = leader_index(&replicas).unwrap_or(0);
+    note(format!("{} replicas running; rafter-{first} holds the lease", replicas.len()), &mut events);
+
+    world.scale(config.pods).await?;
+    let scaled = Instant::now();
+    note(format!("scaled inflate to {}", config.pods), &mut events);
+    let pods = config.pods as usize;
+    let running_after = world
+        .wait_for("all pods Running", Duration::from_secs(120), || async { Ok(world.running().await? == pods) })
+        .await?;
+    note(format!("all {} pods Running", config.pods), &mut events);
+    let mut summary = Summary { pods: config.pods, all_running: running_after, ..Summary::default() };
+    let instances = world.cloud.running();
+    summary.nodes = instances.len();
+    summary.price_per_hour = instances.iter().map(|i| i.price).sum();
+    for i in &instances {
+        *summary.instance_types.entry(format!("{} {}", i.instance_type, i.capacity_type.as_str())).or_default() += 1;
+    }
+    if let Some(leader) = replicas[first].as_ref() {
+        let tl = &leader.ctx.timeline;
+        if let Some((at, _)) = tl.first(|m| matches!(m, Mark::BatchClosed { .. })) {
+            summary.to_batch = since(scaled, at);
+        }
+        if let Some((at, Mark::Solved { .. })) = tl.first(|m| matches!(m, Mark::Solved { claims, .. } if *claims > 0)) {
+            let closed = tl.first(|m| matches!(m, Mark::BatchClosed { .. })).map(|(t, _)| t).unwrap_or(at);
+            summary.solve = since(closed, at);
+        }
+        if let Some((at, _)) = tl.first(|m| matches!(m, Mark::Launched { .. })) {
+            summary.to_launch = since(scaled, at);
+        }
+        for (at, mark) in tl.marks() {
+            let line = match mark {
+                Mark::BatchClosed { pods } => format!("batch of {pods} pods closed"),
+                Mark::Solved { pods, claims, price, types } if claims > 0 => {
+                    format!(
+                        "packed {pods} pods onto {claims} node(s) at ${price:.4}/h, options [{}]",
+                        types.iter().take(4).cloned().collect::<Vec<_>>().join(" ")
+                    )
+                }
+                Mark::Launched { claim, instance_type } => format!("launched {claim} as {instance_type}"),
+                Mark::Registered { claim, node } => format!("{claim} registered as {node}"),
+                _ => continue,
+            };
+            events.push((since(t0, at), line));
+        }
+    }
+
+    // Kill the leader as SIGKILL would: it releases nothing; a standby takes over when the lease expires.
+    if replicas.len() > 1 {
+        if let Some(leader) = replicas[first].take() {
+            leader.kill();
+        }
+        let killed = Instant::now();
+        note(format!("killed rafter-{first} (the leader) without releasing its lease"), &mut events);
+        world
+            .wait_for("a new leader", config.lease_duration * 3, || {
+                let found = leader_index(&replicas).is_some();
+                async move { Ok(found) }
+            })
+            .await?;
+        summary.failover = killed.elapsed();
+        let next = leader_index(&replicas).unwrap_or(0);
+        note(format!("rafter-{next} took over after {:.2}s", summary.failover.as_secs_f64()), &mut events);
+    }
+
+    world.scale(0).await?;
+    let down = Instant::now();
+    note("scaled inflate to 0".into(), &mut events);
+    world
+        .wait_for("nodes gone", config.consolidate_after + Duration::from_secs(90), || async {
+            Ok(world.nodes().await?.is_empty() && world.cloud.running().is_empty())
+        })
+        .await?;
+    summary.scale_down = down.elapsed();
+    note(
+        format!("all nodes gone; instances terminated ({:.2}s after scale-down)", summary.scale_down.as_secs_f64()),
+        &mut events,
+    );
+    summary.launches = world.cloud.create_calls();
+    for r in replicas.into_iter().flatten() {
+        r.shutdown().await;
+    }
+    world.stop();
+    events.sort_by_key(|(at, _)| *at);
+    summary.timeline = events;
+    Ok(summary)
+}
