@@ -141,6 +141,23 @@ impl World {
         }
     }
 
+    /// Short timings for tests (the algorithms are the same): lease 3 s / renew 2 s / retry 0.5 s,
+    /// batches of 0.3 s to 3 s, reconciles every 0.2 s.
+    pub fn quick_config(&self, identity: &str) -> ControllerConfig {
+        ControllerConfig {
+            lease_duration: Duration::from_secs(3),
+            renew_deadline: Duration::from_secs(2),
+            retry_period: Duration::from_millis(500),
+            batch_idle: Duration::from_millis(300),
+            batch_max: Duration::from_secs(3),
+            reconcile_period: Duration::from_millis(200),
+            disruption_period: Duration::from_millis(300),
+            gc_period: Duration::from_secs(1),
+            gc_grace: Duration::from_secs(5),
+            ..self.config(identity)
+        }
+    }
+
     /// Starts a replica with its own clients (one for the lease), named `identity`.
     pub async fn replica(&self, config: ControllerConfig) -> Result<Replica, WorldError> {
         let identity = config.identity.clone();

@@ -4,30 +4,13 @@
 
 use std::time::Duration;
 
-use rafter_actors::context::ControllerConfig;
 use rafter_actors::world::{INFLATE, NODEPOOL_DEFAULT, PROVISIONER_SPOT_DEFAULT, World, WorldConfig};
-
-/// Timings short enough for tests; the algorithm is the same.
-pub fn quick(world: &World, identity: &str) -> ControllerConfig {
-    ControllerConfig {
-        lease_duration: Duration::from_secs(3),
-        renew_deadline: Duration::from_secs(2),
-        retry_period: Duration::from_millis(500),
-        batch_idle: Duration::from_millis(300),
-        batch_max: Duration::from_secs(3),
-        reconcile_period: Duration::from_millis(200),
-        disruption_period: Duration::from_millis(300),
-        gc_period: Duration::from_secs(1),
-        gc_grace: Duration::from_secs(5),
-        ..world.config(identity)
-    }
-}
 
 async fn scale_up_run_and_scale_down(pool_manifest: &str, consolidate_after: Duration) {
     let world = World::start(WorldConfig::default()).await.expect("world");
     world.apply(pool_manifest).await.expect("pool applied");
     world.apply(INFLATE).await.expect("inflate applied");
-    let replica = world.replica(quick(&world, "rafter-0")).await.expect("replica");
+    let replica = world.replica(world.quick_config("rafter-0")).await.expect("replica");
     world.wait_for("leadership", Duration::from_secs(10), || async { Ok(replica.is_leader()) }).await.expect("leads");
 
     world.scale(100).await.expect("scaled");
