@@ -1,0 +1,121 @@
+//! One batch is one trace: `provision` → `solve`, `provision` → `launch` (per claim) → `register`,
+//! exported over OTLP/HTTP to an in-process receiver.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::trace::v1::Span;
+use prost::Message;
+use rafter_actors::world::{INFLATE, NODEPOOL_DEFAULT, World, WorldConfig};
+use tracing_subscriber::Layer;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+/// An OTLP/HTTP trace receiver on 127.0.0.1 that keeps every span it is sent.
+async fn receiver() -> (String, Arc<Mutex<Vec<Span>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let spans: Arc<Mutex<Vec<Span>>> = Arc::default();
+    let kept = spans.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let kept = kept.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req: Request<Incoming>| {
+                    let kept = kept.clone();
+                    async move {
+                        assert_eq!(req.uri().path(), "/v1/traces");
+                        let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                        if let Ok(export) = ExportTraceServiceRequest::decode(body) {
+                            let mut kept = kept.lock().expect("lock");
+                            for rs in export.resource_spans {
+                                for ss in rs.scope_spans {
+                                    kept.extend(ss.spans);
+                                }
+                            }
+                        }
+                        let mut response = Response::new(Full::new(Bytes::new()));
+                        response
+                            .headers_mut()
+                            .insert("content-type", "application/x-protobuf".parse().expect("header"));
+                        Ok::<_, std::convert::Infallible>(response)
+                    }
+                });
+                let _ =
+                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            });
+        }
+    });
+    (url, spans)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_is_one_trace_from_provision_through_solve_and_launch_to_register() {
+    let (url, spans) = receiver().await;
+    let provider = rafter_actors::telemetry::otlp_provider(&url).expect("exporter");
+    let layer = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("rafter"))
+        .with_filter(tracing_subscriber::EnvFilter::new("warn,rafter_actors=info"));
+    tracing_subscriber::registry().with(layer).try_init().expect("subscriber");
+
+    let world = World::start(WorldConfig::default()).await.expect("world");
+    world.apply(NODEPOOL_DEFAULT).await.expect("pool");
+    world.apply(INFLATE).await.expect("inflate");
+    let replica = world.replica(world.quick_config("rafter-t")).await.expect("replica");
+    world.wait_for("leads", Duration::from_secs(10), || async { Ok(replica.is_leader()) }).await.expect("leads");
+    world.scale(20).await.expect("scaled");
+    world
+        .wait_for("running", Duration::from_secs(30), || async { Ok(world.running().await? == 20) })
+        .await
+        .expect("runs");
+    let registered = replica
+        .ctx
+        .timeline
+        .marks()
+        .iter()
+        .filter(|(_, m)| matches!(m, rafter_actors::timeline::Mark::Registered { .. }))
+        .count();
+    assert!(registered >= 1);
+    let _ = provider.force_flush();
+    world
+        .wait_for("spans", Duration::from_secs(10), || {
+            let spans = spans.clone();
+            async move { Ok(spans.lock().expect("lock").iter().any(|s| s.name == "register")) }
+        })
+        .await
+        .expect("spans exported");
+
+    let spans = spans.lock().expect("lock").clone();
+    let named = |name: &str| spans.iter().filter(|s| s.name == name).cloned().collect::<Vec<_>>();
+    let provision = named("provision")
+        .into_iter()
+        .find(|p| spans.iter().any(|s| s.name == "launch" && s.parent_span_id == p.span_id));
+    let provision = provision.expect("a provision span with launches");
+    assert!(provision.parent_span_id.is_empty(), "provision is the root of its trace");
+    let solve =
+        named("solve").into_iter().find(|s| s.parent_span_id == provision.span_id).expect("solve under provision");
+    assert_eq!(solve.trace_id, provision.trace_id);
+    let launches: Vec<Span> = named("launch").into_iter().filter(|s| s.parent_span_id == provision.span_id).collect();
+    assert!(!launches.is_empty());
+    for launch in &launches {
+        assert_eq!(launch.trace_id, provision.trace_id, "each launch is in the batch's trace");
+        let cloud = spans.iter().find(|s| s.name == "cloud.create" && s.parent_span_id == launch.span_id);
+        assert!(cloud.is_some(), "the cloud call is under its launch");
+    }
+    let registers: Vec<&Span> = spans
+        .iter()
+        .filter(|s| s.name == "register" && launches.iter().any(|l| l.span_id == s.parent_span_id))
+        .collect();
+    assert_eq!(registers.len(), launches.len(), "every launch ends in a register span of the same trace");
+    assert!(registers.iter().all(|r| r.trace_id == provision.trace_id));
+    replica.shutdown().await;
+    let _ = provider.shutdown();
+}
