@@ -167,7 +167,8 @@ fn main() {
     for pods in [1_000u32, 10_000] {
         let samples: Vec<f64> = (0..runs).map(|_| runtime.block_on(decision_latency(pods))).collect();
         eprintln!("decision latency, {pods} pods: {samples:?} s");
-        report.insert(format!("decision_latency_s_{pods}"), json!({"median": median(samples.clone()), "runs": samples}));
+        report
+            .insert(format!("decision_latency_s_{pods}"), json!({"median": median(samples.clone()), "runs": samples}));
     }
 
     // RSS of a controller process watching 20,000 pods and 4,000 nodes.
@@ -179,7 +180,10 @@ fn main() {
     std::thread::sleep(Duration::from_secs(3));
     let (rss, hwm) = (rss_kib(c.id(), "VmRSS:"), rss_kib(c.id(), "VmHWM:"));
     eprintln!("controller RSS watching 20,000 pods and 4,000 nodes: {rss} KiB (peak {hwm} KiB), synced in {synced:?}");
-    report.insert("controller_rss_kib".into(), json!({"rss": rss, "peak": hwm, "sync_s": synced.map(|d| d.as_secs_f64())}));
+    report.insert(
+        "controller_rss_kib".into(),
+        json!({"rss": rss, "peak": hwm, "sync_s": synced.map(|d| d.as_secs_f64())}),
+    );
     let _ = c.kill();
     let _ = c.wait();
 

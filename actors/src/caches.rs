@@ -94,6 +94,11 @@ impl Caches {
             && self.pdbs.is_synced()
     }
 
+    /// [`Self::effective_pools`] by name.
+    pub fn pools_by_name(&self) -> std::collections::HashMap<String, NodePool> {
+        self.effective_pools().into_iter().map(|p| (p.metadata.name.clone().unwrap_or_default(), p)).collect()
+    }
+
     /// NodePools, with legacy Provisioners converted (a Provisioner that cannot be converted is
     /// reported and left out; a NodePool of the same name wins).
     pub fn effective_pools(&self) -> Vec<NodePool> {

@@ -49,12 +49,7 @@ fn empty_for(ctx: &Ctx, claim: &NodeClaim) -> Option<std::time::Duration> {
 impl Disrupter {
     async fn reconcile(&self, state: &mut DisrupterState) {
         let ctx = state.ctx.clone();
-        let pools: HashMap<String, _> = ctx
-            .caches
-            .effective_pools()
-            .into_iter()
-            .map(|p| (p.metadata.name.clone().unwrap_or_default(), p))
-            .collect();
+        let pools = ctx.caches.pools_by_name();
         let pods = ctx.caches.pods.all();
         let mut by_node: HashMap<&str, Vec<&Arc<Pod>>> = HashMap::new();
         for pod in &pods {

@@ -347,12 +347,7 @@ pub fn initialized(claim: &NodeClaim, node: &Node) -> bool {
 impl Launcher {
     async fn launch_planned(&self, state: &mut LauncherState, planned: Vec<NewClaim>, span: tracing::Span) {
         let ctx = state.ctx.clone();
-        let pools: HashMap<String, NodePool> = ctx
-            .caches
-            .effective_pools()
-            .into_iter()
-            .map(|p| (p.metadata.name.clone().unwrap_or_default(), p))
-            .collect();
+        let pools = ctx.caches.pools_by_name();
         let results: Vec<(Option<String>, tracing::Span, Result<(), LaunchError>)> = futures::stream::iter(planned)
             .map(|planned| {
                 let ctx = ctx.clone();
