@@ -60,6 +60,11 @@ impl Catalog {
         })
     }
 
+    /// One type of a pool, as fetched (capacity and allocatable; offerings not re-marked).
+    pub fn instance_type(&self, pool: &str, name: &str) -> Option<InstanceType> {
+        self.with(|inner| inner.types.get(pool)?.1.iter().find(|t| t.name == name).cloned())
+    }
+
     /// Avoid these offerings for `ttl`.
     pub fn mark_unavailable(&self, offerings: &[OfferingKey], ttl: Duration) {
         let until = Instant::now() + ttl;

@@ -208,8 +208,8 @@ async fn launch(ctx: &Ctx, claim: &NodeClaim, pods: &[String]) -> Result<Instanc
         }
     };
     let pool = rafter::state::pool_of(claim.metadata.labels.as_ref()).unwrap_or_default();
-    let types = ctx.catalog.types_for(pool).unwrap_or_default();
-    let it = types.iter().find(|t| t.name == instance.instance_type);
+    let it = ctx.catalog.instance_type(pool, &instance.instance_type);
+    let it = it.as_ref();
     let (capacity, allocatable) =
         it.map(|t| (t.capacity.to_quantities(), t.allocatable().to_quantities())).unwrap_or_default();
     let api = Api::<NodeClaim>::all(ctx.client.clone());

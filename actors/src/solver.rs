@@ -98,8 +98,9 @@ impl Solver {
                 pools: &pools,
                 daemonsets: &daemonsets,
             };
+            // Each pool's list is handed over, not copied: the catalog already made this copy.
             let (input, problems) = scheduling_input(snapshot, pending, |pool| {
-                types.get(pool.metadata.name.as_deref().unwrap_or_default()).cloned().unwrap_or_default()
+                types.remove(pool.metadata.name.as_deref().unwrap_or_default()).unwrap_or_default()
             });
             (solve(&input), problems, input.pods.len())
         };

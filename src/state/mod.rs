@@ -97,7 +97,7 @@ fn claim_node<'a>(claim: &NodeClaim, nodes_by_provider: &HashMap<&str, &'a Node>
 pub fn scheduling_input(
     snapshot: Snapshot<'_>,
     pending: Vec<Pod>,
-    instance_types: impl Fn(&NodePool) -> Vec<InstanceType>,
+    mut instance_types: impl FnMut(&NodePool) -> Vec<InstanceType>,
 ) -> (SchedulingInput, Vec<PoolProblem>) {
     let nodes_by_provider: HashMap<&str, &Node> =
         snapshot.nodes.iter().filter_map(|n| Some((n.spec.as_ref()?.provider_id.as_deref()?, n.as_ref()))).collect();
