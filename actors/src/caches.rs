@@ -155,10 +155,9 @@ fn reflect<K>(
     });
 }
 
-/// Whether the API server serves a kind (the legacy CRDs are optional).
+/// Whether the API server serves a custom kind (the legacy CRDs are optional).
 async fn served<K: Resource<DynamicType = ()>>(client: &kube::Client) -> bool {
-    let gv = format!("{}/{}", K::group(&()), K::version(&()));
-    let path = if K::group(&()).is_empty() { "v1".to_string() } else { gv.clone() };
+    let path = format!("{}/{}", K::group(&()), K::version(&()));
     match client.list_api_group_resources(&path).await {
         Ok(list) => list.resources.iter().any(|r| r.name == K::plural(&())),
         Err(_) => false,

@@ -70,8 +70,8 @@ pub struct LeaderElector;
 pub enum LeaderElectorMessage {
     /// Try to acquire or renew now.
     Tick,
-    /// The Lease object changed (from its watch): a free lease is taken at once.
-    LeaseChanged,
+    /// The Lease's watch saw it released or deleted: take it at once rather than at the next tick.
+    LeaseFreed,
     /// Give the lease up (graceful shutdown) and answer when done.
     Release(RpcReplyPort<()>),
 }
@@ -206,7 +206,15 @@ impl Actor for LeaderElector {
             let stream = watcher(watch_api, watcher::Config::default().fields(&selector)).default_backoff();
             futures::pin_mut!(stream);
             while let Some(event) = stream.next().await {
-                if event.is_ok() && me.cast(LeaderElectorMessage::LeaseChanged).is_err() {
+                // The event carries the Lease: only a freed one is worth waking the elector for.
+                let freed = match event {
+                    Ok(watcher::Event::Apply(lease) | watcher::Event::InitApply(lease)) => {
+                        lease.spec.as_ref().and_then(|s| s.holder_identity.as_deref()).is_none_or(str::is_empty)
+                    }
+                    Ok(watcher::Event::Delete(_)) => true,
+                    _ => false,
+                };
+                if freed && me.cast(LeaderElectorMessage::LeaseFreed).is_err() {
                     break;
                 }
             }
@@ -261,16 +269,8 @@ impl Actor for LeaderElector {
                 state.released = true;
                 let _ = reply.send(());
             }
-            LeaderElectorMessage::LeaseChanged if state.released || state.epoch.is_some() => {}
-            LeaderElectorMessage::LeaseChanged => {
-                // Only a free lease is worth an immediate attempt; otherwise the tick will do.
-                let free = state.api.get_opt(&config.lease_name).await.ok().flatten().is_some_and(|l| {
-                    l.spec.as_ref().and_then(|s| s.holder_identity.as_deref()).is_none_or(str::is_empty)
-                });
-                if free {
-                    self.tick(&myself, state).await;
-                }
-            }
+            LeaderElectorMessage::LeaseFreed if state.released || state.epoch.is_some() => {}
+            LeaderElectorMessage::LeaseFreed => self.tick(&myself, state).await,
             LeaderElectorMessage::Tick => {
                 if !state.released {
                     self.tick(&myself, state).await;
