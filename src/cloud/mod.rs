@@ -1,12 +1,16 @@
 //! The cloud seam: a narrow provider trait with typed errors, an in-memory implementation for tests and
 //! the demo, and (with its own issue) EC2.
 
+pub mod aws;
 pub mod fake;
+pub mod suite;
 
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 
+use crate::api::EC2NodeClass;
+use crate::api::ec2nodeclass::{ResolvedAmi, ResolvedSecurityGroup, ResolvedSubnet};
 use crate::api::nodeclaim::NodeClaim;
 use crate::api::nodepool::NodePool;
 use crate::scheduling::instance_types::{CapacityType, InstanceType};
@@ -83,6 +87,25 @@ impl std::fmt::Display for OfferingKey {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DriftReason(pub String);
 
+/// One readiness check of a node class (a condition on its status).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct NodeClassCheck {
+    pub type_: String,
+    pub ok: bool,
+    pub reason: String,
+    pub message: String,
+}
+
+/// What a node class's selectors resolved to, for its status.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct NodeClassReport {
+    pub subnets: Vec<ResolvedSubnet>,
+    pub security_groups: Vec<ResolvedSecurityGroup>,
+    pub amis: Vec<ResolvedAmi>,
+    pub instance_profile: Option<String>,
+    pub checks: Vec<NodeClassCheck>,
+}
+
 /// What the cloud can say went wrong; each kind has its own remedy.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum CloudError {
@@ -117,6 +140,10 @@ pub trait CloudProvider: Send + Sync + std::fmt::Debug {
     /// The types a pool may launch, with offerings and prices.
     async fn instance_types(&self, pool: &NodePool) -> Result<Vec<InstanceType>, CloudError>;
     async fn is_drifted(&self, claim: &NodeClaim) -> Result<Option<DriftReason>, CloudError>;
+    /// Resolves a node class's selectors for its status; `None` where the cloud has no node classes.
+    async fn node_class_report(&self, _class: &EC2NodeClass) -> Result<Option<NodeClassReport>, CloudError> {
+        Ok(None)
+    }
 }
 
 /// Splits `aws:///us-east-1a/i-0abc` into zone and instance id.
