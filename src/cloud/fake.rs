@@ -480,6 +480,20 @@ mod tests {
     }
 
     #[test]
+    fn the_fake_cloud_passes_the_provider_conformance_suite() {
+        let pool: NodePool = serde_json::from_value(json!({
+            "apiVersion": "karpenter.sh/v1", "kind": "NodePool", "metadata": {"name": "default"},
+            "spec": {"template": {"spec": {"requirements": [],
+                "nodeClassRef": {"group": "karpenter.k8s.aws", "kind": "EC2NodeClass", "name": "default"}}}}
+        }))
+        .expect("pool");
+        let make = |name: &str, uid: &str| {
+            claim(name, uid, json!([{"key": "node.kubernetes.io/instance-type", "operator": "In", "values": ["m5.large"]}]))
+        };
+        block_on(crate::cloud::suite::run(&cloud(FakeConfig::default()), &pool, &make));
+    }
+
+    #[test]
     fn create_is_idempotent_per_claim_and_prefers_the_cheapest_spot_offering() {
         block_on(async {
             let cloud = cloud(FakeConfig::default());
