@@ -74,6 +74,21 @@ pub struct RunArgs {
     /// Where machines come from.
     #[arg(long, env = "RAFTER_CLOUD", value_enum, default_value = "aws")]
     pub cloud: CloudKind,
+    /// AWS region (`--cloud aws`); from the SDK's default chain (AWS_REGION, profile) when unset.
+    #[arg(long, env = "AWS_REGION")]
+    pub region: Option<String>,
+    /// Endpoint for every AWS API (an emulator such as moto); AWS's own endpoints when unset.
+    #[arg(long, env = "RAFTER_AWS_ENDPOINT")]
+    pub aws_endpoint: Option<String>,
+    /// The cluster's API server URL, written into node user data.
+    #[arg(long, env = "RAFTER_CLUSTER_ENDPOINT", default_value = "")]
+    pub cluster_endpoint: String,
+    /// The cluster's CA bundle (base64), written into node user data.
+    #[arg(long, env = "RAFTER_CLUSTER_CA_BUNDLE", default_value = "")]
+    pub cluster_ca_bundle: String,
+    /// The cluster's Kubernetes minor version, for AMI aliases (`al2023@latest`).
+    #[arg(long, env = "RAFTER_KUBERNETES_VERSION", default_value = "1.33")]
+    pub kubernetes_version: String,
     /// This replica's name in the leader Lease (default: the pod's hostname).
     #[arg(long, env = "RAFTER_IDENTITY")]
     pub identity: Option<String>,

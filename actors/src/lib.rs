@@ -14,6 +14,7 @@ pub mod elector;
 pub mod gc;
 pub mod launcher;
 pub mod metrics;
+pub mod nodeclass;
 pub mod solver;
 pub mod supervisor;
 pub mod telemetry;

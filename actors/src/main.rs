@@ -314,16 +314,34 @@ fn run(args: RunArgs, json: bool) -> anyhow::Result<()> {
         let lease_client = connect(&args).await?;
         preflight(&client).await?;
         let cloud: std::sync::Arc<dyn rafter::cloud::CloudProvider> = match args.cloud {
-            config::CloudKind::Fake => std::sync::Arc::new(rafter::cloud::fake::FakeCloud::new(
-                rafter::cloud::fake::FakeConfig { cluster: args.cluster_name.clone(), ..Default::default() },
-            )?),
-            config::CloudKind::Aws => bail!(
-                "--cloud aws: the EC2 provider is not in this build yet; use --cloud fake (an in-memory cloud) or `rafter demo`"
-            ),
+            config::CloudKind::Fake => {
+                std::sync::Arc::new(rafter::cloud::fake::FakeCloud::new(rafter::cloud::fake::FakeConfig {
+                    cluster: args.cluster_name.clone(),
+                    ..Default::default()
+                })?)
+            }
+            config::CloudKind::Aws => {
+                let region = match args.region.clone() {
+                    Some(r) => r,
+                    None => aws_config::load_defaults(aws_config::BehaviorVersion::latest())
+                        .await
+                        .region()
+                        .map(|r| r.to_string())
+                        .context("--cloud aws needs a region: set --region or AWS_REGION")?,
+                };
+                let mut aws = rafter::cloud::aws::AwsConfig::new(args.cluster_name.clone(), region);
+                aws.endpoint = args.aws_endpoint.clone();
+                aws.cluster_endpoint = args.cluster_endpoint.clone();
+                aws.cluster_ca = args.cluster_ca_bundle.clone();
+                aws.kubernetes_version = args.kubernetes_version.clone();
+                let classes = std::sync::Arc::new(rafter_actors::nodeclass::WatchedNodeClasses::start(client.clone()));
+                std::sync::Arc::new(rafter::cloud::aws::AwsCloud::new(aws, classes).await)
+            }
         };
-        let identity = args.identity.clone().unwrap_or_else(|| {
-            std::env::var("HOSTNAME").unwrap_or_else(|_| format!("rafter-{}", std::process::id()))
-        });
+        let identity = args
+            .identity
+            .clone()
+            .unwrap_or_else(|| std::env::var("HOSTNAME").unwrap_or_else(|_| format!("rafter-{}", std::process::id())));
         let replica = rafter_actors::controller::Replica::start(rafter_actors::controller::ReplicaArgs {
             client,
             lease_client,

@@ -34,11 +34,19 @@ pub enum Child {
     Batcher,
     Disrupter,
     GarbageCollector,
+    NodeClassStatus,
 }
 
 const WARM: [Child; 4] = [Child::ClusterState, Child::PodWatcher, Child::Catalog, Child::Elector];
-const LEADER_GROUP: [Child; 6] =
-    [Child::Terminator, Child::Launcher, Child::Solver, Child::Batcher, Child::Disrupter, Child::GarbageCollector];
+const LEADER_GROUP: [Child; 7] = [
+    Child::Terminator,
+    Child::Launcher,
+    Child::Solver,
+    Child::Batcher,
+    Child::Disrupter,
+    Child::GarbageCollector,
+    Child::NodeClassStatus,
+];
 
 impl Child {
     fn leader_only(self) -> bool {
@@ -117,6 +125,9 @@ impl Supervisor {
             }
             Child::Disrupter => Actor::spawn_linked(None, Disrupter, ctx, cell).await?.0.get_cell(),
             Child::GarbageCollector => Actor::spawn_linked(None, GarbageCollector, ctx, cell).await?.0.get_cell(),
+            Child::NodeClassStatus => {
+                Actor::spawn_linked(None, crate::nodeclass::NodeClassStatus, ctx, cell).await?.0.get_cell()
+            }
         };
         state.ids.insert(spawned.get_id(), child);
         state.cells.insert(child, spawned);

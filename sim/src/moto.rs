@@ -94,7 +94,13 @@ impl Moto {
 
     /// The next `times` CreateFleet overrides for this type (and zone, if given) fail with `code`
     /// inside a 200 reply, as EC2 reports insufficient capacity.
-    pub async fn fleet_error(&self, code: &str, instance_type: &str, zone: Option<&str>, times: u32) -> Result<(), MotoError> {
+    pub async fn fleet_error(
+        &self,
+        code: &str,
+        instance_type: &str,
+        zone: Option<&str>,
+        times: u32,
+    ) -> Result<(), MotoError> {
         let body = serde_json::json!({"code": code, "instance_type": instance_type, "zone": zone, "times": times});
         self.control("POST", "/fleet-errors", body).await.map(|_| ())
     }
@@ -230,15 +236,14 @@ pub async fn seed(
         amis.insert(arch.to_string(), id.to_string());
         if let Some(moto) = moto {
             let k = kubernetes_version;
-            moto.put_ssm(&format!("/aws/service/eks/optimized-ami/{k}/amazon-linux-2023/{aws_arch}/standard/recommended/image_id"), id)
-                .await?;
+            moto.put_ssm(
+                &format!(
+                    "/aws/service/eks/optimized-ami/{k}/amazon-linux-2023/{aws_arch}/standard/recommended/image_id"
+                ),
+                id,
+            )
+            .await?;
         }
     }
-    Ok(Seeded {
-        vpc,
-        subnets,
-        security_group: sg.group_id().unwrap_or_default().to_string(),
-        role,
-        amis,
-    })
+    Ok(Seeded { vpc, subnets, security_group: sg.group_id().unwrap_or_default().to_string(), role, amis })
 }

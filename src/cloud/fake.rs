@@ -488,7 +488,11 @@ mod tests {
         }))
         .expect("pool");
         let make = |name: &str, uid: &str| {
-            claim(name, uid, json!([{"key": "node.kubernetes.io/instance-type", "operator": "In", "values": ["m5.large"]}]))
+            claim(
+                name,
+                uid,
+                json!([{"key": "node.kubernetes.io/instance-type", "operator": "In", "values": ["m5.large"]}]),
+            )
         };
         block_on(crate::cloud::suite::run(&cloud(FakeConfig::default()), &pool, &make));
     }

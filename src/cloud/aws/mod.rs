@@ -197,8 +197,12 @@ impl Clients {
             ec2: aws_sdk_ec2::Client::from_conf(ec2),
             ssm: aws_sdk_ssm::Client::new(&shared),
             iam: aws_sdk_iam::Client::new(&shared),
+            // A failed price refresh keeps the shipped table, so it is not worth retrying.
             pricing: aws_sdk_pricing::Client::from_conf(
-                aws_sdk_pricing::config::Builder::from(&shared).region(aws_config::Region::new(pricing_region)).build(),
+                aws_sdk_pricing::config::Builder::from(&shared)
+                    .region(aws_config::Region::new(pricing_region))
+                    .retry_config(aws_config::retry::RetryConfig::disabled())
+                    .build(),
             ),
         }
     }
@@ -516,6 +520,11 @@ impl AwsCloud {
         })
         .to_string();
         let name = launch::template_name(&config.cluster, &fingerprint);
+        if self.inner.lock().templates.contains(&name) {
+            return Ok(name);
+        }
+        // A burst of claims needs the template once: the others wait for it and reuse it.
+        let _guard = self.inner.refreshing.lock().await;
         if self.inner.lock().templates.contains(&name) {
             return Ok(name);
         }

@@ -244,7 +244,12 @@ mod tests {
             cluster_ca: "Q0E=".into(),
             cluster_cidr: "10.100.0.0/16".into(),
             labels: BTreeMap::from([("karpenter.sh/nodepool".into(), "default".into())]),
-            taints: vec![Taint { key: "gpu".into(), value: Some("true".into()), effect: TaintEffect::NoSchedule, time_added: None }],
+            taints: vec![Taint {
+                key: "gpu".into(),
+                value: Some("true".into()),
+                effect: TaintEffect::NoSchedule,
+                time_added: None,
+            }],
             max_pods: Some(29),
             cluster_dns: vec![],
         }

@@ -1,0 +1,261 @@
+//! The EC2 provider on the wire: the real AWS SDK against moto's server (started per test on a
+//! free loopback port), seeded like an EKS cluster.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rafter::api::{EC2NodeClass, NodeClaim, NodePool};
+use rafter::cloud::aws::{AwsCloud, AwsConfig, StaticNodeClasses};
+use rafter::cloud::{CloudError, CloudProvider, OfferingKey};
+use rafter::scheduling::instance_types::CapacityType;
+use rafter_sim::moto::{Moto, Seeded, TEST_CREDENTIALS, seed};
+use serde_json::json;
+
+const EXAMPLE: &str = include_str!("../../deploy/examples/v1/nodepool-default.yaml");
+
+fn example() -> (NodePool, EC2NodeClass) {
+    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(EXAMPLE).expect("example parses");
+    let pool = serde_json::from_value(docs[0].clone()).expect("NodePool");
+    let class = serde_json::from_value(docs[1].clone()).expect("EC2NodeClass");
+    (pool, class)
+}
+
+fn claim(name: &str, uid: &str, requirements: serde_json::Value) -> NodeClaim {
+    serde_json::from_value(json!({
+        "apiVersion": "karpenter.sh/v1", "kind": "NodeClaim",
+        "metadata": {"name": name, "uid": uid, "labels": {"karpenter.sh/nodepool": "default", "intent": "apps"}},
+        "spec": {"requirements": requirements,
+                 "nodeClassRef": {"group": "karpenter.k8s.aws", "kind": "EC2NodeClass", "name": "default"}}
+    }))
+    .expect("claim")
+}
+
+fn m5_large_spot() -> serde_json::Value {
+    json!([
+        {"key": "node.kubernetes.io/instance-type", "operator": "In", "values": ["m5.large"]},
+        {"key": "karpenter.sh/capacity-type", "operator": "In", "values": ["spot"]}
+    ])
+}
+
+struct Env {
+    moto: Moto,
+    #[allow(dead_code)]
+    seeded: Seeded,
+    classes: Arc<StaticNodeClasses>,
+}
+
+impl Env {
+    async fn new() -> Self {
+        let moto = Moto::start().expect("moto starts");
+        let seeded = seed(&moto.endpoint, Some(&moto), "demo", "1.33").await.expect("seed");
+        let (_, class) = example();
+        Self { moto, seeded, classes: Arc::new(StaticNodeClasses::new([class])) }
+    }
+
+    fn config(&self) -> AwsConfig {
+        let mut config = AwsConfig::new("demo", "us-east-1");
+        config.endpoint = Some(self.moto.endpoint.clone());
+        config.credentials = Some((TEST_CREDENTIALS.0.into(), TEST_CREDENTIALS.1.into()));
+        config.cluster_endpoint = "https://demo.example".into();
+        config
+    }
+
+    async fn cloud(&self) -> AwsCloud {
+        AwsCloud::new(self.config(), self.classes.clone()).await
+    }
+
+    async fn calls(&self, action: &str) -> u64 {
+        self.moto.calls().await.expect("calls").get(action).copied().unwrap_or(0)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ec2_provider_passes_the_conformance_suite_against_moto() {
+    let env = Env::new().await;
+    let cloud = env.cloud().await;
+    let (pool, _) = example();
+    rafter::cloud::suite::run(&cloud, &pool, &|name, uid| claim(name, uid, m5_large_spot())).await;
+
+    // The launch template: the resolved image, IMDSv2 required with one hop, the alias's user data.
+    let ec2 = cloud.clients().ec2.clone();
+    let templates = ec2.describe_launch_templates().send().await.expect("templates");
+    let names: Vec<&str> = templates.launch_templates().iter().filter_map(|t| t.launch_template_name()).collect();
+    assert_eq!(names.len(), 1, "one template for one (image, configuration): {names:?}");
+    assert!(names[0].starts_with("rafter/demo/"));
+    let version =
+        ec2.describe_launch_template_versions().launch_template_name(names[0]).send().await.expect("versions");
+    let data = version.launch_template_versions()[0].launch_template_data().expect("data");
+    assert_eq!(data.image_id(), env.seeded.amis.get("amd64").map(String::as_str));
+    let metadata = data.metadata_options().expect("metadata options");
+    assert_eq!(metadata.http_tokens().map(|t| t.as_str()), Some("required"));
+    assert_eq!(metadata.http_put_response_hop_limit(), Some(1));
+    use base64::Engine as _;
+    let user_data =
+        base64::engine::general_purpose::STANDARD.decode(data.user_data().expect("user data")).expect("b64");
+    let user_data = String::from_utf8(user_data).expect("utf8");
+    assert!(
+        user_data.contains("kind: NodeConfig") && user_data.contains("apiServerEndpoint: \"https://demo.example\"")
+    );
+    assert!(user_data.contains("intent=apps"), "pool labels reach the kubelet: {user_data}");
+
+    // The instance: in a seeded subnet, with the managed instance profile and every Rafter tag.
+    let listed = cloud.list().await.expect("list");
+    let described = ec2.describe_instances().instance_ids(&listed[0].id).send().await.expect("describe");
+    let instance = &described.reservations()[0].instances()[0];
+    assert!(env.seeded.subnets.values().any(|s| Some(s.as_str()) == instance.subnet_id()));
+    let tags: std::collections::BTreeMap<_, _> =
+        instance.tags().iter().map(|t| (t.key().unwrap_or_default(), t.value().unwrap_or_default())).collect();
+    assert_eq!(tags.get("kubernetes.io/cluster/demo"), Some(&"owned"));
+    assert_eq!(tags.get("karpenter.k8s.aws/ec2nodeclass"), Some(&"default"));
+    assert_eq!(tags.get("Name"), Some(&"default/suite-b"));
+    assert_eq!(listed[0].capacity_type, CapacityType::Spot);
+
+    // The node class status the controller writes.
+    let (_, class) = example();
+    let report = cloud.node_class_report(&class).await.expect("report").expect("AWS reports");
+    assert!(report.checks.iter().all(|c| c.ok), "{:?}", report.checks);
+    assert_eq!(report.subnets.len(), 3);
+    assert_eq!(report.amis.len(), 2, "one image per architecture");
+    assert!(report.instance_profile.as_deref().is_some_and(|p| p.starts_with("demo_")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_class_whose_selectors_match_nothing_is_not_ready_naming_the_selector_and_launches_nothing() {
+    let env = Env::new().await;
+    let (pool, mut class) = example();
+    class.spec.subnet_selector_terms[0].tags.insert("karpenter.sh/discovery".into(), "nowhere".into());
+    env.classes.put(class.clone());
+    let cloud = env.cloud().await;
+
+    let report = cloud.node_class_report(&class).await.expect("report").expect("AWS reports");
+    let check = |t: &str| report.checks.iter().find(|c| c.type_ == t).cloned().expect("check");
+    let subnets = check("SubnetsReady");
+    assert!(!subnets.ok);
+    assert_eq!(subnets.reason, "SubnetsNotFound");
+    assert!(
+        subnets.message.contains("spec.subnetSelectorTerms[0]") && subnets.message.contains("nowhere"),
+        "{subnets:?}"
+    );
+    let ready = check("Ready");
+    assert!(!ready.ok && ready.message.contains("subnetSelectorTerms[0]"), "{ready:?}");
+    assert!(check("SecurityGroupsReady").ok && check("AMIsReady").ok && check("InstanceProfileReady").ok);
+
+    assert!(matches!(cloud.instance_types(&pool).await, Err(CloudError::InvalidConfiguration { .. })));
+    let err = cloud.create(&claim("c1", "u1", m5_large_spot())).await.expect_err("no launch");
+    assert!(
+        matches!(&err, CloudError::InvalidConfiguration { message } if message.contains("subnetSelectorTerms[0]")),
+        "{err}"
+    );
+    assert_eq!(env.calls("CreateFleet").await, 0, "no launch was attempted");
+    assert_eq!(env.calls("CreateLaunchTemplate").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_capacity_error_on_the_cheapest_offering_launches_the_next_one_within_a_second() {
+    let env = Env::new().await;
+    let cloud = env.cloud().await;
+    let (pool, _) = example();
+    cloud.instance_types(&pool).await.expect("warm catalog");
+    // Spot prices are equal in moto, so the cheapest offering is the first zone.
+    env.moto.fleet_error("InsufficientInstanceCapacity", "m5.large", Some("us-east-1a"), 100).await.expect("fault");
+
+    let started = Instant::now();
+    let instance = cloud.create(&claim("c1", "u1", m5_large_spot())).await.expect("launch");
+    let took = started.elapsed();
+    assert_eq!((instance.instance_type.as_str(), instance.zone.as_str()), ("m5.large", "us-east-1b"));
+    assert!(took < Duration::from_secs(1), "the next offering was launched after {took:?}");
+
+    // The exhausted offering is avoided for the next claims: not offered to the solver, not asked for.
+    let types = cloud.instance_types(&pool).await.expect("types");
+    let m5 = types.iter().find(|t| t.name == "m5.large").expect("m5.large");
+    let offering = |zone: &str| m5.offerings.iter().find(|o| o.zone == zone && o.capacity_type == CapacityType::Spot);
+    assert_eq!(offering("us-east-1a").map(|o| o.available), Some(false));
+    assert_eq!(offering("us-east-1b").map(|o| o.available), Some(true));
+
+    // When every offering a claim allows fails, the claim fails naming them, and they are cached.
+    env.moto.fleet_error("InsufficientInstanceCapacity", "m5.large", None, 100).await.expect("fault");
+    let err = cloud.create(&claim("c2", "u2", m5_large_spot())).await.expect_err("no capacity");
+    let CloudError::InsufficientCapacity { offerings } = err else { panic!("{err}") };
+    let spot = |zone: &str| OfferingKey {
+        instance_type: "m5.large".into(),
+        zone: zone.into(),
+        capacity_type: CapacityType::Spot,
+    };
+    assert!(offerings.contains(&spot("us-east-1b")) && offerings.contains(&spot("us-east-1c")), "{offerings:?}");
+    let fleets = env.calls("CreateFleet").await;
+    let err = cloud.create(&claim("c3", "u3", m5_large_spot())).await.expect_err("still none");
+    assert!(matches!(err, CloudError::InsufficientCapacity { .. }));
+    assert_eq!(env.calls("CreateFleet").await, fleets, "cached offerings are not asked for again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_leader_finds_the_instance_a_dead_leader_launched_instead_of_launching_again() {
+    let env = Env::new().await;
+    let old_leader = env.cloud().await;
+    let first = old_leader.create(&claim("c1", "u1", m5_large_spot())).await.expect("launch");
+    drop(old_leader);
+    // The claim never got its provider ID; the new leader has no memory of the launch.
+    let new_leader = env.cloud().await;
+    let again = new_leader.create(&claim("c1", "u1", m5_large_spot())).await.expect("relaunch");
+    assert_eq!(again.id, first.id);
+    assert_eq!(env.calls("CreateFleet").await, 1, "one fleet call in all");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_identical_claims_costs_one_fleet_call_and_each_instance_carries_its_claim() {
+    let env = Env::new().await;
+    let cloud = Arc::new(env.cloud().await);
+    let (pool, _) = example();
+    cloud.instance_types(&pool).await.expect("warm catalog");
+    let launches: Vec<_> = (0..20)
+        .map(|i| {
+            let cloud = cloud.clone();
+            tokio::spawn(async move { cloud.create(&claim(&format!("c{i}"), &format!("u{i}"), m5_large_spot())).await })
+        })
+        .collect();
+    let mut ids = std::collections::BTreeSet::new();
+    for (i, l) in launches.into_iter().enumerate() {
+        let instance = l.await.expect("task").expect("launch");
+        assert_eq!(instance.node_claim(), Some(format!("c{i}").as_str()));
+        ids.insert(instance.id);
+    }
+    assert_eq!(ids.len(), 20, "one instance per claim");
+    let calls = env.moto.calls().await.expect("calls");
+    assert!(calls.get("CreateFleet").copied().unwrap_or(0) <= 2, "merged: {calls:?}");
+    let listed = cloud.list().await.expect("list");
+    for i in 0..20 {
+        let name = format!("c{i}");
+        assert_eq!(
+            listed.iter().filter(|x| x.node_claim() == Some(name.as_str())).count(),
+            1,
+            "{name} is tagged in EC2"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttling_is_retried_and_authorization_errors_stop_launches_and_show_on_the_node_class() {
+    let env = Env::new().await;
+    let cloud = env.cloud().await;
+    env.moto.fault("CreateFleet", "RequestLimitExceeded", 503, 2).await.expect("fault");
+    cloud.create(&claim("c1", "u1", m5_large_spot())).await.expect("launched after retries");
+    assert_eq!(env.calls("CreateFleet").await, 3, "two throttled attempts, then success");
+
+    env.moto.fault("CreateFleet", "UnauthorizedOperation", 403, 1).await.expect("fault");
+    let err = cloud.create(&claim("c2", "u2", m5_large_spot())).await.expect_err("refused");
+    assert!(
+        matches!(&err, CloudError::InvalidConfiguration { message } if message.contains("UnauthorizedOperation")),
+        "{err}"
+    );
+    let fleets = env.calls("CreateFleet").await;
+    let err = cloud.create(&claim("c3", "u3", m5_large_spot())).await.expect_err("stopped");
+    assert!(matches!(err, CloudError::InvalidConfiguration { .. }));
+    assert_eq!(env.calls("CreateFleet").await, fleets, "no launch while the class is blocked");
+    let (_, class) = example();
+    let report = cloud.node_class_report(&class).await.expect("report").expect("AWS reports");
+    let ready = report.checks.iter().find(|c| c.type_ == "Ready").expect("Ready");
+    assert!(
+        !ready.ok && ready.reason == "LaunchConfigurationError" && ready.message.contains("UnauthorizedOperation"),
+        "{ready:?}"
+    );
+}
