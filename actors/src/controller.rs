@@ -112,6 +112,7 @@ impl Replica {
             config: Arc::new(args.config),
             peers: Arc::new(Peers::default()),
         };
+        ctx.metrics.watch_cloud(ctx.cloud.clone());
         let (mut http, mut metrics_addr) = (None, None);
         if let Some(addr) = args.metrics_addr {
             let listener =

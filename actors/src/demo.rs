@@ -22,6 +22,8 @@ pub struct DemoConfig {
     pub boot_delay: Duration,
     pub binding: BindingMode,
     pub kubeconfig: Option<std::path::PathBuf>,
+    /// Run on EC2 as an emulator at this endpoint emulates it (seeded like an EKS cluster).
+    pub aws_endpoint: Option<String>,
     /// The NodePool's `consolidateAfter` for the demo (the example says 1m).
     pub consolidate_after: Duration,
     pub lease_duration: Duration,
@@ -37,6 +39,7 @@ impl Default for DemoConfig {
             boot_delay: Duration::from_secs(2),
             binding: BindingMode::Scheduler,
             kubeconfig: None,
+            aws_endpoint: None,
             consolidate_after: Duration::from_secs(10),
             lease_duration: Duration::from_secs(15),
             renew_deadline: Duration::from_secs(10),
@@ -108,13 +111,34 @@ pub async fn run(config: DemoConfig, say: impl Fn(&str)) -> Result<Summary, Worl
         events.push((t0.elapsed(), what));
     };
     let fake = FakeConfig { cluster: "rafter-demo".into(), boot_delay: config.boot_delay, ..FakeConfig::default() };
-    let mut world = World::start(WorldConfig { fake, kubeconfig: config.kubeconfig.clone() }).await?;
+    let mut pool = NODEPOOL_DEFAULT.to_string();
+    let aws = match &config.aws_endpoint {
+        None => None,
+        Some(endpoint) => {
+            // The emulator gets what an EKS cluster has; its images stand in for the alias's.
+            let seeded = rafter_sim::moto::seed(endpoint, None, "demo", "1.33")
+                .await
+                .map_err(|e| WorldError::Manifest(e.to_string()))?;
+            let ids: Vec<String> = seeded.amis.values().map(|id| format!("    - id: {id}")).collect();
+            pool = pool.replace(
+                "  amiSelectorTerms:\n    - alias: al2023@latest",
+                &format!("  amiFamily: AL2023\n  amiSelectorTerms:\n{}", ids.join("\n")),
+            );
+            let mut aws = rafter::cloud::aws::AwsConfig::new("rafter-demo", "us-east-1");
+            aws.endpoint = Some(endpoint.clone());
+            aws.credentials =
+                Some((rafter_sim::moto::TEST_CREDENTIALS.0.into(), rafter_sim::moto::TEST_CREDENTIALS.1.into()));
+            Some(aws)
+        }
+    };
+    let cloud_name = if aws.is_some() { "EC2 at the emulator" } else { "fake cloud" };
+    let mut world = World::start(WorldConfig { fake, aws, kubeconfig: config.kubeconfig.clone() }).await?;
     note(
-        format!("API server at {} (CRDs installed; simulated kubelets, scheduler, workloads; fake cloud)", world.url),
+        format!("API server at {} (CRDs installed; simulated kubelets, scheduler, workloads; {cloud_name})", world.url),
         &mut events,
     );
     let after = rafter::api::duration::format_duration(config.consolidate_after);
-    let pool = NODEPOOL_DEFAULT.replace("consolidateAfter: 1m", &format!("consolidateAfter: {after}"));
+    let pool = pool.replace("consolidateAfter: 1m", &format!("consolidateAfter: {after}"));
     world.apply(&pool).await?;
     world.apply(INFLATE).await?;
     note(
@@ -155,7 +179,7 @@ pub async fn run(config: DemoConfig, say: impl Fn(&str)) -> Result<Summary, Worl
         .await?;
     note(format!("all {} pods Running", config.pods), &mut events);
     let mut summary = Summary { pods: config.pods, all_running: running_after, ..Summary::default() };
-    let instances = world.cloud.running();
+    let instances = world.instances().await?;
     summary.nodes = instances.len();
     summary.price_per_hour = instances.iter().map(|i| i.price).sum();
     for i in &instances {
@@ -213,7 +237,7 @@ pub async fn run(config: DemoConfig, say: impl Fn(&str)) -> Result<Summary, Worl
     note("scaled inflate to 0".into(), &mut events);
     world
         .wait_for("nodes gone", config.consolidate_after + Duration::from_secs(90), || async {
-            Ok(world.nodes().await?.is_empty() && world.cloud.running().is_empty())
+            Ok(world.nodes().await?.is_empty() && world.instances().await?.is_empty())
         })
         .await?;
     summary.scale_down = down.elapsed();
@@ -221,7 +245,7 @@ pub async fn run(config: DemoConfig, say: impl Fn(&str)) -> Result<Summary, Worl
         format!("all nodes gone; instances terminated ({:.2}s after scale-down)", summary.scale_down.as_secs_f64()),
         &mut events,
     );
-    summary.launches = world.cloud.create_calls();
+    summary.launches = if config.aws_endpoint.is_some() { summary.nodes as u64 } else { world.cloud.create_calls() };
     for r in replicas.into_iter().flatten() {
         r.shutdown().await;
     }

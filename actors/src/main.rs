@@ -93,6 +93,13 @@ struct DemoArgs {
     /// Run against this API server instead of the embedded simulator.
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
+    /// Where machines come from: the in-memory cloud, or EC2 as emulated at --aws-endpoint.
+    #[arg(long, value_enum, default_value = "fake")]
+    cloud: config::CloudKind,
+    /// An EC2 emulator (e.g. moto's server at http://127.0.0.1:5000) for `--cloud aws`; the demo
+    /// never launches real instances.
+    #[arg(long)]
+    aws_endpoint: Option<String>,
     /// Export spans over OTLP/HTTP to this endpoint (e.g. http://localhost:4318 for Jaeger).
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     otlp: Option<String>,
@@ -161,8 +168,16 @@ fn other(command: Command) -> anyhow::Result<()> {
 fn run_demo(args: DemoArgs, json: bool) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
+        let aws_endpoint = match (args.cloud, args.aws_endpoint) {
+            (config::CloudKind::Fake, _) => None,
+            (config::CloudKind::Aws, Some(endpoint)) => Some(endpoint),
+            (config::CloudKind::Aws, None) => bail!(
+                "rafter demo --cloud aws needs --aws-endpoint (an EC2 emulator such as moto's server); the demo never launches real instances"
+            ),
+        };
         let mut guard = telemetry::init(json, args.otlp.as_deref())?;
         let config = demo::DemoConfig {
+            aws_endpoint,
             replicas: args.replicas,
             pods: args.pods,
             boot_delay: args.boot_delay,

@@ -24,6 +24,19 @@ pub struct ReasonLabel {
     pub reason: String,
 }
 
+/// Labels of cloud API calls.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApiCallLabel {
+    pub service: String,
+    pub operation: String,
+}
+
+/// Label of cloud data refreshes.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: String,
+}
+
 /// Every metric of one replica.
 #[derive(Debug)]
 pub struct Metrics {
@@ -43,6 +56,10 @@ pub struct Metrics {
     pub leader_transitions: Counter,
     pub actor_restarts: Counter,
     pub instances_collected: Counter,
+    pub cloud_api_calls: Family<ApiCallLabel, Counter>,
+    pub cloud_refresh_failures: Family<KindLabel, Counter>,
+    /// Where the cloud counters come from (set once the replica has its cloud).
+    cloud: std::sync::OnceLock<Arc<dyn rafter::cloud::CloudProvider>>,
     ready: AtomicBool,
 }
 
@@ -65,6 +82,9 @@ impl Default for Metrics {
             leader_transitions: Counter::default(),
             actor_restarts: Counter::default(),
             instances_collected: Counter::default(),
+            cloud_api_calls: Family::default(),
+            cloud_refresh_failures: Family::default(),
+            cloud: std::sync::OnceLock::new(),
             ready: AtomicBool::new(false),
             registry: Registry::default(),
         };
@@ -99,6 +119,16 @@ impl Default for Metrics {
             "Instances terminated because no NodeClaim owned them",
             m.instances_collected.clone(),
         );
+        registry.register(
+            "cloud_api_calls",
+            "Cloud API calls by service and operation, retries included",
+            m.cloud_api_calls.clone(),
+        );
+        registry.register(
+            "cloud_refresh_failures",
+            "Failed refreshes of cloud data (instance types, spot and on-demand prices); the last good data is kept",
+            m.cloud_refresh_failures.clone(),
+        );
         Self { registry, ..m }
     }
 }
@@ -106,11 +136,34 @@ impl Default for Metrics {
 impl Metrics {
     /// The text exposition format.
     pub fn encode(&self) -> String {
+        self.sync_cloud();
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();
         }
         out
+    }
+
+    /// Exports the cloud provider's own counters.
+    pub fn watch_cloud(&self, cloud: Arc<dyn rafter::cloud::CloudProvider>) {
+        let _ = self.cloud.set(cloud);
+    }
+
+    fn sync_cloud(&self) {
+        let Some(cloud) = self.cloud.get() else { return };
+        let stats = cloud.stats();
+        let raise = |counter: &Counter, to: u64| {
+            let now = counter.get();
+            if to > now {
+                counter.inc_by(to - now);
+            }
+        };
+        for ((service, operation), n) in stats.api_calls {
+            raise(&self.cloud_api_calls.get_or_create(&ApiCallLabel { service, operation }), n);
+        }
+        for (kind, n) in stats.refresh_failures {
+            raise(&self.cloud_refresh_failures.get_or_create(&KindLabel { kind }), n);
+        }
     }
 
     pub fn set_ready(&self, ready: bool) {

@@ -11,9 +11,11 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
 use kube::core::GroupVersionKind;
 use rafter::api::nodeclaim::NodeClaim;
+use rafter::cloud::CloudProvider;
+use rafter::cloud::aws::AwsCloud;
 use rafter::cloud::fake::{FakeCloud, FakeConfig};
 use rafter_sim::components::Component;
-use rafter_sim::nodes::{FakeFeed, NodeSimConfig};
+use rafter_sim::nodes::{FakeFeed, NodeSimConfig, PollingFeed};
 use rafter_sim::{Simulator, nodes, scheduler, workloads};
 use serde_json::{Value, json};
 
@@ -49,13 +51,16 @@ pub enum WorldError {
 #[derive(Debug, Clone)]
 pub struct WorldConfig {
     pub fake: FakeConfig,
+    /// Run on EC2 (an emulator such as moto) instead of the fake cloud: Rafter uses the EC2
+    /// provider and the simulated kubelets follow DescribeInstances.
+    pub aws: Option<rafter::cloud::aws::AwsConfig>,
     /// Use this API server instead of starting one.
     pub kubeconfig: Option<std::path::PathBuf>,
 }
 
 impl Default for WorldConfig {
     fn default() -> Self {
-        Self { fake: FakeConfig { cluster: "rafter-sim".into(), ..FakeConfig::default() }, kubeconfig: None }
+        Self { fake: FakeConfig { cluster: "rafter-sim".into(), ..FakeConfig::default() }, aws: None, kubeconfig: None }
     }
 }
 
@@ -64,7 +69,12 @@ pub struct World {
     pub sim: Option<Simulator>,
     pub client: kube::Client,
     pub url: String,
+    /// The fake cloud (idle when the world runs on EC2).
     pub cloud: Arc<FakeCloud>,
+    /// The cloud replicas use: the fake, or the EC2 provider.
+    pub provider: Arc<dyn CloudProvider>,
+    /// The EC2 provider replicas use, when the world runs on EC2 (for its call counts).
+    pub aws: Option<Arc<AwsCloud>>,
     pub clock: Arc<SkewedClock>,
     cluster: String,
     components: Vec<Component>,
@@ -108,18 +118,37 @@ impl World {
         let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "karpenter"}});
         namespaces.patch("karpenter", &PatchParams::apply("rafter-demo").force(), &Patch::Apply(&ns)).await?;
         let cloud = Arc::new(FakeCloud::new(config.fake.clone())?);
+        let mut aws_cloud = None;
+        let (provider, feed, cluster): (Arc<dyn CloudProvider>, Arc<dyn nodes::InstanceFeed>, String) = match config.aws
+        {
+            None => (cloud.clone(), Arc::new(FakeFeed(cloud.clone())), config.fake.cluster),
+            Some(aws) => {
+                let cluster = aws.cluster.clone();
+                let classes = Arc::new(crate::nodeclass::WatchedNodeClasses::start(client.clone()));
+                // The simulated kubelets poll through a client of their own, so Rafter's call
+                // counts are Rafter's alone.
+                let kubelets: Arc<dyn CloudProvider> = Arc::new(AwsCloud::new(aws.clone(), classes.clone()).await);
+                let rafter = Arc::new(AwsCloud::new(aws, classes).await);
+                aws_cloud = Some(rafter.clone());
+                let feed = PollingFeed::new(kubelets, Duration::from_millis(250))
+                    .map_err(|e| WorldError::Manifest(format!("the shipped catalog: {e}")))?;
+                (rafter as Arc<dyn CloudProvider>, Arc::new(feed), cluster)
+            }
+        };
         let components = vec![
             workloads::spawn(client.clone()),
             scheduler::spawn(client.clone()),
-            nodes::spawn(client.clone(), Arc::new(FakeFeed(cloud.clone())), NodeSimConfig::default()),
+            nodes::spawn(client.clone(), feed, NodeSimConfig::default()),
         ];
         Ok(Self {
             sim,
             client,
             url,
             cloud,
+            provider,
+            aws: aws_cloud,
             clock: Arc::new(SkewedClock::default()),
-            cluster: config.fake.cluster,
+            cluster,
             components,
         })
     }
@@ -164,7 +193,7 @@ impl World {
         let args = ReplicaArgs {
             client: self.client_as(&identity)?,
             lease_client: self.client_as(&format!("{identity}-lease"))?,
-            cloud: self.cloud.clone(),
+            cloud: self.provider.clone(),
             config,
             clock: Some(self.clock.clone() as Arc<dyn Clock>),
             metrics_addr: None,
@@ -209,6 +238,12 @@ impl World {
             .list(&ListParams::default().labels("app=inflate"))
             .await?
             .items)
+    }
+
+    /// Instances of the cloud replicas use that are pending or running.
+    pub async fn instances(&self) -> Result<Vec<rafter::cloud::Instance>, WorldError> {
+        let all = self.provider.list().await.map_err(|e| WorldError::Manifest(format!("listing instances: {e}")))?;
+        Ok(all.into_iter().filter(|i| i.state <= rafter::cloud::InstanceState::Running).collect())
     }
 
     pub async fn nodes(&self) -> Result<Vec<Node>, WorldError> {

@@ -212,14 +212,20 @@ pub async fn seed(
         .await
         .map_err(|e| err("CreateSecurityGroup", &aws_sdk_ec2::error::DisplayErrorContext(e)))?;
     let role = format!("KarpenterNodeRole-{discovery}");
-    iam.create_role()
+    let created = iam
+        .create_role()
         .role_name(&role)
         .assume_role_policy_document(
             r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"ec2.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#,
         )
         .send()
         .await
-        .map_err(|e| err("CreateRole", &aws_sdk_ec2::error::DisplayErrorContext(e)))?;
+        .map(|_| ());
+    if let Err(e) = created
+        && !e.as_service_error().is_some_and(|s| s.is_entity_already_exists_exception())
+    {
+        return Err(err("CreateRole", &aws_sdk_ec2::error::DisplayErrorContext(e)));
+    }
     // One Amazon image per architecture, named by the alias parameters.
     let mut amis = BTreeMap::new();
     for (arch, aws_arch) in [("amd64", "x86_64"), ("arm64", "arm64")] {

@@ -106,6 +106,15 @@ pub struct NodeClassReport {
     pub checks: Vec<NodeClassCheck>,
 }
 
+/// A provider's own counters, exported as metrics by the controller.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct CloudStats {
+    /// API calls by (service, operation), retries included.
+    pub api_calls: BTreeMap<(String, String), u64>,
+    /// Refreshes that failed (the last good data was kept), by kind.
+    pub refresh_failures: BTreeMap<String, u64>,
+}
+
 /// What the cloud can say went wrong; each kind has its own remedy.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum CloudError {
@@ -143,6 +152,10 @@ pub trait CloudProvider: Send + Sync + std::fmt::Debug {
     /// Resolves a node class's selectors for its status; `None` where the cloud has no node classes.
     async fn node_class_report(&self, _class: &EC2NodeClass) -> Result<Option<NodeClassReport>, CloudError> {
         Ok(None)
+    }
+    /// The provider's counters; none for providers that keep none.
+    fn stats(&self) -> CloudStats {
+        CloudStats::default()
     }
 }
 

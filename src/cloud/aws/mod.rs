@@ -202,6 +202,12 @@ impl Clients {
                 aws_sdk_pricing::config::Builder::from(&shared)
                     .region(aws_config::Region::new(pricing_region))
                     .retry_config(aws_config::retry::RetryConfig::disabled())
+                    .timeout_config(
+                        aws_config::timeout::TimeoutConfig::builder()
+                            .connect_timeout(Duration::from_secs(5))
+                            .operation_timeout(Duration::from_secs(60))
+                            .build(),
+                    )
                     .build(),
             ),
         }
@@ -740,7 +746,24 @@ impl Inner {
     }
 
     /// Specs and spot prices, refreshed when stale; a failed refresh keeps the last good data.
-    async fn catalog(&self) -> Result<(Arc<Vec<InstanceTypeSpec>>, Arc<HashMap<(String, String), f64>>), CloudError> {
+    async fn refresh_on_demand(&self) {
+        match discovery::on_demand_prices(&self.clients, &self.config.region).await {
+            Ok(p) if !p.is_empty() => {
+                let mut s = self.lock();
+                let mut merged = s.on_demand.as_ref().map(|(_, m)| m.as_ref().clone()).unwrap_or_default();
+                merged.extend(p);
+                s.on_demand = Some((Instant::now(), Arc::new(merged)));
+            }
+            Ok(_) => {
+                self.failed_refresh("on-demand-prices", &AwsError::Build("the Pricing API returned no prices".into()))
+            }
+            Err(e) => self.failed_refresh("on-demand-prices", &e),
+        }
+    }
+
+    async fn catalog(
+        self: &Arc<Self>,
+    ) -> Result<(Arc<Vec<InstanceTypeSpec>>, Arc<HashMap<(String, String), f64>>), CloudError> {
         let fresh = |at: Option<Instant>, ttl: Duration| at.is_some_and(|at| at.elapsed() < ttl);
         let snapshot = |s: &State| {
             (
@@ -758,21 +781,12 @@ impl Inner {
         }
         let _guard = self.refreshing.lock().await;
         let (specs, spot, on_demand) = snapshot(&self.lock());
-        let mut prices = on_demand.map(|(_, p)| p).unwrap_or_default();
+        let prices = on_demand.map(|(_, p)| p).unwrap_or_default();
         if !fresh(on_demand_refreshed(&self.lock()), ON_DEMAND_TTL) {
-            match discovery::on_demand_prices(&self.clients, &self.config.region).await {
-                Ok(p) if !p.is_empty() => {
-                    let mut merged = prices.as_ref().clone();
-                    merged.extend(p);
-                    prices = Arc::new(merged);
-                    self.lock().on_demand = Some((Instant::now(), prices.clone()));
-                }
-                Ok(_) => self
-                    .failed_refresh("on-demand-prices", &AwsError::Build("the Pricing API returned no prices".into())),
-                Err(e) => self.failed_refresh("on-demand-prices", &e),
-            }
-            self.lock().refresh_failures.entry("on-demand-prices").or_insert(0);
+            // The shipped table serves until the Pricing API answers; nobody waits for it.
             mark_on_demand_attempt(&mut self.lock());
+            let inner = self.clone();
+            tokio::spawn(async move { inner.refresh_on_demand().await });
         }
         let specs = match specs {
             Some((at, v)) if fresh(Some(at), TYPES_TTL) => v,
@@ -1297,6 +1311,13 @@ impl CloudProvider for AwsCloud {
             return Ok(Some(DriftReason("SubnetDrift".into())));
         }
         Ok(None)
+    }
+
+    fn stats(&self) -> super::CloudStats {
+        super::CloudStats {
+            api_calls: self.api_calls(),
+            refresh_failures: self.refresh_failures().into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+        }
     }
 
     async fn node_class_report(&self, class: &EC2NodeClass) -> Result<Option<NodeClassReport>, CloudError> {

@@ -1,0 +1,101 @@
+//! End to end on EC2 as moto emulates it: the simulator's API server, Rafter with the EC2
+//! provider, and simulated kubelets that follow moto's instances. The inflate scenario goes from
+//! pending pods to Running pods and back to zero, with the instances terminated in moto.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use kube::Api;
+use rafter::api::EC2NodeClass;
+use rafter::cloud::aws::AwsConfig;
+use rafter_actors::world::{INFLATE, NODEPOOL_DEFAULT, World, WorldConfig};
+use rafter_sim::moto::{Moto, TEST_CREDENTIALS, seed};
+
+fn delta(after: &BTreeMap<(String, String), u64>, before: &BTreeMap<(String, String), u64>) -> BTreeMap<String, u64> {
+    after
+        .iter()
+        .filter_map(|((_, op), n)| {
+            let d = n - before.iter().find(|((_, o), _)| o == op).map(|(_, b)| *b).unwrap_or(0);
+            (d > 0).then(|| (op.clone(), d))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inflate_scales_to_100_on_moto_instances_and_back_to_zero_with_every_instance_terminated() {
+    let moto = Moto::start().expect("moto");
+    seed(&moto.endpoint, Some(&moto), "demo", "1.33").await.expect("seed");
+    let mut aws = AwsConfig::new("demo", "us-east-1");
+    aws.endpoint = Some(moto.endpoint.clone());
+    aws.credentials = Some((TEST_CREDENTIALS.0.into(), TEST_CREDENTIALS.1.into()));
+    aws.cluster_endpoint = "https://demo.example".into();
+    let world = World::start(WorldConfig { aws: Some(aws), ..WorldConfig::default() }).await.expect("world");
+    // moto prices every spot offering at $0.00001, which would pack everything onto the largest
+    // type; on-demand uses the real list prices, so the plan looks like production's.
+    let pool = NODEPOOL_DEFAULT.replace(r#"values: ["spot", "on-demand"]"#, r#"values: ["on-demand"]"#);
+    assert_ne!(pool, NODEPOOL_DEFAULT);
+    world.apply(&pool).await.expect("pool");
+    world.apply(INFLATE).await.expect("inflate");
+    let replica = world.replica(world.quick_config("rafter-0")).await.expect("replica");
+    world.wait_for("leadership", Duration::from_secs(10), || async { Ok(replica.is_leader()) }).await.expect("leads");
+
+    // The node class is resolved and Ready before anything is launched.
+    let classes: Api<EC2NodeClass> = Api::all(world.client.clone());
+    world
+        .wait_for("EC2NodeClass Ready", Duration::from_secs(60), || async {
+            let class = classes.get("default").await?;
+            Ok(class.status.is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True")))
+        })
+        .await
+        .expect("node class ready");
+    let class = classes.get("default").await.expect("class");
+    let status = class.status.expect("status");
+    assert_eq!(status.subnets.len(), 3);
+    assert!(status.instance_profile.is_some());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let aws = world.aws.clone().expect("EC2 provider");
+    let before_up = aws.api_calls();
+    world.scale(100).await.expect("scale");
+    let took = world
+        .wait_for("100 pods running", Duration::from_secs(180), || async { Ok(world.running().await? == 100) })
+        .await
+        .expect("all pods run");
+    let up = delta(&aws.api_calls(), &before_up);
+    let instances = world.instances().await.expect("instances");
+    let nodes = world.nodes().await.expect("nodes");
+    let claims = world.claims().await.expect("claims");
+    assert_eq!(instances.len(), nodes.len(), "one node per moto instance");
+    assert_eq!(claims.len(), instances.len(), "one instance per claim");
+    for claim in &claims {
+        let name = claim.metadata.name.as_deref().unwrap_or_default();
+        assert_eq!(instances.iter().filter(|i| i.node_claim() == Some(name)).count(), 1, "{name} has one instance");
+    }
+    eprintln!("scale-up: {} pods Running on {} instances in {took:?}; EC2 calls {up:?}", 100, instances.len());
+
+    let before_down = aws.api_calls();
+    world.scale(0).await.expect("scale down");
+    world
+        .wait_for("pods gone", Duration::from_secs(30), || async { Ok(world.pods().await?.is_empty()) })
+        .await
+        .expect("pods gone");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    world.clock.advance(Duration::from_secs(60));
+    let took = world
+        .wait_for("everything gone", Duration::from_secs(120), || async {
+            Ok(world.nodes().await?.is_empty()
+                && world.instances().await?.is_empty()
+                && world.claims().await?.is_empty())
+        })
+        .await
+        .expect("nodes, instances and claims gone");
+    let down = delta(&aws.api_calls(), &before_down);
+    eprintln!("scale-down: all gone {took:?} after the clock passed consolidateAfter; EC2 calls {down:?}");
+    // In moto, every instance Rafter launched is terminated.
+    let all = world.provider.list().await.expect("list");
+    assert!(all.is_empty(), "no live instance is left: {all:?}");
+    assert!(down.get("TerminateInstances").copied().unwrap_or(0) >= 1);
+    let metrics = replica.ctx.metrics.encode();
+    assert!(metrics.contains("rafter_cloud_api_calls_total{service=\"EC2\",operation=\"CreateFleet\"}"), "{metrics}");
+    replica.shutdown().await;
+}
