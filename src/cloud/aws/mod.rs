@@ -302,6 +302,9 @@ const CLASS_TTL: Duration = Duration::from_secs(60);
 /// How long a launch configuration error stops launches for a class that did not change.
 const BLOCK_TTL: Duration = Duration::from_secs(300);
 
+/// Spot prices by (instance type, zone).
+type SpotPrices = Arc<HashMap<(String, String), f64>>;
+
 #[derive(Debug, Clone)]
 struct ClassEntry {
     at: Instant,
@@ -313,7 +316,7 @@ struct ClassEntry {
 #[derive(Debug, Default)]
 struct State {
     specs: Option<(Instant, Arc<Vec<InstanceTypeSpec>>)>,
-    spot: Option<(Instant, Arc<HashMap<(String, String), f64>>)>,
+    spot: Option<(Instant, SpotPrices)>,
     on_demand: Option<(Instant, Arc<HashMap<String, f64>>)>,
     classes: HashMap<String, ClassEntry>,
     templates: HashSet<String>,
@@ -761,9 +764,7 @@ impl Inner {
         }
     }
 
-    async fn catalog(
-        self: &Arc<Self>,
-    ) -> Result<(Arc<Vec<InstanceTypeSpec>>, Arc<HashMap<(String, String), f64>>), CloudError> {
+    async fn catalog(self: &Arc<Self>) -> Result<(Arc<Vec<InstanceTypeSpec>>, SpotPrices), CloudError> {
         let fresh = |at: Option<Instant>, ttl: Duration| at.is_some_and(|at| at.elapsed() < ttl);
         let snapshot = |s: &State| {
             (
