@@ -18,6 +18,7 @@ then serves until its standard input closes, so it dies with the test process th
 """
 
 import json
+import logging
 import sys
 import threading
 import uuid
@@ -201,6 +202,7 @@ class Control(BaseHTTPRequestHandler):
 
 
 def main() -> None:
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no access log on the tests' stderr
     moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     moto.start()
     host, port = moto.get_host_and_port()

@@ -73,6 +73,37 @@ async fn inflate_scales_to_100_on_moto_instances_and_back_to_zero_with_every_ins
     }
     eprintln!("scale-up: {} pods Running on {} instances in {took:?}; EC2 calls {up:?}", 100, instances.len());
 
+    // An instance tagged for this cluster that no claim owns (a launch whose claim was lost) is
+    // garbage-collected after the grace period.
+    let seeded_ami = aws.clients().ec2.describe_images().owners("amazon").send().await.expect("images");
+    let ami = seeded_ami.images().iter().find_map(|i| i.image_id()).expect("an image").to_string();
+    let orphan = aws
+        .clients()
+        .ec2
+        .run_instances()
+        .image_id(ami)
+        .instance_type(aws_sdk_ec2::types::InstanceType::M5Large)
+        .min_count(1)
+        .max_count(1)
+        .tag_specifications(
+            aws_sdk_ec2::types::TagSpecification::builder()
+                .resource_type(aws_sdk_ec2::types::ResourceType::Instance)
+                .tags(aws_sdk_ec2::types::Tag::builder().key("kubernetes.io/cluster/demo").value("owned").build())
+                .tags(aws_sdk_ec2::types::Tag::builder().key("karpenter.sh/nodepool").value("default").build())
+                .build(),
+        )
+        .send()
+        .await
+        .expect("orphan launched");
+    let orphan = orphan.instances()[0].instance_id().expect("id").to_string();
+    world
+        .wait_for("the orphan collected", Duration::from_secs(30), || async {
+            Ok(!world.instances().await?.iter().any(|i| i.id == orphan))
+        })
+        .await
+        .expect("orphan terminated");
+    assert!(replica.ctx.metrics.encode().contains("rafter_instances_garbage_collected_total 1"));
+
     let before_down = aws.api_calls();
     world.scale(0).await.expect("scale down");
     world
