@@ -640,7 +640,7 @@ impl AwsCloud {
             Err(e) => {
                 let err = AwsError::sdk("CreateLaunchTemplate", e);
                 if err.code().is_some_and(launch::is_configuration_error) {
-                    self.inner.block(class, &err.to_string());
+                    self.inner.block_by_name(class.metadata.name.as_deref().unwrap_or_default(), &err.to_string());
                 }
                 return Err(err.to_cloud());
             }
@@ -735,12 +735,6 @@ fn state_of(name: Option<&aws_sdk_ec2::types::InstanceStateName>) -> InstanceSta
 impl Inner {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn block(&self, class: &EC2NodeClass, why: &str) {
-        let name = class.metadata.name.clone().unwrap_or_default();
-        tracing::error!(ec2nodeclass = %name, error = %why, "launches for this node class stop until it changes or 5m pass");
-        self.lock().blocked.insert(name, (class.metadata.generation, why.to_string(), Instant::now() + BLOCK_TTL));
     }
 
     fn failed_refresh(&self, kind: &'static str, err: &AwsError) {
@@ -1174,6 +1168,7 @@ impl Inner {
             .collect()
     }
 
+    /// Stops launches for a class (at the generation last resolved) after a configuration error.
     fn block_by_name(&self, class: &str, why: &str) {
         let generation = self.lock().classes.get(class).and_then(|e| e.generation);
         tracing::error!(ec2nodeclass = %class, error = %why, "launches for this node class stop until it changes or 5m pass");
