@@ -164,6 +164,7 @@ async fn a_capacity_error_on_the_cheapest_offering_launches_the_next_one_within_
     let took = started.elapsed();
     assert_eq!((instance.instance_type.as_str(), instance.zone.as_str()), ("m5.large", "us-east-1b"));
     assert!(took < Duration::from_secs(1), "the next offering was launched after {took:?}");
+    eprintln!("capacity error on m5.large/us-east-1a spot: launched m5.large/us-east-1b after {took:?}");
 
     // The exhausted offering is avoided for the next claims: not offered to the solver, not asked for.
     let types = cloud.instance_types(&pool).await.expect("types");
