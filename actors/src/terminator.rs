@@ -74,8 +74,9 @@ async fn evict(client: kube::Client, pod: Arc<Pod>, force: bool) -> (String, Evi
 }
 
 impl Terminator {
-    /// One step of one claim's termination; true once it is finished.
-    async fn step(
+    /// One drain step of one claim's termination: taint, then evict; true once the node is drained
+    /// (or there is none).
+    async fn drain(
         &self,
         state: &mut TerminatorState,
         claim: &NodeClaim,
@@ -85,9 +86,7 @@ impl Terminator {
         let ctx = state.ctx.clone();
         let name = claim.metadata.name.clone().unwrap_or_default();
         let provider = claim.status.as_ref().and_then(|s| s.provider_id.clone());
-        let node = provider
-            .as_deref()
-            .and_then(|p| nodes.iter().find(|n| n.spec.as_ref().and_then(|s| s.provider_id.as_deref()) == Some(p)));
+        let node = node_of(provider.as_deref(), nodes);
         if let Some(node) = node {
             let node_name = node.metadata.name.clone().unwrap_or_default();
             let taints = node.spec.as_ref().and_then(|s| s.taints.clone()).unwrap_or_default();
@@ -162,60 +161,65 @@ impl Terminator {
                 return false;
             }
         }
-        // Drained (or no node): terminate the instance until the cloud says it is gone.
-        match ctx.cloud.delete(claim).await {
-            Ok(()) | Err(CloudError::NotFound { .. }) => {}
+        true
+    }
+}
+
+/// The Node registered for a provider ID.
+fn node_of<'a>(provider: Option<&str>, nodes: &'a [Arc<Node>]) -> Option<&'a Arc<Node>> {
+    provider.and_then(|p| nodes.iter().find(|n| n.spec.as_ref().and_then(|s| s.provider_id.as_deref()) == Some(p)))
+}
+
+/// The rest of a drained claim's termination: the instance terminated until the cloud says it is
+/// gone, the node deleted, the finalizer removed; true once it is finished.
+async fn finish(ctx: &Ctx, claim: &NodeClaim, nodes: &[Arc<Node>]) -> bool {
+    let name = claim.metadata.name.clone().unwrap_or_default();
+    let provider = claim.status.as_ref().and_then(|s| s.provider_id.clone());
+    let node = node_of(provider.as_deref(), nodes);
+    // Drained (or no node): terminate the instance until the cloud says it is gone.
+    match ctx.cloud.delete(claim).await {
+        Ok(()) | Err(CloudError::NotFound { .. }) => {}
+        Err(error) => {
+            tracing::warn!(nodeclaim = %name, %error, "cannot terminate the instance yet; retrying");
+            return false;
+        }
+    }
+    if let Some(provider) = &provider {
+        match ctx.cloud.get(provider).await {
+            Err(CloudError::NotFound { .. }) => {}
+            Ok(i) if i.state == InstanceState::Terminated => {}
+            Ok(_) => return false,
             Err(error) => {
-                tracing::warn!(nodeclaim = %name, %error, "cannot terminate the instance yet; retrying");
+                tracing::debug!(%error, "cannot confirm termination; retrying");
                 return false;
             }
         }
-        if let Some(provider) = &provider {
-            match ctx.cloud.get(provider).await {
-                Err(CloudError::NotFound { .. }) => {}
-                Ok(i) if i.state == InstanceState::Terminated => {}
-                Ok(_) => return false,
-                Err(error) => {
-                    tracing::debug!(%error, "cannot confirm termination; retrying");
-                    return false;
-                }
-            }
-        }
-        if let Some(node) = node {
-            let node_name = node.metadata.name.clone().unwrap_or_default();
-            match Api::<Node>::all(ctx.client.clone()).delete(&node_name, &DeleteParams::default()).await {
-                Ok(_) => tracing::info!("Deleted node {node_name}"),
-                Err(kube::Error::Api(s)) if s.code == 404 => {}
-                Err(error) => {
-                    tracing::debug!(%error, "cannot delete node {node_name}; retrying");
-                    return false;
-                }
-            }
-        }
-        let finalizers: Vec<String> = claim
-            .metadata
-            .finalizers
-            .iter()
-            .flatten()
-            .filter(|f| *f != labels::TERMINATION_FINALIZER)
-            .cloned()
-            .collect();
-        let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": claim.metadata.resource_version}});
-        match Api::<NodeClaim>::all(ctx.client.clone())
-            .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
-            .await
-        {
-            Ok(_) => {
-                ctx.metrics.claims_terminated.inc();
-                ctx.timeline.mark(Mark::Terminated { claim: name.clone() });
-                tracing::info!("Terminated nodeclaim {name}");
-                true
-            }
-            Err(kube::Error::Api(s)) if s.code == 404 => true,
+    }
+    if let Some(node) = node {
+        let node_name = node.metadata.name.clone().unwrap_or_default();
+        match Api::<Node>::all(ctx.client.clone()).delete(&node_name, &DeleteParams::default()).await {
+            Ok(_) => tracing::info!("Deleted node {node_name}"),
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
             Err(error) => {
-                tracing::debug!(%error, "cannot remove the finalizer of {name}; retrying");
-                false
+                tracing::debug!(%error, "cannot delete node {node_name}; retrying");
+                return false;
             }
+        }
+    }
+    let finalizers: Vec<String> =
+        claim.metadata.finalizers.iter().flatten().filter(|f| *f != labels::TERMINATION_FINALIZER).cloned().collect();
+    let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": claim.metadata.resource_version}});
+    match Api::<NodeClaim>::all(ctx.client.clone()).patch(&name, &PatchParams::default(), &Patch::Merge(patch)).await {
+        Ok(_) => {
+            ctx.metrics.claims_terminated.inc();
+            ctx.timeline.mark(Mark::Terminated { claim: name.clone() });
+            tracing::info!("Terminated nodeclaim {name}");
+            true
+        }
+        Err(kube::Error::Api(s)) if s.code == 404 => true,
+        Err(error) => {
+            tracing::debug!(%error, "cannot remove the finalizer of {name}; retrying");
+            false
         }
     }
 }
@@ -249,10 +253,18 @@ impl Actor for Terminator {
         if !deleting.is_empty() {
             let nodes = ctx.caches.nodes.all();
             let pods = ctx.caches.pods.all();
+            let mut drained = Vec::new();
             for claim in deleting {
                 let span = tracing::info_span!("terminate", nodeclaim = ?claim.metadata.name);
-                let _ = tracing::Instrument::instrument(self.step(state, claim, &nodes, &pods), span).await;
+                if tracing::Instrument::instrument(self.drain(state, claim, &nodes, &pods), span.clone()).await {
+                    drained.push((claim, span));
+                }
             }
+            // Every drained claim's cloud delete goes out at once, so the provider can batch them.
+            let finishing = drained
+                .into_iter()
+                .map(|(claim, span)| tracing::Instrument::instrument(finish(&ctx, claim, &nodes), span));
+            futures::future::join_all(finishing).await;
         }
         myself.send_after(ctx.config.reconcile_period, || TerminatorMessage::Reconcile);
         Ok(())

@@ -52,9 +52,16 @@ async fn inflate_scales_to_100_on_moto_instances_and_back_to_zero_with_every_ins
     let status = class.status.expect("status");
     assert_eq!(status.subnets.len(), 3);
     assert!(status.instance_profile.is_some());
-    tokio::time::sleep(Duration::from_secs(2)).await;
-
+    // The catalog is warm (types, offerings and spot prices fetched) before the scale-up is counted.
     let aws = world.aws.clone().expect("EC2 provider");
+    world
+        .wait_for("the catalog", Duration::from_secs(60), || async {
+            Ok(aws.api_calls().keys().any(|(_, op)| op == "DescribeSpotPriceHistory"))
+        })
+        .await
+        .expect("catalog warm");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
     let before_up = aws.api_calls();
     world.scale(100).await.expect("scale");
     let took = world
@@ -98,11 +105,11 @@ async fn inflate_scales_to_100_on_moto_instances_and_back_to_zero_with_every_ins
     let orphan = orphan.instances()[0].instance_id().expect("id").to_string();
     world
         .wait_for("the orphan collected", Duration::from_secs(30), || async {
-            Ok(!world.instances().await?.iter().any(|i| i.id == orphan))
+            let collected = replica.ctx.metrics.encode().contains("rafter_instances_garbage_collected_total 1");
+            Ok(collected && !world.instances().await?.iter().any(|i| i.id == orphan))
         })
         .await
-        .expect("orphan terminated");
-    assert!(replica.ctx.metrics.encode().contains("rafter_instances_garbage_collected_total 1"));
+        .expect("orphan terminated by garbage collection");
 
     let before_down = aws.api_calls();
     world.scale(0).await.expect("scale down");
