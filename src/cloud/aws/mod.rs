@@ -359,6 +359,7 @@ struct FleetRequest {
 type FleetCoalescer = Coalescer<FleetShape, FleetRequest, Result<Instance, CloudError>>;
 type LookupCoalescer = Coalescer<(), String, Result<Option<Instance>, CloudError>>;
 type TerminateCoalescer = Coalescer<(), String, Result<(), CloudError>>;
+type GetCoalescer = Coalescer<(), String, Result<Instance, CloudError>>;
 
 /// The EC2 cloud provider.
 #[derive(Debug)]
@@ -369,6 +370,7 @@ pub struct AwsCloud {
     fleets: FleetCoalescer,
     lookups: LookupCoalescer,
     terminations: TerminateCoalescer,
+    gets: GetCoalescer,
 }
 
 impl AwsCloud {
@@ -385,6 +387,7 @@ impl AwsCloud {
         let fleet_inner = inner.clone();
         let lookup_inner = inner.clone();
         let term_inner = inner.clone();
+        let get_inner = inner.clone();
         Self {
             classes,
             calls,
@@ -413,6 +416,15 @@ impl AwsCloud {
                 Arc::new(move |(), ids| {
                     let inner = term_inner.clone();
                     Box::pin(async move { inner.run_terminate(ids).await })
+                }),
+            ),
+            gets: Coalescer::new(
+                idle,
+                max,
+                1000,
+                Arc::new(move |(), ids| {
+                    let inner = get_inner.clone();
+                    Box::pin(async move { inner.run_get(ids).await })
                 }),
             ),
             inner,
@@ -943,6 +955,25 @@ impl Inner {
         }
     }
 
+    async fn run_get(&self, ids: Vec<String>) -> Vec<Result<Instance, CloudError>> {
+        let found = self.describe(ids.clone(), Vec::new()).await;
+        let one_missing = matches!(&found, Err(e) if e.code().is_some_and(|c| c.starts_with("InvalidInstanceID")));
+        if one_missing && ids.len() > 1 {
+            // One unknown id fails the whole call: fall back to one call per id.
+            let mut results = Vec::new();
+            for id in ids {
+                results.extend(Box::pin(self.run_get(vec![id])).await);
+            }
+            return results;
+        }
+        let by_id: HashMap<String, Instance> = match found {
+            Ok(found) => found.iter().filter_map(|i| self.to_instance(i, None)).map(|i| (i.id.clone(), i)).collect(),
+            Err(_) if one_missing => HashMap::new(),
+            Err(e) => return ids.iter().map(|_| Err(e.to_cloud())).collect(),
+        };
+        ids.iter().map(|id| by_id.get(id).cloned().ok_or_else(|| CloudError::NotFound { id: id.clone() })).collect()
+    }
+
     async fn run_terminate(&self, ids: Vec<String>) -> Vec<Result<(), CloudError>> {
         let out = self.clients.ec2.terminate_instances().set_instance_ids(Some(ids.clone())).send().await;
         match out {
@@ -1274,11 +1305,10 @@ impl CloudProvider for AwsCloud {
     async fn get(&self, provider_id: &str) -> Result<Instance, CloudError> {
         let (_, id) =
             parse_provider_id(provider_id).ok_or_else(|| CloudError::NotFound { id: provider_id.to_string() })?;
-        let found = self.inner.describe(vec![id.to_string()], Vec::new()).await.map_err(|e| e.to_cloud())?;
-        found
-            .iter()
-            .find_map(|i| self.inner.to_instance(i, None))
-            .ok_or_else(|| CloudError::NotFound { id: id.to_string() })
+        self.gets
+            .submit((), id.to_string())
+            .await
+            .unwrap_or_else(|| Err(CloudError::Transient { message: "the describe call was dropped".into() }))
     }
 
     async fn list(&self) -> Result<Vec<Instance>, CloudError> {
