@@ -137,6 +137,14 @@ pub async fn run(config: DemoConfig, say: impl Fn(&str)) -> Result<Summary, Worl
         format!("API server at {} (CRDs installed; simulated kubelets, scheduler, workloads; {cloud_name})", world.url),
         &mut events,
     );
+    if config.aws_endpoint.is_some() {
+        note(
+            "seeded the emulator: VPC, a subnet per zone and a security group tagged karpenter.sh/discovery=demo, \
+             role KarpenterNodeRole-demo (moto prices every spot offering at $0.00001/h, so spot plans look free)"
+                .into(),
+            &mut events,
+        );
+    }
     let after = rafter::api::duration::format_duration(config.consolidate_after);
     let pool = pool.replace("consolidateAfter: 1m", &format!("consolidateAfter: {after}"));
     world.apply(&pool).await?;
