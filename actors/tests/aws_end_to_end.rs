@@ -62,6 +62,7 @@ async fn inflate_scales_to_100_on_moto_instances_and_back_to_zero_with_every_ins
         .expect("catalog warm");
     tokio::time::sleep(Duration::from_secs(1)).await;
 
+    eprintln!("before the scale-up (startup, node class, catalog): {:?}", aws.api_calls());
     let before_up = aws.api_calls();
     world.scale(100).await.expect("scale");
     let took = world

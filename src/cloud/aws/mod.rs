@@ -189,18 +189,22 @@ impl Clients {
             ));
         }
         let shared = loader.load().await;
-        let counter = CountCalls(calls);
-        let ec2 = aws_sdk_ec2::config::Builder::from(&shared).interceptor(counter).build();
+        let ec2 = aws_sdk_ec2::config::Builder::from(&shared).interceptor(CountCalls(calls.clone())).build();
         // The Pricing API lives in a few regions only; us-east-1 answers for every region.
         let pricing_region = if config.endpoint.is_some() { config.region.clone() } else { "us-east-1".into() };
         Self {
             ec2: aws_sdk_ec2::Client::from_conf(ec2),
-            ssm: aws_sdk_ssm::Client::new(&shared),
-            iam: aws_sdk_iam::Client::new(&shared),
+            ssm: aws_sdk_ssm::Client::from_conf(
+                aws_sdk_ssm::config::Builder::from(&shared).interceptor(CountCalls(calls.clone())).build(),
+            ),
+            iam: aws_sdk_iam::Client::from_conf(
+                aws_sdk_iam::config::Builder::from(&shared).interceptor(CountCalls(calls.clone())).build(),
+            ),
             // A failed price refresh keeps the shipped table, so it is not worth retrying.
             pricing: aws_sdk_pricing::Client::from_conf(
                 aws_sdk_pricing::config::Builder::from(&shared)
                     .region(aws_config::Region::new(pricing_region))
+                    .interceptor(CountCalls(calls))
                     .retry_config(aws_config::retry::RetryConfig::disabled())
                     .timeout_config(
                         aws_config::timeout::TimeoutConfig::builder()
