@@ -317,6 +317,27 @@ struct ClassEntry {
     resolved: Option<Arc<Resolved>>,
 }
 
+/// What a class's built instance types were built from. It holds the inputs themselves, so the
+/// comparison by identity cannot be fooled by a freed and reused address.
+#[derive(Debug, Clone)]
+struct BuiltKey {
+    class: String,
+    generation: Option<i64>,
+    resolved: Arc<Resolved>,
+    specs: Arc<Vec<InstanceTypeSpec>>,
+    spot: SpotPrices,
+}
+
+impl PartialEq for BuiltKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.class == other.class
+            && self.generation == other.generation
+            && Arc::ptr_eq(&self.resolved, &other.resolved)
+            && Arc::ptr_eq(&self.specs, &other.specs)
+            && Arc::ptr_eq(&self.spot, &other.spot)
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
     specs: Option<(Instant, Arc<Vec<InstanceTypeSpec>>)>,
@@ -324,6 +345,8 @@ struct State {
     on_demand: Option<(Instant, Arc<HashMap<String, f64>>)>,
     classes: HashMap<String, ClassEntry>,
     templates: HashSet<String>,
+    /// Class → its instance types and what they were built from.
+    built: HashMap<String, (BuiltKey, Arc<Vec<InstanceType>>)>,
     unavailable: HashMap<OfferingKey, Instant>,
     bad_subnets: HashMap<String, Instant>,
     /// Class → (generation, why, until): launches stopped after a configuration error.
@@ -478,13 +501,29 @@ impl AwsCloud {
         })
     }
 
-    async fn types_for(&self, class: &EC2NodeClass, resolved: &Resolved) -> Result<Vec<InstanceType>, CloudError> {
+    /// A class's instance types, built once per (class, resolution, catalog) and shared: every
+    /// launch needs them, and building them means hundreds of types.
+    async fn built_types(
+        &self,
+        class: &EC2NodeClass,
+        resolved: &Arc<Resolved>,
+    ) -> Result<Arc<Vec<InstanceType>>, CloudError> {
         let (specs, spot) = self.inner.catalog().await?;
+        let key = BuiltKey {
+            class: class.metadata.name.clone().unwrap_or_default(),
+            generation: class.metadata.generation,
+            resolved: resolved.clone(),
+            specs: specs.clone(),
+            spot: spot.clone(),
+        };
+        if let Some((k, types)) = &self.inner.lock().built.get(&key.class)
+            && *k == key
+        {
+            return Ok(types.clone());
+        }
         let kubelet = kubelet_settings(class);
         let zones: HashSet<&str> = resolved.subnets.iter().map(|s| s.zone.as_str()).collect();
         let arches: HashSet<&str> = resolved.amis.iter().map(|a| a.arch.as_str()).collect();
-        let now = Instant::now();
-        let state = self.inner.lock();
         let mut out = Vec::new();
         for spec in specs.iter() {
             if !arches.contains(spec.arch.as_str()) {
@@ -495,7 +534,19 @@ impl AwsCloud {
             if spec.zones.is_empty() {
                 continue;
             }
-            let mut it = InstanceType::new(&spec, &kubelet, |z| spot.get(&(spec.name.clone(), z.to_string())).copied());
+            out.push(InstanceType::new(&spec, &kubelet, |z| spot.get(&(spec.name.clone(), z.to_string())).copied()));
+        }
+        let types = Arc::new(out);
+        self.inner.lock().built.insert(key.class.clone(), (key, types.clone()));
+        Ok(types)
+    }
+
+    /// A class's instance types for the solver, with offerings in the unavailable cache marked.
+    async fn types_for(&self, class: &EC2NodeClass, resolved: &Arc<Resolved>) -> Result<Vec<InstanceType>, CloudError> {
+        let mut types = self.built_types(class, resolved).await?.as_ref().clone();
+        let now = Instant::now();
+        let state = self.inner.lock();
+        for it in &mut types {
             for o in &mut it.offerings {
                 let key = OfferingKey {
                     instance_type: it.name.clone(),
@@ -506,9 +557,8 @@ impl AwsCloud {
                     o.available = false;
                 }
             }
-            out.push(it);
         }
-        Ok(out)
+        Ok(types)
     }
 
     async fn ensure_template(
@@ -1230,7 +1280,7 @@ impl CloudProvider for AwsCloud {
         let class = self.class(&claim.spec.template.node_class_ref.name)?;
         self.launchable(&class)?;
         let resolved = self.ready(&class).await?;
-        let types = self.types_for(&class, &resolved).await?;
+        let types = self.built_types(&class, &resolved).await?;
         let requirements = Requirements::from_api(&claim.spec.template.requirements)
             .map_err(|e| CloudError::InvalidConfiguration { message: format!("NodeClaim {name} requirements: {e}") })?;
         let arches: HashSet<String> = resolved.amis.iter().map(|a| a.arch.clone()).collect();
