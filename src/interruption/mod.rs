@@ -1,8 +1,16 @@
 //! The EventBridge messages that announce interruptions, as they arrive on the SQS queue (pure models).
 //!
+//! [`plan`] turns a message into what Rafter does about it; [`queue`] is the SQS adapter.
+//!
 //! Each kind has its own `detail` type; [`Message::parse`] tells the kinds apart by `detail-type`
 //! and `source`. Times are kept as AWS wrote them (RFC 3339 in the envelope, RFC 2822 in Health
 //! events) so a message round-trips byte for byte into logs and dead-letter queues.
+
+pub mod plan;
+pub mod queue;
+
+#[cfg(test)]
+mod fuzz;
 
 use std::collections::BTreeMap;
 
@@ -42,6 +50,24 @@ pub struct SpotInterruption {
     pub instance_id: String,
     /// `terminate`, `stop` or `hibernate`.
     pub instance_action: String,
+}
+
+/// `EC2 Capacity Reservation Instance Interruption Warning`: an interruptible Capacity Reservation
+/// takes its capacity back, two minutes after `time` unless `instance-termination-time` says otherwise.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct CapacityReservationInterruption {
+    /// The instance.
+    pub instance_id: String,
+    /// `terminate`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_action: Option<String>,
+    /// When the instance is terminated (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_termination_time: Option<String>,
+    /// The zone ID of the reservation.
+    #[serde(default, rename = "azId", skip_serializing_if = "Option::is_none")]
+    pub az_id: Option<String>,
 }
 
 /// `EC2 Instance Rebalance Recommendation`: the instance is at elevated risk of interruption.
@@ -114,6 +140,8 @@ pub struct AffectedEntity {
 pub enum Message {
     /// A spot interruption warning.
     SpotInterruption(Envelope<SpotInterruption>),
+    /// An interruptible Capacity Reservation's interruption warning.
+    CapacityReservationInterruption(Envelope<CapacityReservationInterruption>),
     /// A rebalance recommendation.
     RebalanceRecommendation(Envelope<RebalanceRecommendation>),
     /// An instance state change.
@@ -174,6 +202,9 @@ impl Message {
         }
         Ok(match (raw.source.as_str(), raw.detail_type.as_str()) {
             ("aws.ec2", "EC2 Spot Instance Interruption Warning") => Self::SpotInterruption(typed(raw)?),
+            ("aws.ec2", "EC2 Capacity Reservation Instance Interruption Warning") => {
+                Self::CapacityReservationInterruption(typed(raw)?)
+            }
             ("aws.ec2", "EC2 Instance Rebalance Recommendation") => Self::RebalanceRecommendation(typed(raw)?),
             ("aws.ec2", "EC2 Instance State-change Notification") => Self::StateChange(typed(raw)?),
             ("aws.health", "AWS Health Event") => Self::Health(typed(raw)?),
@@ -185,6 +216,7 @@ impl Message {
     pub fn to_json(&self) -> Result<serde_json::Value, serde_json::Error> {
         match self {
             Self::SpotInterruption(e) => serde_json::to_value(e),
+            Self::CapacityReservationInterruption(e) => serde_json::to_value(e),
             Self::RebalanceRecommendation(e) => serde_json::to_value(e),
             Self::StateChange(e) => serde_json::to_value(e),
             Self::Health(e) => serde_json::to_value(e),
@@ -227,6 +259,11 @@ mod tests {
         assert_eq!(h.detail.event_type_category, "scheduledChange");
         assert_eq!(h.detail.affected_entities[0].entity_value, "i-12345678");
         assert_eq!(h.detail.start_time.as_deref(), Some("Sat, 05 Jun 2016 15:10:09 GMT"));
+        let Message::CapacityReservationInterruption(c) = round_trip("capacity-reservation-interruption.json") else {
+            panic!("capacity reservation")
+        };
+        assert_eq!(c.detail.instance_id, "i-0c2f1e7b95a3d4e61");
+        assert_eq!(c.detail.instance_termination_time.as_deref(), Some("2025-11-20T10:02:00Z"));
     }
 
     #[test]
