@@ -55,8 +55,8 @@ fn swap_value(body: &str, n: usize, value: &str) -> String {
     let Some((at, _)) = body.match_indices("\":").nth(n) else { return body.to_string() };
     let start = at + 2;
     let rest = &body[start..];
-    let end = if rest.starts_with('"') {
-        rest[1..].find('"').map(|i| i + 2).unwrap_or(rest.len())
+    let end = if let Some(string) = rest.strip_prefix('"') {
+        string.find('"').map(|i| i + 2).unwrap_or(rest.len())
     } else {
         rest.find([',', '}']).unwrap_or(rest.len())
     };

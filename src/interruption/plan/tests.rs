@@ -32,7 +32,8 @@ fn act(d: Decision) -> Notice {
 #[test]
 fn each_example_event_decides_its_action_affected_instances_and_deadline() {
     // (file, kind, action, instances, deadline)
-    let table: [(&str, Kind, Action, &[&str], Option<&str>); 5] = [
+    type Row = (&'static str, Kind, Action, &'static [&'static str], Option<&'static str>);
+    let table: [Row; 5] = [
         (
             "spot-interruption.json",
             Kind::SpotInterruption,
