@@ -98,6 +98,16 @@ pub struct RunArgs {
     /// Instance profile for legacy AWSNodeTemplates that name none (legacy `aws.defaultInstanceProfile`).
     #[arg(long, env = "RAFTER_DEFAULT_INSTANCE_PROFILE")]
     pub default_instance_profile: Option<String>,
+    /// The SQS queue EventBridge sends interruption events to (a URL or a name); none: interruption
+    /// handling is off. Karpenter's setting of the same meaning is `interruptionQueue`.
+    #[arg(long, env = "RAFTER_INTERRUPTION_QUEUE")]
+    pub interruption_queue: Option<String>,
+    /// Concurrent long polls of the interruption queue.
+    #[arg(long, env = "RAFTER_INTERRUPTION_WORKERS", default_value_t = 4)]
+    pub interruption_workers: usize,
+    /// What a rebalance recommendation leads to: `replace` (replacement first, then drain) or `ignore`.
+    #[arg(long, env = "RAFTER_REBALANCE", default_value = "replace")]
+    pub rebalance: rafter::interruption::plan::RebalancePolicy,
 }
 
 /// Why the flags do not make a working controller.
@@ -143,6 +153,8 @@ impl RunArgs {
             batch_idle: self.batch_idle,
             batch_max: self.batch_max,
             binding: self.binding,
+            interruption_workers: self.interruption_workers,
+            rebalance: self.rebalance,
             ..rafter_actors::context::ControllerConfig::default()
         }
     }
@@ -168,6 +180,9 @@ impl RunArgs {
             if value.is_zero() {
                 errors.push(ConfigError::Zero { flag });
             }
+        }
+        if self.interruption_queue.is_some() && self.interruption_workers == 0 {
+            errors.push(ConfigError::Zero { flag: "interruption-workers" });
         }
         let mut order =
             |shorter: &'static str, shorter_value: Duration, longer: &'static str, longer_value: Duration| {

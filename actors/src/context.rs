@@ -1,11 +1,14 @@
 //! What every actor of one replica shares: clients, the cloud, the watched caches, the instance
 //! catalog, metrics, the timeline, the clock, and the current address of each leader-group actor.
 
-use std::sync::{Arc, RwLock};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use ractor::ActorRef;
 use rafter::cloud::CloudProvider;
+use rafter::interruption::plan::RebalancePolicy;
+use rafter::interruption::queue::MessageQueue;
 
 use crate::caches::Caches;
 use crate::catalog::Catalog;
@@ -54,6 +57,10 @@ pub struct ControllerConfig {
     pub call_timeout: Duration,
     /// Concurrent cloud launches and evictions.
     pub parallelism: usize,
+    /// Concurrent long polls of the interruption queue.
+    pub interruption_workers: usize,
+    /// What a rebalance recommendation leads to.
+    pub rebalance: RebalancePolicy,
 }
 
 impl Default for ControllerConfig {
@@ -78,6 +85,8 @@ impl Default for ControllerConfig {
             restart_window: Duration::from_secs(60),
             call_timeout: Duration::from_secs(10),
             parallelism: 32,
+            interruption_workers: 4,
+            rebalance: RebalancePolicy::Replace,
         }
     }
 }
@@ -108,6 +117,43 @@ pub fn set_peer<T>(slot: &RwLock<Option<T>>, value: Option<T>) {
     }
 }
 
+/// The open `interruption` span of each affected claim, so the actors that continue the work
+/// (replacement, drain, termination) add to one trace.
+#[derive(Debug, Default)]
+pub struct Traces(Mutex<HashMap<String, tracing::Span>>);
+
+impl Traces {
+    fn with<T>(&self, f: impl FnOnce(&mut HashMap<String, tracing::Span>) -> T) -> T {
+        match self.0.lock() {
+            Ok(mut g) => f(&mut g),
+            Err(p) => f(&mut p.into_inner()),
+        }
+    }
+
+    pub fn get(&self, claim: &str) -> Option<tracing::Span> {
+        self.with(|m| m.get(claim).cloned())
+    }
+
+    /// The claim's span, or `make()`'s, which is kept.
+    pub fn get_or_insert(&self, claim: &str, make: impl FnOnce() -> tracing::Span) -> tracing::Span {
+        self.with(|m| m.entry(claim.to_string()).or_insert_with(make).clone())
+    }
+
+    pub fn insert(&self, claim: &str, span: tracing::Span) {
+        self.with(|m| m.insert(claim.to_string(), span));
+    }
+
+    /// Ends the claim's trace.
+    pub fn remove(&self, claim: &str) {
+        self.with(|m| m.remove(claim));
+    }
+
+    /// Forgets claims that no longer exist.
+    pub fn retain(&self, live: impl Fn(&str) -> bool) {
+        self.with(|m| m.retain(|k, _| live(k)));
+    }
+}
+
 /// One replica's shared handles.
 #[derive(Clone)]
 pub struct Ctx {
@@ -123,6 +169,9 @@ pub struct Ctx {
     pub clock: Arc<dyn Clock>,
     pub config: Arc<ControllerConfig>,
     pub peers: Arc<Peers>,
+    /// The interruption queue, when one is configured.
+    pub queue: Option<Arc<dyn MessageQueue>>,
+    pub traces: Arc<Traces>,
 }
 
 impl std::fmt::Debug for Ctx {

@@ -42,6 +42,8 @@ pub struct ReplicaArgs {
     pub clock: Option<Arc<dyn Clock>>,
     /// Where to serve /metrics, /healthz and /readyz; none for in-process replicas of tests.
     pub metrics_addr: Option<SocketAddr>,
+    /// The interruption queue the leader consumes, if any.
+    pub queue: Option<Arc<dyn rafter::interruption::queue::MessageQueue>>,
 }
 
 /// A running replica.
@@ -111,6 +113,8 @@ impl Replica {
             clock: args.clock.unwrap_or_else(|| Arc::new(SystemClock)),
             config: Arc::new(args.config),
             peers: Arc::new(Peers::default()),
+            queue: args.queue,
+            traces: Arc::default(),
         };
         ctx.metrics.watch_cloud(ctx.cloud.clone());
         let (mut http, mut metrics_addr) = (None, None);

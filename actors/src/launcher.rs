@@ -46,8 +46,9 @@ pub struct Launcher;
 
 #[derive(Debug)]
 pub enum LauncherMessage {
-    /// Create and launch these claims, inside the batch's `provision` span.
-    Launch { claims: Vec<NewClaim>, span: tracing::Span },
+    /// Create and launch these claims, inside the batch's `provision` span (or an interruption's
+    /// `replace` span, naming the claim they replace).
+    Launch { claims: Vec<NewClaim>, span: tracing::Span, replaces: Option<String> },
     /// Follow every claim one step further.
     Reconcile,
 }
@@ -76,14 +77,18 @@ fn claim_name(pool: &str) -> String {
     format!("{pool}-{}", rafter::mix::name_suffix(rafter::mix::splitmix64(seed), 5))
 }
 
-/// The NodeClaim for a planned machine: the pool's template with the plan's requirements.
-pub fn build_claim(pool: &NodePool, planned: &NewClaim) -> NodeClaim {
+/// The NodeClaim for a planned machine: the pool's template with the plan's requirements, and the
+/// claim it replaces, if any.
+pub fn build_claim(pool: &NodePool, planned: &NewClaim, replaces: Option<&str>) -> NodeClaim {
     let pool_name = pool.metadata.name.clone().unwrap_or_default();
     let template = &pool.spec.template;
     let mut claim_labels: BTreeMap<String, String> =
         template.metadata.as_ref().map(|m| m.labels.clone()).unwrap_or_default();
     claim_labels.insert(labels::NODEPOOL.into(), pool_name.clone());
-    let annotations = template.metadata.as_ref().map(|m| m.annotations.clone()).unwrap_or_default();
+    let mut annotations = template.metadata.as_ref().map(|m| m.annotations.clone()).unwrap_or_default();
+    if let Some(replaced) = replaces {
+        annotations.insert(rafter::interruption::plan::REPLACES_ANNOTATION.into(), replaced.into());
+    }
     let mut claim = NodeClaim::new(
         &claim_name(&pool_name),
         NodeClaimSpec {
@@ -328,6 +333,13 @@ async fn register(ctx: &Ctx, claim: &NodeClaim, node: &Node) -> Result<(), kube:
     patch_status(ctx, claim, json!({"nodeName": node_name}), &[(conditions::REGISTERED, true, "Registered", "")]).await
 }
 
+/// When the interruption that a replacement claim answers was received.
+fn replaced_received_at(claim: &NodeClaim, claims: &[Arc<NodeClaim>]) -> Option<jiff::Timestamp> {
+    let replaced = claim.metadata.annotations.as_ref()?.get(rafter::interruption::plan::REPLACES_ANNOTATION)?;
+    let old = claims.iter().find(|c| c.metadata.name.as_ref() == Some(replaced))?;
+    rafter::interruption::plan::Record::of(old.metadata.annotations.as_ref()).map(|r| r.received_at)
+}
+
 fn node_ready(node: &Node) -> bool {
     node.status
         .as_ref()
@@ -345,7 +357,13 @@ pub fn initialized(claim: &NodeClaim, node: &Node) -> bool {
 }
 
 impl Launcher {
-    async fn launch_planned(&self, state: &mut LauncherState, planned: Vec<NewClaim>, span: tracing::Span) {
+    async fn launch_planned(
+        &self,
+        state: &mut LauncherState,
+        planned: Vec<NewClaim>,
+        span: tracing::Span,
+        replaces: Option<String>,
+    ) {
         let ctx = state.ctx.clone();
         let pools = ctx.caches.pools_by_name();
         let results: Vec<(Option<String>, tracing::Span, Result<(), LaunchError>)> = futures::stream::iter(planned)
@@ -353,11 +371,12 @@ impl Launcher {
                 let ctx = ctx.clone();
                 let launch_span = tracing::info_span!(parent: &span, "launch", nodeclaim = tracing::field::Empty, pool = %planned.node_pool, instance_type = tracing::field::Empty);
                 let pool = pools.get(&planned.node_pool).cloned();
+                let replaces = replaces.clone();
                 async move {
                     let Some(pool) = pool else {
                         return (None, launch_span, Err(LaunchError::PoolGone(planned.node_pool.clone())));
                     };
-                    let claim = build_claim(&pool, &planned);
+                    let claim = build_claim(&pool, &planned, replaces.as_deref());
                     let created = match Api::<NodeClaim>::all(ctx.client.clone()).create(&PostParams::default(), &claim).await {
                         Ok(c) => c,
                         Err(e) => return (None, launch_span, Err(LaunchError::Kube(e))),
@@ -468,6 +487,10 @@ impl Launcher {
                         span.in_scope(|| tracing::info!("Registered nodeclaim {name}: node {node_name}"));
                         ctx.metrics.claims_registered.inc();
                         ctx.timeline.mark(Mark::Registered { claim: name.clone(), node: node_name });
+                        if let Some(received) = replaced_received_at(claim, &claims) {
+                            let took = ctx.clock.now().duration_since(received);
+                            ctx.metrics.interruption_replacement_registered.observe(took.as_secs_f64().max(0.0));
+                        }
                         state.spans.remove(&name);
                     }
                     Err(error) => tracing::debug!(nodeclaim = %name, %error, "registration failed; retrying"),
@@ -532,7 +555,9 @@ impl Actor for Launcher {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            LauncherMessage::Launch { claims, span } => self.launch_planned(state, claims, span).await,
+            LauncherMessage::Launch { claims, span, replaces } => {
+                self.launch_planned(state, claims, span, replaces).await
+            }
             LauncherMessage::Reconcile => {
                 self.reconcile(state).await;
                 let period = state.ctx.config.reconcile_period;

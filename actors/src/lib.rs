@@ -12,6 +12,7 @@ pub mod demo;
 pub mod disrupter;
 pub mod elector;
 pub mod gc;
+pub mod interruption;
 pub mod launcher;
 pub mod metrics;
 pub mod nodeclass;

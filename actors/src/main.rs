@@ -353,6 +353,25 @@ fn run(args: RunArgs, json: bool) -> anyhow::Result<()> {
                 std::sync::Arc::new(rafter::cloud::aws::AwsCloud::new(aws, classes).await)
             }
         };
+        let queue: Option<std::sync::Arc<dyn rafter::interruption::queue::MessageQueue>> =
+            match &args.interruption_queue {
+                None => None,
+                Some(queue) => {
+                    let region = match args.region.clone() {
+                        Some(r) => r,
+                        None => aws_config::load_defaults(aws_config::BehaviorVersion::latest())
+                            .await
+                            .region()
+                            .map(|r| r.to_string())
+                            .context("--interruption-queue needs a region: set --region or AWS_REGION")?,
+                    };
+                    let mut config = rafter::interruption::queue::QueueConfig::new(queue.clone(), region);
+                    config.endpoint = args.aws_endpoint.clone();
+                    let sqs = rafter::interruption::queue::SqsQueue::connect(config).await?;
+                    tracing::info!(queue = %sqs.url(), "consuming interruption events");
+                    Some(std::sync::Arc::new(sqs))
+                }
+            };
         let identity = args
             .identity
             .clone()
@@ -364,6 +383,7 @@ fn run(args: RunArgs, json: bool) -> anyhow::Result<()> {
             config: args.controller_config(identity),
             clock: None,
             metrics_addr: Some(args.metrics_addr),
+            queue,
         })
         .await?;
         tracing::info!(identity = %replica.identity(), metrics = ?replica.metrics_addr, "controller started");

@@ -37,6 +37,12 @@ pub struct KindLabel {
     pub kind: String,
 }
 
+/// Whether an interrupted node's replacement was ready when its drain began.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReadyLabel {
+    pub replacement_ready: String,
+}
+
 /// Every metric of one replica.
 #[derive(Debug)]
 pub struct Metrics {
@@ -58,6 +64,19 @@ pub struct Metrics {
     pub instances_collected: Counter,
     pub cloud_api_calls: Family<ApiCallLabel, Counter>,
     pub cloud_refresh_failures: Family<KindLabel, Counter>,
+    pub interruption_received: Counter,
+    pub interruption_deleted: Counter,
+    pub interruption_messages: Family<KindLabel, Counter>,
+    pub interruption_malformed: Counter,
+    pub interruption_unmanaged: Counter,
+    pub interruption_duplicates: Counter,
+    pub interruption_message_age: Histogram,
+    pub interruption_taint_latency: Histogram,
+    pub interruption_replacement_registered: Histogram,
+    pub interruption_drains: Family<ReadyLabel, Counter>,
+    pub interruption_drain_margin: Histogram,
+    pub interruption_budget_overrides: Counter,
+    pub interruption_deadline_misses: Counter,
     /// Where the cloud counters come from (set once the replica has its cloud).
     cloud: std::sync::OnceLock<Arc<dyn rafter::cloud::CloudProvider>>,
     ready: AtomicBool,
@@ -84,6 +103,19 @@ impl Default for Metrics {
             instances_collected: Counter::default(),
             cloud_api_calls: Family::default(),
             cloud_refresh_failures: Family::default(),
+            interruption_received: Counter::default(),
+            interruption_deleted: Counter::default(),
+            interruption_messages: Family::default(),
+            interruption_malformed: Counter::default(),
+            interruption_unmanaged: Counter::default(),
+            interruption_duplicates: Counter::default(),
+            interruption_message_age: Histogram::new(exponential_buckets(0.01, 2.0, 16)),
+            interruption_taint_latency: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
+            interruption_replacement_registered: Histogram::new(exponential_buckets(0.25, 2.0, 12)),
+            interruption_drains: Family::default(),
+            interruption_drain_margin: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
+            interruption_budget_overrides: Counter::default(),
+            interruption_deadline_misses: Counter::default(),
             cloud: std::sync::OnceLock::new(),
             ready: AtomicBool::new(false),
             registry: Registry::default(),
@@ -128,6 +160,67 @@ impl Default for Metrics {
             "cloud_refresh_failures",
             "Failed refreshes of cloud data (instance types, spot and on-demand prices); the last good data is kept",
             m.cloud_refresh_failures.clone(),
+        );
+        registry.register(
+            "interruption_received",
+            "Interruption messages received (every delivery)",
+            m.interruption_received.clone(),
+        );
+        registry.register(
+            "interruption_deleted",
+            "Interruption messages deleted from the queue",
+            m.interruption_deleted.clone(),
+        );
+        registry.register("interruption_messages", "Interruption messages by kind", m.interruption_messages.clone());
+        registry.register(
+            "interruption_malformed",
+            "Interruption messages that could not be read (logged with their ID and deleted)",
+            m.interruption_malformed.clone(),
+        );
+        registry.register(
+            "interruption_unmanaged",
+            "Interruption events for instances no NodeClaim owns (deleted)",
+            m.interruption_unmanaged.clone(),
+        );
+        registry.register(
+            "interruption_duplicates",
+            "Interruption events for claims already handled at least as urgently",
+            m.interruption_duplicates.clone(),
+        );
+        registry.register(
+            "interruption_message_age_seconds",
+            "From a message's arrival on the queue to its receipt",
+            m.interruption_message_age.clone(),
+        );
+        registry.register(
+            "interruption_taint_latency_seconds",
+            "From receipt of an interruption to its node's disruption taint",
+            m.interruption_taint_latency.clone(),
+        );
+        registry.register(
+            "interruption_replacement_registered_seconds",
+            "From receipt of an interruption to its replacement's registration",
+            m.interruption_replacement_registered.clone(),
+        );
+        registry.register(
+            "interruption_drains",
+            "Drains of interrupted nodes, by whether the replacement was ready when they began",
+            m.interruption_drains.clone(),
+        );
+        registry.register(
+            "interruption_drain_margin_seconds",
+            "Time left before the deadline when an interrupted node finished draining",
+            m.interruption_drain_margin.clone(),
+        );
+        registry.register(
+            "interruption_budget_overrides",
+            "Pods deleted past their disruption budget because the deadline left no time to wait",
+            m.interruption_budget_overrides.clone(),
+        );
+        registry.register(
+            "interruption_deadline_misses",
+            "Interrupted instances still running when their deadline passed",
+            m.interruption_deadline_misses.clone(),
         );
         Self { registry, ..m }
     }

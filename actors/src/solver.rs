@@ -2,7 +2,7 @@
 //! `rafter::state`), runs `solve` on a blocking thread, tells pods where they will go (`Nominated`)
 //! or why they cannot go anywhere (once per pod and reason), and hands new claims to the Launcher.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant as StdInstant;
 
@@ -10,6 +10,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
+use rafter::scheduling::instance_types::InstanceType;
 use rafter::scheduling::solver::{Plan, solve};
 use rafter::state::{Snapshot, provisionable, scheduling_input};
 use tracing::Instrument;
@@ -56,6 +57,30 @@ fn reference(pod: &Pod) -> ObjectReference {
     }
 }
 
+/// Each pool's instance types, from the catalog or (the first time) from the cloud, with
+/// recently exhausted offerings marked unavailable.
+pub async fn pool_types(ctx: &Ctx, pools: &[rafter::api::NodePool]) -> HashMap<String, Vec<InstanceType>> {
+    let mut types = HashMap::new();
+    for pool in pools {
+        let name = pool.metadata.name.clone().unwrap_or_default();
+        let list = match ctx.catalog.types_for(&name) {
+            Some(list) => list,
+            None => match ctx.cloud.instance_types(pool).await {
+                Ok(list) => {
+                    ctx.catalog.store(pool, list.clone());
+                    list
+                }
+                Err(error) => {
+                    tracing::warn!(pool = %name, %error, "no instance types for this pool yet");
+                    Vec::new()
+                }
+            },
+        };
+        types.insert(name, list);
+    }
+    types
+}
+
 impl Solver {
     async fn run(&self, state: &mut SolverState, span: tracing::Span) {
         let ctx = state.ctx.clone();
@@ -68,24 +93,7 @@ impl Solver {
         if pending.is_empty() {
             return;
         }
-        let mut types = std::collections::HashMap::new();
-        for pool in &pools {
-            let name = pool.metadata.name.clone().unwrap_or_default();
-            let list = match ctx.catalog.types_for(&name) {
-                Some(list) => list,
-                None => match ctx.cloud.instance_types(pool).await {
-                    Ok(list) => {
-                        ctx.catalog.store(pool, list.clone());
-                        list
-                    }
-                    Err(error) => {
-                        tracing::warn!(pool = %name, %error, "no instance types for this pool yet");
-                        Vec::new()
-                    }
-                },
-            };
-            types.insert(name, list);
-        }
+        let mut types = pool_types(&ctx, &pools).await;
         let solve_span =
             tracing::info_span!(parent: &span, "solve", pods = pending.len(), claims = tracing::field::Empty);
         let started = StdInstant::now();
@@ -149,7 +157,7 @@ impl Solver {
         }
         match peer(&ctx.peers.launcher) {
             Some(launcher) => {
-                let _ = launcher.cast(LauncherMessage::Launch { claims: plan.claims, span });
+                let _ = launcher.cast(LauncherMessage::Launch { claims: plan.claims, span, replaces: None });
             }
             None => tracing::warn!("the launcher is restarting; the pods stay pending and are batched again"),
         }

@@ -35,10 +35,11 @@ pub enum Child {
     Disrupter,
     GarbageCollector,
     NodeClassStatus,
+    InterruptionHandler,
 }
 
 const WARM: [Child; 4] = [Child::ClusterState, Child::PodWatcher, Child::Catalog, Child::Elector];
-const LEADER_GROUP: [Child; 7] = [
+const LEADER_GROUP: [Child; 8] = [
     Child::Terminator,
     Child::Launcher,
     Child::Solver,
@@ -46,6 +47,7 @@ const LEADER_GROUP: [Child; 7] = [
     Child::Disrupter,
     Child::GarbageCollector,
     Child::NodeClassStatus,
+    Child::InterruptionHandler,
 ];
 
 impl Child {
@@ -127,6 +129,9 @@ impl Supervisor {
             Child::GarbageCollector => Actor::spawn_linked(None, GarbageCollector, ctx, cell).await?.0.get_cell(),
             Child::NodeClassStatus => {
                 Actor::spawn_linked(None, crate::nodeclass::NodeClassStatus, ctx, cell).await?.0.get_cell()
+            }
+            Child::InterruptionHandler => {
+                Actor::spawn_linked(None, crate::interruption::InterruptionHandler, ctx, cell).await?.0.get_cell()
             }
         };
         state.ids.insert(spawned.get_id(), child);

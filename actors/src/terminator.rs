@@ -16,9 +16,11 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use rafter::api::labels;
 use rafter::api::nodeclaim::NodeClaim;
 use rafter::cloud::{CloudError, InstanceState};
+use rafter::interruption::plan::{Record, eviction_grace, grace_seconds, must_delete_now};
 use rafter::state::disruption::{blocks_disruption, eviction_backoff, next_evictions};
 use serde_json::json;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::clock::age;
 use crate::context::Ctx;
@@ -38,6 +40,8 @@ pub struct TerminatorState {
     ctx: Ctx,
     /// Pod uid → (next eviction attempt, failures), for PDB refusals.
     backoff: HashMap<String, (Instant, u32)>,
+    /// Each claim's open span: its `drain` while it drains, then its `terminate`.
+    spans: HashMap<String, tracing::Span>,
 }
 
 pub type TerminatorArgs = Ctx;
@@ -52,25 +56,65 @@ enum Evicted {
     Failed,
 }
 
-async fn evict(client: kube::Client, pod: Arc<Pod>, force: bool) -> (String, Evicted) {
+/// How one pod leaves a draining node.
+#[derive(Debug, Clone, Copy)]
+enum Removal {
+    /// Through the Eviction API (disruption budgets apply), with this grace period if not its own.
+    Evict { grace: Option<i64> },
+    /// Deleted outright with this grace period: the node never became ready, its termination grace
+    /// period ran out, or its deadline leaves no more time to wait for a budget.
+    Delete { grace: i64 },
+}
+
+async fn evict(client: kube::Client, pod: Arc<Pod>, removal: Removal) -> (String, Evicted) {
     let (ns, name) = pod_key(&pod);
     let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let span = tracing::info_span!("evict", pod = %format!("{ns}/{name}"), how = tracing::field::Empty);
     let api: Api<Pod> = Api::namespaced(client, &ns);
-    let result = if force {
-        api.delete(&name, &DeleteParams::default().grace_period(0)).await.map(|_| ())
-    } else {
-        api.evict(&name, &EvictParams::default()).await.map(|_| ())
+    let result = match removal {
+        Removal::Delete { grace } => {
+            span.record("how", "delete");
+            api.delete(&name, &DeleteParams::default().grace_period(grace.try_into().unwrap_or(0)))
+                .instrument(span.clone())
+                .await
+                .map(|_| ())
+        }
+        Removal::Evict { grace } => {
+            span.record("how", "evict");
+            let mut params = EvictParams::default();
+            if let Some(grace) = grace {
+                params.delete_options = Some(DeleteParams::default().grace_period(grace.try_into().unwrap_or(0)));
+            }
+            api.evict(&name, &params).instrument(span.clone()).await.map(|_| ())
+        }
     };
     let outcome = match result {
         Ok(()) => Evicted::Done,
         Err(kube::Error::Api(s)) if s.code == 404 => Evicted::Done,
         Err(kube::Error::Api(s)) if s.code == 429 => Evicted::Refused,
         Err(error) => {
-            tracing::debug!(pod = %format!("{ns}/{name}"), %error, "eviction failed");
+            tracing::debug!(parent: &span, pod = %format!("{ns}/{name}"), %error, "eviction failed");
             Evicted::Failed
         }
     };
     (uid, outcome)
+}
+
+/// Taints a node `karpenter.sh/disrupted:NoSchedule` so nothing new lands on it; false when it
+/// already was.
+pub async fn taint_disrupted(ctx: &Ctx, node: &Node) -> Result<bool, kube::Error> {
+    let node_name = node.metadata.name.clone().unwrap_or_default();
+    let taints = node.spec.as_ref().and_then(|s| s.taints.clone()).unwrap_or_default();
+    if taints.iter().any(|t| t.key == labels::DISRUPTED_TAINT_KEY) {
+        return Ok(false);
+    }
+    let mut next: Vec<serde_json::Value> = taints.iter().filter_map(|t| serde_json::to_value(t).ok()).collect();
+    next.push(json!({"key": labels::DISRUPTED_TAINT_KEY, "effect": "NoSchedule"}));
+    // The resourceVersion makes this a compare-and-swap: a taint added meanwhile is not lost.
+    let patch = json!({"metadata": {"resourceVersion": node.metadata.resource_version}, "spec": {"taints": next}});
+    Api::<Node>::all(ctx.client.clone()).patch(&node_name, &PatchParams::default(), &Patch::Merge(patch)).await?;
+    tracing::info!("Cordoned node {node_name}");
+    Ok(true)
 }
 
 impl Terminator {
@@ -84,27 +128,13 @@ impl Terminator {
         pods: &[Arc<Pod>],
     ) -> bool {
         let ctx = state.ctx.clone();
-        let name = claim.metadata.name.clone().unwrap_or_default();
         let provider = claim.status.as_ref().and_then(|s| s.provider_id.clone());
         let node = node_of(provider.as_deref(), nodes);
         if let Some(node) = node {
             let node_name = node.metadata.name.clone().unwrap_or_default();
-            let taints = node.spec.as_ref().and_then(|s| s.taints.clone()).unwrap_or_default();
-            if !taints.iter().any(|t| t.key == labels::DISRUPTED_TAINT_KEY) {
-                let mut next: Vec<serde_json::Value> =
-                    taints.iter().filter_map(|t| serde_json::to_value(t).ok()).collect();
-                next.push(json!({"key": labels::DISRUPTED_TAINT_KEY, "effect": "NoSchedule"}));
-                let patch = json!({"spec": {"taints": next}});
-                match Api::<Node>::all(ctx.client.clone())
-                    .patch(&node_name, &PatchParams::default(), &Patch::Merge(patch))
-                    .await
-                {
-                    Ok(_) => tracing::info!("Cordoned node {node_name}"),
-                    Err(error) => {
-                        tracing::debug!(%error, "cannot taint {node_name}; retrying");
-                        return false;
-                    }
-                }
+            if let Err(error) = taint_disrupted(&ctx, node).await {
+                tracing::debug!(%error, "cannot taint {node_name}; retrying");
+                return false;
             }
             let on_node_all: Vec<&Arc<Pod>> =
                 pods.iter().filter(|p| rafter::state::node_name(p) == Some(node_name.as_str())).collect();
@@ -123,28 +153,47 @@ impl Terminator {
             // to drain gracefully: its pods are deleted so their controllers recreate them.
             let never_ready = !condition_true(claim, rafter::api::nodeclaim::conditions::INITIALIZED);
             let force = deadline_passed || never_ready;
-            let candidates: Vec<&Pod> =
-                on_node.iter().map(|p| p.as_ref()).filter(|p| force || !blocks_disruption(p)).collect();
+            // An interruption's deadline: the node goes then whatever its pods say, so
+            // `do-not-disrupt` cannot hold the drain, and grace periods are cut to end before it.
+            let deadline = Record::of(claim.metadata.annotations.as_ref()).and_then(|r| r.deadline);
+            let wall = ctx.clock.now();
+            let candidates: Vec<&Pod> = on_node
+                .iter()
+                .map(|p| p.as_ref())
+                .filter(|p| force || deadline.is_some() || !blocks_disruption(p))
+                .collect();
             let now = Instant::now();
-            let batch: Vec<Arc<Pod>> = next_evictions(candidates.iter().copied())
+            let batch: Vec<(Arc<Pod>, Removal)> = next_evictions(candidates.iter().copied())
                 .into_iter()
                 .filter(|p| {
                     let uid = p.metadata.uid.clone().unwrap_or_default();
                     state.backoff.get(&uid).is_none_or(|(at, _)| *at <= now)
                 })
                 .filter_map(|p| on_node.iter().find(|q| q.metadata.uid == p.metadata.uid).map(|q| (*q).clone()))
+                .map(|p| {
+                    let grace = eviction_grace(&p, wall, deadline);
+                    let removal = if force {
+                        Removal::Delete { grace: 0 }
+                    } else if must_delete_now(&p, wall, deadline) {
+                        Removal::Delete { grace: grace.unwrap_or_else(|| grace_seconds(&p)) }
+                    } else {
+                        Removal::Evict { grace }
+                    };
+                    (p, removal)
+                })
                 .collect();
             // Wait until every pod the drain is responsible for is gone (terminating ones included).
             let still_there = on_node_all.iter().any(|p| rafter::state::disruption::eviction_tier(p).is_some());
             if still_there {
                 let client = ctx.client.clone();
-                let drain_span = tracing::info_span!("drain", nodeclaim = %name, node = %node_name, pods = batch.len());
+                let overrides =
+                    if force { 0 } else { batch.iter().filter(|(_, r)| matches!(r, Removal::Delete { .. })).count() };
                 let results: Vec<(String, Evicted)> = futures::stream::iter(batch)
-                    .map(|p| evict(client.clone(), p, force))
+                    .map(|(p, removal)| evict(client.clone(), p, removal))
                     .buffer_unordered(ctx.config.parallelism)
                     .collect()
                     .await;
-                let _entered = drain_span.enter();
+                ctx.metrics.interruption_budget_overrides.inc_by(overrides as u64);
                 for (uid, outcome) in results {
                     match outcome {
                         Evicted::Done => {
@@ -153,7 +202,9 @@ impl Terminator {
                         }
                         Evicted::Refused | Evicted::Failed => {
                             let entry = state.backoff.entry(uid).or_insert((now, 0));
-                            entry.0 = now + eviction_backoff(entry.1);
+                            // Against a deadline a budget is asked again every second at most.
+                            let wait = eviction_backoff(entry.1);
+                            entry.0 = now + if deadline.is_some() { wait.min(DEADLINE_RETRY) } else { wait };
                             entry.1 += 1;
                         }
                     }
@@ -165,9 +216,28 @@ impl Terminator {
     }
 }
 
+/// The longest wait between eviction attempts of a pod whose node has a deadline.
+const DEADLINE_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The Node registered for a provider ID.
 fn node_of<'a>(provider: Option<&str>, nodes: &'a [Arc<Node>]) -> Option<&'a Arc<Node>> {
     provider.and_then(|p| nodes.iter().find(|n| n.spec.as_ref().and_then(|s| s.provider_id.as_deref()) == Some(p)))
+}
+
+/// Whether this is the first pass to find the claim drained (its span is still its `drain`).
+fn claim_drained(state: &TerminatorState, name: &str) -> bool {
+    state.spans.get(name).and_then(|s| s.metadata()).is_some_and(|m| m.name() == "drain")
+}
+
+/// An interrupted claim's node is drained: how much time was left.
+fn drained_interrupted(ctx: &Ctx, claim: &NodeClaim) {
+    let name = claim.metadata.name.clone().unwrap_or_default();
+    ctx.timeline.mark(Mark::Drained { claim: name.clone() });
+    if let Some(deadline) = Record::of(claim.metadata.annotations.as_ref()).and_then(|r| r.deadline) {
+        let left = ctx.clock.now().duration_since(deadline).as_secs_f64() * -1.0;
+        ctx.metrics.interruption_drain_margin.observe(left.max(0.0));
+        tracing::info!("Drained interrupted nodeclaim {name}, {left:.1}s before its deadline");
+    }
 }
 
 /// The rest of a drained claim's termination: the instance terminated until the cloud says it is
@@ -211,6 +281,12 @@ async fn finish(ctx: &Ctx, claim: &NodeClaim, nodes: &[Arc<Node>]) -> bool {
     let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": claim.metadata.resource_version}});
     match Api::<NodeClaim>::all(ctx.client.clone()).patch(&name, &PatchParams::default(), &Patch::Merge(patch)).await {
         Ok(_) => {
+            if let Some(deadline) = Record::of(claim.metadata.annotations.as_ref()).and_then(|r| r.deadline)
+                && ctx.clock.now() > deadline
+            {
+                ctx.metrics.interruption_deadline_misses.inc();
+                tracing::warn!("nodeclaim {name} was still terminating at its interruption deadline {deadline}");
+            }
             ctx.metrics.claims_terminated.inc();
             ctx.timeline.mark(Mark::Terminated { claim: name.clone() });
             tracing::info!("Terminated nodeclaim {name}");
@@ -231,7 +307,7 @@ impl Actor for Terminator {
 
     async fn pre_start(&self, myself: ActorRef<Self::Msg>, ctx: Ctx) -> Result<Self::State, ActorProcessingErr> {
         let _ = myself.cast(TerminatorMessage::Reconcile);
-        Ok(TerminatorState { ctx, backoff: HashMap::new() })
+        Ok(TerminatorState { ctx, backoff: HashMap::new(), spans: HashMap::new() })
     }
 
     async fn handle(
@@ -253,17 +329,44 @@ impl Actor for Terminator {
         if !deleting.is_empty() {
             let nodes = ctx.caches.nodes.all();
             let pods = ctx.caches.pods.all();
+            let live: std::collections::HashSet<String> =
+                deleting.iter().filter_map(|c| c.metadata.name.clone()).collect();
+            state.spans.retain(|k, _| live.contains(k));
             let mut drained = Vec::new();
             for claim in deleting {
-                let span = tracing::info_span!("terminate", nodeclaim = ?claim.metadata.name);
-                if tracing::Instrument::instrument(self.drain(state, claim, &nodes, &pods), span.clone()).await {
-                    drained.push((claim, span));
+                let name = claim.metadata.name.clone().unwrap_or_default();
+                let interruption = ctx.traces.get(&name);
+                let span = state
+                    .spans
+                    .entry(name.clone())
+                    .or_insert_with(|| match &interruption {
+                        Some(parent) => tracing::info_span!(parent: parent, "drain", nodeclaim = %name),
+                        None => tracing::info_span!("terminate", nodeclaim = %name),
+                    })
+                    .clone();
+                if self.drain(state, claim, &nodes, &pods).instrument(span.clone()).await {
+                    let span = match (&interruption, claim_drained(state, &name)) {
+                        (Some(parent), true) => {
+                            drained_interrupted(&ctx, claim);
+                            let span = tracing::info_span!(parent: parent, "terminate", nodeclaim = %name);
+                            state.spans.insert(name.clone(), span.clone());
+                            span
+                        }
+                        _ => span,
+                    };
+                    drained.push((claim, name, span));
                 }
             }
             // Every drained claim's cloud delete goes out at once, so the provider can batch them.
-            let finishing = drained
-                .into_iter()
-                .map(|(claim, span)| tracing::Instrument::instrument(finish(&ctx, claim, &nodes), span));
+            let nodes = &nodes;
+            let finishing = drained.into_iter().map(|(claim, name, span)| {
+                let ctx = ctx.clone();
+                async move {
+                    if finish(&ctx, claim, nodes).instrument(span).await {
+                        ctx.traces.remove(&name);
+                    }
+                }
+            });
             futures::future::join_all(finishing).await;
         }
         myself.send_after(ctx.config.reconcile_period, || TerminatorMessage::Reconcile);

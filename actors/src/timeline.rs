@@ -8,14 +8,55 @@ use tokio::time::Instant;
 /// A step of Rafter's work.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Mark {
-    BatchClosed { pods: usize },
-    Solved { pods: usize, claims: usize, price: f64, types: Vec<String> },
-    CreateCalled { claim: String },
-    Launched { claim: String, instance_type: String },
-    Registered { claim: String, node: String },
-    Leading { epoch: i32 },
+    BatchClosed {
+        pods: usize,
+    },
+    Solved {
+        pods: usize,
+        claims: usize,
+        price: f64,
+        types: Vec<String>,
+    },
+    CreateCalled {
+        claim: String,
+    },
+    Launched {
+        claim: String,
+        instance_type: String,
+    },
+    Registered {
+        claim: String,
+        node: String,
+    },
+    Leading {
+        epoch: i32,
+    },
     SteppedDown,
-    Terminated { claim: String },
+    Terminated {
+        claim: String,
+    },
+    /// An interruption was recorded on a claim.
+    Interrupted {
+        claim: String,
+    },
+    /// Replacement capacity was handed to the launcher for an interrupted claim.
+    ReplacementPlanned {
+        claim: String,
+        claims: usize,
+    },
+    /// An interrupted claim's node was tainted.
+    Tainted {
+        claim: String,
+    },
+    /// An interrupted claim's drain began, with its replacement ready or because the deadline forced it.
+    DrainStarted {
+        claim: String,
+        replacement_ready: bool,
+    },
+    /// An interrupted claim's node was drained.
+    Drained {
+        claim: String,
+    },
 }
 
 #[derive(Debug, Default)]

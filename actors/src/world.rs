@@ -76,6 +76,8 @@ pub struct World {
     /// The EC2 provider replicas use, when the world runs on EC2 (for its call counts).
     pub aws: Option<Arc<AwsCloud>>,
     pub clock: Arc<SkewedClock>,
+    /// The interruption queue replicas started from now on consume.
+    pub queue: Option<Arc<dyn rafter::interruption::queue::MessageQueue>>,
     cluster: String,
     components: Vec<Component>,
 }
@@ -148,6 +150,7 @@ impl World {
             provider,
             aws: aws_cloud,
             clock: Arc::new(SkewedClock::default()),
+            queue: None,
             cluster,
             components,
         })
@@ -197,6 +200,7 @@ impl World {
             config,
             clock: Some(self.clock.clone() as Arc<dyn Clock>),
             metrics_addr: None,
+            queue: self.queue.clone(),
         };
         Ok(Replica::start(args).await?)
     }

@@ -166,6 +166,9 @@ impl CloudProvider for PanicOnce {
     async fn is_drifted(&self, claim: &NodeClaim) -> Result<Option<DriftReason>, CloudError> {
         self.inner.is_drifted(claim).await
     }
+    fn mark_unavailable(&self, offerings: &[rafter::cloud::OfferingKey], ttl: Duration) {
+        self.inner.mark_unavailable(offerings, ttl)
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -179,6 +182,7 @@ async fn a_launcher_that_panics_is_restarted_and_provisioning_completes_through_
         config: world.quick_config("rafter-p"),
         clock: None,
         metrics_addr: None,
+        queue: None,
     })
     .await
     .expect("replica");

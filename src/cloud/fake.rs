@@ -96,6 +96,9 @@ pub struct Interruption {
 impl State {
     /// Whether an offering can still supply an instance.
     fn has_room(&self, key: &OfferingKey, default_limit: Option<u32>) -> bool {
+        if self.unavailable.get(key).is_some_and(|until| *until > Instant::now()) {
+            return false;
+        }
         let used = self.used.get(key).copied().unwrap_or(0);
         self.limits.get(key).copied().or(default_limit).is_none_or(|limit| used < limit)
     }
@@ -107,6 +110,8 @@ struct State {
     by_claim: HashMap<String, String>,
     used: HashMap<OfferingKey, u32>,
     limits: HashMap<OfferingKey, u32>,
+    /// Offerings Rafter said to avoid, until when.
+    unavailable: HashMap<OfferingKey, Instant>,
     throttle: u32,
     counter: u64,
     interruptions: Vec<Interruption>,
@@ -449,6 +454,15 @@ impl CloudProvider for FakeCloud {
             return Ok(None);
         };
         Ok(self.lock().instances.get(&id).and_then(|i| i.drift.clone()))
+    }
+
+    fn mark_unavailable(&self, offerings: &[OfferingKey], ttl: Duration) {
+        let until = Instant::now() + ttl;
+        let mut state = self.lock();
+        state.unavailable.retain(|_, at| *at > Instant::now());
+        for o in offerings {
+            state.unavailable.insert(o.clone(), until);
+        }
     }
 }
 

@@ -149,6 +149,10 @@ pub trait CloudProvider: Send + Sync + std::fmt::Debug {
     /// The types a pool may launch, with offerings and prices.
     async fn instance_types(&self, pool: &NodePool) -> Result<Vec<InstanceType>, CloudError>;
     async fn is_drifted(&self, claim: &NodeClaim) -> Result<Option<DriftReason>, CloudError>;
+
+    /// Avoids these offerings for launches until `ttl` has passed: the cloud warned that their
+    /// capacity is being taken back (a spot interruption), so a replacement must land elsewhere.
+    fn mark_unavailable(&self, offerings: &[OfferingKey], ttl: std::time::Duration);
     /// Resolves a node class's selectors for its status; `None` where the cloud has no node classes.
     async fn node_class_report(&self, _class: &EC2NodeClass) -> Result<Option<NodeClassReport>, CloudError> {
         Ok(None)

@@ -1,7 +1,7 @@
 //! The conformance suite every cloud provider passes: the fake in unit tests, EC2 against moto in
 //! the wire tests. Each check panics with what the provider got wrong.
 
-use super::{CloudError, CloudProvider, InstanceState, parse_provider_id};
+use super::{CloudError, CloudProvider, InstanceState, OfferingKey, parse_provider_id};
 use crate::api::nodeclaim::NodeClaim;
 use crate::api::nodepool::NodePool;
 use crate::scheduling::instance_types::CapacityType;
@@ -35,8 +35,21 @@ pub async fn run(cloud: &dyn CloudProvider, pool: &NodePool, claim: &dyn Fn(&str
     let listed = cloud.list().await.expect("list");
     assert!(listed.iter().any(|i| i.id == launched.id), "list shows the instance");
 
+    // The offering just used is reported as being reclaimed: the next launch of the same shape avoids it.
+    let used = OfferingKey {
+        instance_type: launched.instance_type.clone(),
+        zone: launched.zone.clone(),
+        capacity_type: launched.capacity_type,
+    };
+    cloud.mark_unavailable(std::slice::from_ref(&used), std::time::Duration::from_secs(60));
     let second = cloud.create(&claim("suite-b", "00000000-0000-0000-0000-00000000000b")).await.expect("create b");
     assert_ne!(second.id, launched.id, "another claim gets another instance");
+    let second_offering = OfferingKey {
+        instance_type: second.instance_type.clone(),
+        zone: second.zone.clone(),
+        capacity_type: second.capacity_type,
+    };
+    assert_ne!(second_offering, used, "an offering marked unavailable is not launched");
 
     let mut launched_claim = first.clone();
     launched_claim.status.get_or_insert_with(Default::default).provider_id = Some(launched.provider_id.clone());

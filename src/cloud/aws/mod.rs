@@ -1393,6 +1393,15 @@ impl CloudProvider for AwsCloud {
         Ok(None)
     }
 
+    fn mark_unavailable(&self, offerings: &[OfferingKey], ttl: Duration) {
+        let until = Instant::now() + ttl;
+        let mut state = self.inner.lock();
+        for o in offerings {
+            let at = state.unavailable.entry(o.clone()).or_insert(until);
+            *at = (*at).max(until);
+        }
+    }
+
     fn stats(&self) -> super::CloudStats {
         super::CloudStats {
             api_calls: self.api_calls(),

@@ -1,0 +1,501 @@
+//! InterruptionHandler: consumes the interruption queue (leader only) and sees each affected node
+//! through replacement, taint and the start of its drain; the Terminator drains and terminates.
+//!
+//! Workers long-poll the queue. Each message is read (`rafter::interruption`), and its decision is
+//! recorded on the affected NodeClaim as an annotation (or the claim is deleted) before the
+//! message is deleted, so a re-delivery, a duplicate or a new leader finds the work already owned.
+//! The actor then, for every claim with a record: marks a reclaimed spot offering unavailable,
+//! launches replacement capacity for the node's pods (a solve that counts claims in flight, so it
+//! never buys twice), taints the node, and deletes the claim (starting the drain) once the
+//! replacement is Ready, or once the deadline leaves only the time the drain needs.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::Api;
+use kube::api::{Patch, PatchParams};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use rafter::api::labels;
+use rafter::api::nodeclaim::NodeClaim;
+use rafter::cloud::{OfferingKey, parse_provider_id};
+use rafter::interruption::Message;
+use rafter::interruption::plan::{
+    ANNOTATION, Action, Decision, Kind, Merge, Notice, REPLACES_ANNOTATION, Record, decide, evacuees,
+    latest_drain_start, merge, replacement, replacement_ready, unplaceable,
+};
+use rafter::interruption::queue::{MessageQueue, QueueMessage};
+use rafter::scheduling::instance_types::CapacityType;
+use rafter::state::Snapshot;
+use serde_json::json;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::context::{Ctx, peer};
+use crate::launcher::{LauncherMessage, delete_claim};
+use crate::metrics::{KindLabel, ReadyLabel};
+use crate::terminator::taint_disrupted;
+use crate::timeline::Mark;
+
+#[derive(Debug)]
+pub struct InterruptionHandler;
+
+#[derive(Debug)]
+pub enum InterruptionHandlerMessage {
+    /// A worker recorded an interruption on this claim: act on it now, within its trace.
+    Recorded { claim: String, span: tracing::Span },
+    /// Look at every claim with a record again.
+    Reconcile,
+}
+
+/// What this leader has done for one affected claim (a new leader starts afresh: every step is
+/// read back from the cluster).
+#[derive(Debug, Default)]
+struct Progress {
+    /// The spot offering was marked unavailable.
+    marked: bool,
+    /// When replacements were last handed to the launcher, and how many should then exist.
+    launched: Option<(Instant, usize)>,
+    /// Whether the `replace` step has been traced.
+    replace_traced: bool,
+    /// The node was tainted by this leader.
+    tainted: bool,
+    /// Pods the last replacement plan could place nowhere (they do not hold up the drain).
+    unplaceable: HashSet<String>,
+}
+
+#[derive(Debug)]
+pub struct InterruptionHandlerState {
+    ctx: Ctx,
+    /// The queue workers; dropped (and so aborted) with the actor.
+    _workers: JoinSet<()>,
+    progress: HashMap<String, Progress>,
+}
+
+pub type InterruptionHandlerArgs = Ctx;
+
+/// How long replacements handed to the launcher may take to appear in the cache before the node's
+/// pods are planned again.
+const LAUNCH_SETTLE: Duration = Duration::from_secs(5);
+/// Longest pause between failed receives.
+const MAX_RECEIVE_BACKOFF: Duration = Duration::from_secs(30);
+
+/// The instance a claim launched, from its provider ID.
+fn instance_of(claim: &NodeClaim) -> Option<&str> {
+    let provider = claim.status.as_ref()?.provider_id.as_deref()?;
+    parse_provider_id(provider).map(|(_, id)| id)
+}
+
+fn name_of(claim: &NodeClaim) -> String {
+    claim.metadata.name.clone().unwrap_or_default()
+}
+
+/// Why an interruption could not be recorded (its message stays on the queue and comes back).
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("nodeclaim {claim} kept changing while its interruption was recorded")]
+    Contended { claim: String },
+}
+
+/// How a notice about one instance was recorded.
+#[derive(Debug, PartialEq, Eq)]
+enum Recorded {
+    /// A claim now carries the record (or was deleted): act on it.
+    Written(String),
+    /// The claim already has a record at least as urgent.
+    Duplicate,
+    /// No NodeClaim owns the instance.
+    Unmanaged,
+}
+
+/// Records a notice on the claim that owns `instance`: the annotation is written with the claim's
+/// resourceVersion, so two workers holding duplicates cannot both win; the loser reads the claim
+/// again and finds the record.
+async fn record(
+    ctx: &Ctx,
+    notice: &Notice,
+    instance: &str,
+    received_at: jiff::Timestamp,
+) -> Result<Recorded, RecordError> {
+    let cached = ctx.caches.claims.all().into_iter().find(|c| instance_of(c) == Some(instance));
+    let Some(cached) = cached else { return Ok(Recorded::Unmanaged) };
+    let api = Api::<NodeClaim>::all(ctx.client.clone());
+    let name = name_of(&cached);
+    let mut claim = cached.as_ref().clone();
+    for _ in 0..5 {
+        let existing = Record::of(claim.metadata.annotations.as_ref());
+        let Merge::Write(next) = merge(existing.as_ref(), Record::new(notice, received_at)) else {
+            return Ok(Recorded::Duplicate);
+        };
+        let patch = json!({"metadata": {
+            "resourceVersion": claim.metadata.resource_version,
+            "annotations": {ANNOTATION: next.encode()}
+        }});
+        match api.patch(&name, &PatchParams::default(), &Patch::Merge(patch)).await {
+            Ok(_) => {
+                if next.action == Action::Remove {
+                    delete_claim(ctx, &name).await?;
+                    tracing::info!("Removing nodeclaim {name}: its instance {instance} is stopping or gone");
+                }
+                return Ok(Recorded::Written(name));
+            }
+            Err(kube::Error::Api(s)) if s.code == 409 => match api.get_opt(&name).await? {
+                Some(fresh) => claim = fresh,
+                None => return Ok(Recorded::Duplicate),
+            },
+            Err(kube::Error::Api(s)) if s.code == 404 => return Ok(Recorded::Duplicate),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    // Five conflicts in a row: leave the message on the queue; it comes back.
+    Err(RecordError::Contended { claim: name })
+}
+
+/// Handles one delivery; true when it may be deleted (its action is recorded, or there is none).
+async fn handle_message(ctx: &Ctx, message: &QueueMessage, handler: &ActorRef<InterruptionHandlerMessage>) -> bool {
+    let received_at = ctx.clock.now();
+    if let Some(sent) = message.sent_at {
+        ctx.metrics.interruption_message_age.observe(received_at.duration_since(sent).as_secs_f64().max(0.0));
+    }
+    let decision = match Message::parse(&message.body)
+        .map_err(|e| e.to_string())
+        .and_then(|m| decide(&m, ctx.config.rebalance).map_err(|e| e.to_string()))
+    {
+        Ok(d) => d,
+        Err(error) => {
+            ctx.metrics.interruption_malformed.inc();
+            tracing::warn!(message_id = %message.id, %error, "deleting an interruption message Rafter cannot read");
+            return true;
+        }
+    };
+    let by_kind =
+        |kind: Kind| ctx.metrics.interruption_messages.get_or_create(&KindLabel { kind: kind.as_str().into() }).inc();
+    let notice = match decision {
+        Decision::Ignore { kind, why } => {
+            by_kind(kind);
+            tracing::debug!(message_id = %message.id, kind = kind.as_str(), "ignoring an interruption message: {why}");
+            return true;
+        }
+        Decision::Act(notice) => notice,
+    };
+    by_kind(notice.kind);
+    let mut delete = true;
+    for instance in &notice.instances {
+        let span = tracing::info_span!(
+            parent: None,
+            "interruption",
+            kind = notice.kind.as_str(),
+            instance = %instance,
+            event = %notice.event_id,
+            message_id = %message.id,
+            nodeclaim = tracing::field::Empty,
+        );
+        match record(ctx, &notice, instance, received_at).instrument(span.clone()).await {
+            Ok(Recorded::Written(claim)) => {
+                span.record("nodeclaim", claim.as_str());
+                span.in_scope(|| {
+                    tracing::info!(
+                        "Interruption of {instance} ({}): recorded on nodeclaim {claim}, deadline {}",
+                        notice.kind.as_str(),
+                        notice.deadline.map_or("none".to_string(), |d| d.to_string())
+                    )
+                });
+                ctx.timeline.mark(Mark::Interrupted { claim: claim.clone() });
+                ctx.traces.insert(&claim, span.clone());
+                let _ = handler.cast(InterruptionHandlerMessage::Recorded { claim, span });
+            }
+            Ok(Recorded::Duplicate) => {
+                ctx.metrics.interruption_duplicates.inc();
+            }
+            Ok(Recorded::Unmanaged) => {
+                ctx.metrics.interruption_unmanaged.inc();
+                tracing::debug!(message_id = %message.id, %instance, "no NodeClaim owns this instance; deleting the message");
+            }
+            Err(error) => {
+                tracing::warn!(message_id = %message.id, %instance, %error, "cannot record the interruption yet; the message stays on the queue");
+                delete = false;
+            }
+        }
+    }
+    delete
+}
+
+/// One long-polling worker: receive, record every message concurrently, delete what is recorded.
+async fn worker(ctx: Ctx, queue: Arc<dyn MessageQueue>, handler: ActorRef<InterruptionHandlerMessage>) {
+    let mut failures: u32 = 0;
+    loop {
+        let batch = match queue.receive().await {
+            Ok(batch) => {
+                failures = 0;
+                batch
+            }
+            Err(error) => {
+                failures += 1;
+                let pause = rafter::state::disruption::eviction_backoff(failures + 2).min(MAX_RECEIVE_BACKOFF);
+                tracing::warn!(%error, "cannot receive from the interruption queue; retrying in {pause:?}");
+                tokio::time::sleep(pause).await;
+                continue;
+            }
+        };
+        if batch.is_empty() {
+            continue;
+        }
+        ctx.metrics.interruption_received.inc_by(batch.len() as u64);
+        let outcomes = futures::future::join_all(batch.iter().map(|m| handle_message(&ctx, m, &handler))).await;
+        let done: Vec<QueueMessage> =
+            batch.into_iter().zip(outcomes).filter(|(_, delete)| *delete).map(|(m, _)| m).collect();
+        if done.is_empty() {
+            continue;
+        }
+        match queue.delete(&done).await {
+            Ok(failed) => {
+                ctx.metrics.interruption_deleted.inc_by((done.len() - failed.len()) as u64);
+                if !failed.is_empty() {
+                    tracing::warn!(messages = ?failed, "the queue refused to delete recorded messages; they will be seen again as duplicates");
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot delete recorded messages; they will be seen again as duplicates")
+            }
+        }
+    }
+}
+
+/// The spot offering an instance was launched from.
+fn spot_offering(claim: &NodeClaim) -> Option<OfferingKey> {
+    let l = claim.metadata.labels.as_ref()?;
+    (l.get(labels::CAPACITY_TYPE)?.as_str() == labels::CAPACITY_TYPE_SPOT).then(|| OfferingKey {
+        instance_type: l.get(labels::INSTANCE_TYPE).cloned().unwrap_or_default(),
+        zone: l.get(labels::ZONE).cloned().unwrap_or_default(),
+        capacity_type: CapacityType::Spot,
+    })
+}
+
+impl InterruptionHandler {
+    async fn reconcile(&self, state: &mut InterruptionHandlerState, only: Option<&str>) {
+        let ctx = state.ctx.clone();
+        let claims = ctx.caches.claims.all();
+        let recorded: Vec<(Arc<NodeClaim>, Record)> =
+            claims.iter().filter_map(|c| Record::of(c.metadata.annotations.as_ref()).map(|r| (c.clone(), r))).collect();
+        let names: HashSet<String> = recorded.iter().map(|(c, _)| name_of(c)).collect();
+        state.progress.retain(|k, _| names.contains(k));
+        ctx.traces.retain(|k| claims.iter().any(|c| c.metadata.name.as_deref() == Some(k)));
+        for (claim, record) in recorded {
+            let name = name_of(&claim);
+            if only.is_some_and(|o| o != name) || claim.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
+            if record.action == Action::Remove {
+                // Recorded, but the worker's delete did not happen (a crash in between).
+                let _ = delete_claim(&ctx, &name).await;
+                continue;
+            }
+            let span = ctx.traces.get_or_insert(&name, || {
+                tracing::info_span!(parent: None, "interruption", kind = record.kind.as_str(), nodeclaim = %name, resumed = true)
+            });
+            self.advance(state, &claims, &claim, &record).instrument(span).await;
+        }
+    }
+
+    /// One step for one affected claim: replacement, taint, and the start of the drain.
+    async fn advance(
+        &self,
+        state: &mut InterruptionHandlerState,
+        claims: &[Arc<NodeClaim>],
+        claim: &NodeClaim,
+        record: &Record,
+    ) {
+        let ctx = state.ctx.clone();
+        let name = name_of(claim);
+        let provider = claim.status.as_ref().and_then(|s| s.provider_id.clone());
+        let nodes = ctx.caches.nodes.all();
+        let node = nodes
+            .iter()
+            .find(|n| n.spec.as_ref().and_then(|s| s.provider_id.clone()) == provider && provider.is_some());
+        let Some(node) = node.cloned() else {
+            // Not registered (or already gone): no pods to move. Removing the claim is all there is.
+            tracing::info!("Interrupted nodeclaim {name} has no node; removing it");
+            let _ = delete_claim(&ctx, &name).await;
+            return;
+        };
+        let node_name = node.metadata.name.clone().unwrap_or_default();
+        let progress = state.progress.entry(name.clone()).or_default();
+        if !progress.marked {
+            if record.kind == Kind::SpotInterruption
+                && let Some(offering) = spot_offering(claim)
+            {
+                let ttl = ctx.config.unavailable_offering_ttl;
+                ctx.catalog.mark_unavailable(std::slice::from_ref(&offering), ttl);
+                ctx.cloud.mark_unavailable(std::slice::from_ref(&offering), ttl);
+            }
+            progress.marked = true;
+        }
+
+        let pods = ctx.caches.pods.all();
+        let pools = ctx.caches.effective_pools();
+        let daemonsets = ctx.caches.daemonsets.all();
+
+        // Replace: plan the node's pods as if it were gone; claims in flight count as capacity.
+        let replacements = claims
+            .iter()
+            .filter(|c| c.metadata.annotations.as_ref().and_then(|a| a.get(REPLACES_ANNOTATION)) == Some(&name))
+            .count();
+        let settled =
+            progress.launched.is_none_or(|(at, expected)| replacements >= expected || at.elapsed() >= LAUNCH_SETTLE);
+        if settled {
+            let mut types = crate::solver::pool_types(&ctx, &pools).await;
+            let job = {
+                let (pods, nodes, claims, pools, daemonsets, node_name) = (
+                    pods.clone(),
+                    nodes.clone(),
+                    claims.to_vec(),
+                    pools.clone(),
+                    daemonsets.clone(),
+                    node_name.clone(),
+                );
+                move || {
+                    let snapshot = Snapshot {
+                        pods: &pods,
+                        nodes: &nodes,
+                        claims: &claims,
+                        pools: &pools,
+                        daemonsets: &daemonsets,
+                    };
+                    replacement(snapshot, &node_name, |p| {
+                        types.remove(p.metadata.name.as_deref().unwrap_or_default()).unwrap_or_default()
+                    })
+                }
+            };
+            match tokio::task::spawn_blocking(job).await {
+                Ok(plan) => {
+                    progress.unplaceable = unplaceable(&plan);
+                    let moving = evacuees(&pods, &node_name).len();
+                    if !plan.claims.is_empty() || !progress.replace_traced {
+                        let span = tracing::info_span!("replace", nodeclaim = %name, pods = moving, claims = plan.claims.len());
+                        span.in_scope(|| {
+                            tracing::info!(
+                                "Replacing interrupted nodeclaim {name}: {moving} pod(s) to move, {} new nodeclaim(s), {} pod(s) fit nowhere",
+                                plan.claims.len(),
+                                plan.unplaced.len()
+                            )
+                        });
+                        progress.replace_traced = true;
+                        if !plan.claims.is_empty() {
+                            let count = plan.claims.len();
+                            match peer(&ctx.peers.launcher) {
+                                Some(launcher) => {
+                                    let launch = LauncherMessage::Launch {
+                                        claims: plan.claims,
+                                        span,
+                                        replaces: Some(name.clone()),
+                                    };
+                                    if launcher.cast(launch).is_ok() {
+                                        progress.launched = Some((Instant::now(), replacements + count));
+                                        ctx.timeline
+                                            .mark(Mark::ReplacementPlanned { claim: name.clone(), claims: count });
+                                    }
+                                }
+                                None => tracing::warn!(
+                                    "the launcher is restarting; the replacement is planned again shortly"
+                                ),
+                            }
+                        }
+                    }
+                }
+                Err(error) => tracing::error!(%error, "the replacement plan failed; trying again"),
+            }
+        }
+
+        // Taint: nothing new lands on the node.
+        if !progress.tainted {
+            let span = tracing::info_span!("taint", node = %node_name);
+            match taint_disrupted(&ctx, &node).instrument(span).await {
+                Ok(added) => {
+                    progress.tainted = true;
+                    if added {
+                        let took = ctx.clock.now().duration_since(record.received_at);
+                        ctx.metrics.interruption_taint_latency.observe(took.as_secs_f64().max(0.0));
+                        ctx.timeline.mark(Mark::Tainted { claim: name.clone() });
+                    }
+                }
+                Err(error) => tracing::debug!(%error, "cannot taint {node_name} yet; retrying"),
+            }
+        }
+
+        // Drain once the replacement is ready, or once the deadline leaves only the drain's time.
+        let snapshot = Snapshot { pods: &pods, nodes: &nodes, claims, pools: &pools, daemonsets: &daemonsets };
+        let ready = replacement_ready(snapshot, &node_name, &progress.unplaceable);
+        let moving = evacuees(&pods, &node_name);
+        let forced = record.deadline.is_some_and(|d| ctx.clock.now() >= latest_drain_start(d, &moving));
+        if ready || forced {
+            match delete_claim(&ctx, &name).await {
+                Ok(()) => {
+                    ctx.metrics
+                        .interruption_drains
+                        .get_or_create(&ReadyLabel { replacement_ready: ready.to_string() })
+                        .inc();
+                    ctx.timeline.mark(Mark::DrainStarted { claim: name.clone(), replacement_ready: ready });
+                    if ready {
+                        tracing::info!("Draining interrupted nodeclaim {name}: its replacement capacity is ready");
+                    } else {
+                        tracing::warn!(
+                            "Draining interrupted nodeclaim {name} before its replacement is ready: the deadline leaves no more time"
+                        );
+                    }
+                    state.progress.remove(&name);
+                }
+                Err(error) => tracing::debug!(%error, "cannot delete nodeclaim {name} yet; retrying"),
+            }
+        }
+    }
+}
+
+impl Actor for InterruptionHandler {
+    type Msg = InterruptionHandlerMessage;
+    type State = InterruptionHandlerState;
+    type Arguments = InterruptionHandlerArgs;
+
+    async fn pre_start(&self, myself: ActorRef<Self::Msg>, ctx: Ctx) -> Result<Self::State, ActorProcessingErr> {
+        let mut workers = JoinSet::new();
+        if let Some(queue) = &ctx.queue {
+            for _ in 0..ctx.config.interruption_workers.max(1) {
+                workers.spawn(worker(ctx.clone(), queue.clone(), myself.clone()));
+            }
+        }
+        let _ = myself.cast(InterruptionHandlerMessage::Reconcile);
+        Ok(InterruptionHandlerState { ctx, _workers: workers, progress: HashMap::new() })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            InterruptionHandlerMessage::Recorded { claim, span } => {
+                // The cache may not show the record yet: wait for it briefly, then act.
+                let ctx = state.ctx.clone();
+                for _ in 0..20 {
+                    let seen = ctx.caches.claims.all().iter().any(|c| {
+                        c.metadata.name.as_deref() == Some(claim.as_str())
+                            && c.metadata.annotations.as_ref().is_some_and(|a| a.contains_key(ANNOTATION))
+                    });
+                    if seen {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                self.reconcile(state, Some(&claim)).instrument(span).await;
+            }
+            InterruptionHandlerMessage::Reconcile => {
+                self.reconcile(state, None).await;
+                myself.send_after(state.ctx.config.reconcile_period, || InterruptionHandlerMessage::Reconcile);
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,496 @@
+//! Interruption handling end to end: the simulator's API server and kubelets, the fake cloud, and
+//! moto's SQS through the real SDK. A spot warning for a node with a PodDisruptionBudget, duplicate
+//! and reordered deliveries, and a thousand poison messages mixed with valid ones.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use aws_sdk_sqs::types::QueueAttributeName;
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::Api;
+use kube::api::ListParams;
+use rafter::api::nodeclaim::NodeClaim;
+use rafter::cloud::fake::FakeConfig;
+use rafter::cloud::{CloudProvider, InstanceState, parse_provider_id};
+use rafter::interruption::plan::REPLACES_ANNOTATION;
+use rafter::interruption::queue::{QueueConfig, SqsQueue};
+use rafter_actors::controller::Replica;
+use rafter_actors::timeline::Mark;
+use rafter_actors::world::{INFLATE, NODEPOOL_DEFAULT, World, WorldConfig};
+use rafter_sim::moto::{Moto, TEST_CREDENTIALS};
+use serde_json::json;
+use tokio::time::Instant;
+
+const REGION: &str = "us-east-1";
+
+/// A spot-only pool of one instance type, so a node's size and the replacement's options are known.
+fn pool(instance_type: &str) -> String {
+    format!(
+        r#"apiVersion: karpenter.sh/v1
+kind: NodePool
+metadata:
+  name: default
+spec:
+  template:
+    spec:
+      requirements:
+        - key: node.kubernetes.io/instance-type
+          operator: In
+          values: ["{instance_type}"]
+        - key: karpenter.sh/capacity-type
+          operator: In
+          values: ["spot"]
+      nodeClassRef:
+        group: karpenter.k8s.aws
+        kind: EC2NodeClass
+        name: default
+  disruption:
+    consolidationPolicy: WhenEmpty
+    consolidateAfter: 10m
+"#
+    )
+}
+
+const BUDGET: &str = r#"apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata:
+  name: inflate
+  namespace: default
+spec:
+  minAvailable: 27
+  selector:
+    matchLabels:
+      app: inflate
+"#;
+
+struct Harness {
+    world: World,
+    _moto: Moto,
+    sqs: aws_sdk_sqs::Client,
+    url: String,
+    replica: Replica,
+}
+
+async fn sqs_client(endpoint: &str) -> aws_sdk_sqs::Client {
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new(REGION))
+        .endpoint_url(endpoint)
+        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
+            TEST_CREDENTIALS.0,
+            TEST_CREDENTIALS.1,
+            None,
+            None,
+            "test",
+        ))
+        .load()
+        .await;
+    aws_sdk_sqs::Client::new(&config)
+}
+
+/// A world on the fake cloud whose leader consumes a moto SQS queue (found by name, as users
+/// configure it).
+async fn harness(instance_type: &str, workers: usize) -> Harness {
+    let fake =
+        FakeConfig { cluster: "rafter-sim".into(), boot_delay: Duration::from_millis(500), ..FakeConfig::default() };
+    let mut world = World::start(WorldConfig { fake, aws: None, kubeconfig: None }).await.expect("world");
+    world.apply(NODEPOOL_DEFAULT).await.expect("class");
+    world.apply(&pool(instance_type)).await.expect("pool");
+    world.apply(INFLATE).await.expect("inflate");
+    let moto = Moto::start().expect("moto");
+    let sqs = sqs_client(&moto.endpoint).await;
+    let created = sqs.create_queue().queue_name("rafter-interruptions").send().await.expect("create queue");
+    let url = created.queue_url().expect("queue url").to_string();
+    let mut config = QueueConfig::new("rafter-interruptions", REGION);
+    config.endpoint = Some(moto.endpoint.clone());
+    config.credentials = Some((TEST_CREDENTIALS.0.into(), TEST_CREDENTIALS.1.into()));
+    // Short polls keep the test's shutdown quick; production waits 20 s.
+    config.wait = Duration::from_secs(1);
+    let queue = SqsQueue::connect(config).await.expect("queue");
+    assert_eq!(queue.url(), url, "the queue is found by name");
+    world.queue = Some(Arc::new(queue));
+    let mut controller = world.quick_config("rafter-0");
+    controller.interruption_workers = workers;
+    let replica = world.replica(controller).await.expect("replica");
+    world.wait_for("leadership", Duration::from_secs(15), || async { Ok(replica.is_leader()) }).await.expect("leader");
+    Harness { world, _moto: moto, sqs, url, replica }
+}
+
+impl Harness {
+    async fn send(&self, bodies: &[String]) {
+        for chunk in bodies.chunks(10) {
+            let entries = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, body)| {
+                    aws_sdk_sqs::types::SendMessageBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .message_body(body)
+                        .build()
+                        .expect("entry")
+                })
+                .collect();
+            let out = self.sqs.send_message_batch().queue_url(&self.url).set_entries(Some(entries)).send().await;
+            assert!(out.expect("send").failed().is_empty(), "every message was accepted");
+        }
+    }
+
+    /// Messages still on the queue, visible or in flight.
+    async fn queued(&self) -> u64 {
+        let out = self
+            .sqs
+            .get_queue_attributes()
+            .queue_url(&self.url)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+            .send()
+            .await
+            .expect("attributes");
+        out.attributes().map(|a| a.values().filter_map(|v| v.parse::<u64>().ok()).sum()).unwrap_or(u64::MAX)
+    }
+
+    fn metric(&self, name: &str) -> f64 {
+        let text = self.replica.ctx.metrics.encode();
+        text.lines()
+            .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    async fn scale_and_wait(&self, pods: u32) {
+        self.world.scale(pods).await.expect("scale");
+        self.world
+            .wait_for(&format!("{pods} pods running"), Duration::from_secs(60), || async {
+                Ok(self.world.running().await? == pods as usize)
+            })
+            .await
+            .expect("running");
+    }
+}
+
+fn event(id: &str, detail_type: &str, time: Timestamp, detail: serde_json::Value) -> String {
+    json!({
+        "version": "0", "id": id, "detail-type": detail_type, "source": "aws.ec2", "account": "123456789012",
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(), "region": REGION,
+        "resources": [format!("arn:aws:ec2:{REGION}:123456789012:instance/{}", detail["instance-id"].as_str().unwrap_or_default())],
+        "detail": detail
+    })
+    .to_string()
+}
+
+fn spot(id: &str, instance: &str, time: Timestamp) -> String {
+    let detail = json!({"instance-id": instance, "instance-action": "terminate"});
+    event(id, "EC2 Spot Instance Interruption Warning", time, detail)
+}
+
+fn state_change(id: &str, instance: &str, state: &str, time: Timestamp) -> String {
+    event(id, "EC2 Instance State-change Notification", time, json!({"instance-id": instance, "state": state}))
+}
+
+fn rebalance(id: &str, instance: &str, time: Timestamp) -> String {
+    event(id, "EC2 Instance Rebalance Recommendation", time, json!({"instance-id": instance}))
+}
+
+fn instance_id(claim: &NodeClaim) -> String {
+    let provider = claim.status.as_ref().and_then(|s| s.provider_id.clone()).expect("launched");
+    parse_provider_id(&provider).expect("aws provider id").1.to_string()
+}
+
+fn node_ready(node: &Node) -> bool {
+    let ready = node
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    let tainted =
+        node.spec.as_ref().and_then(|s| s.taints.as_ref()).is_some_and(|t| {
+            t.iter().any(|t| t.key == "karpenter.sh/unregistered" || t.key == "karpenter.sh/disrupted")
+        });
+    ready && !tainted && node.metadata.deletion_timestamp.is_none()
+}
+
+/// What a watcher of the cluster saw during an interruption.
+#[derive(Debug, Default)]
+struct Observed {
+    /// Fewest Ready, non-terminating inflate pods seen.
+    min_ready: usize,
+    /// When a pod of the interrupted node first began to leave.
+    first_eviction: Option<Instant>,
+    /// When another node was first Ready with room for pods (a replacement).
+    replacement_ready: Option<Instant>,
+}
+
+/// Polls the cluster every 25 ms until `stop`.
+fn observe(
+    client: kube::Client,
+    old_node: String,
+    before: BTreeSet<String>,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<Observed> {
+    tokio::spawn(async move {
+        let mut seen = Observed { min_ready: usize::MAX, ..Observed::default() };
+        while !stop.load(Ordering::SeqCst) {
+            let pods = Api::<Pod>::namespaced(client.clone(), "default")
+                .list(&ListParams::default().labels("app=inflate"))
+                .await;
+            let nodes = Api::<Node>::all(client.clone()).list(&ListParams::default()).await;
+            if let (Ok(pods), Ok(nodes)) = (pods, nodes) {
+                let ready = pods
+                    .items
+                    .iter()
+                    .filter(|p| rafter_sim::components::ready(p) && p.metadata.deletion_timestamp.is_none())
+                    .count();
+                seen.min_ready = seen.min_ready.min(ready);
+                let on_old: Vec<&Pod> = pods
+                    .items
+                    .iter()
+                    .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(old_node.as_str()))
+                    .collect();
+                let leaving =
+                    on_old.iter().any(|p| p.metadata.deletion_timestamp.is_some()) || on_old.len() < before.len();
+                if leaving && seen.first_eviction.is_none() {
+                    seen.first_eviction = Some(Instant::now());
+                }
+                let other_ready =
+                    nodes.items.iter().any(|n| n.metadata.name.as_deref() != Some(old_node.as_str()) && node_ready(n));
+                if other_ready && seen.replacement_ready.is_none() {
+                    seen.replacement_ready = Some(Instant::now());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        seen
+    })
+}
+
+async fn the_claim(world: &World) -> NodeClaim {
+    let claims = world.claims().await.expect("claims");
+    assert_eq!(
+        claims.len(),
+        1,
+        "one node holds the pods: {:?}",
+        claims.iter().map(|c| &c.metadata.name).collect::<Vec<_>>()
+    );
+    claims.into_iter().next().expect("claim")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spot_interrupted_node_is_replaced_before_eviction_and_terminated_before_its_deadline_within_its_budget() {
+    let h = harness("m5.xlarge", 4).await;
+    h.world.apply(BUDGET).await.expect("budget");
+    h.scale_and_wait(30).await;
+    let old = the_claim(&h.world).await;
+    let old_name = old.metadata.name.clone().expect("name");
+    let old_node = old.status.as_ref().and_then(|s| s.node_name.clone()).expect("registered");
+    let old_zone =
+        old.metadata.labels.as_ref().and_then(|l| l.get("topology.kubernetes.io/zone").cloned()).expect("zone");
+    let instance = instance_id(&old);
+    let before: BTreeSet<String> =
+        h.world.pods().await.expect("pods").iter().filter_map(|p| p.metadata.name.clone()).collect();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = observe(h.world.client.clone(), old_node.clone(), before, stop.clone());
+    let sent = Instant::now();
+    let warned = Timestamp::now();
+    let deadline = warned + jiff::SignedDuration::from_secs(120);
+    h.send(&[spot("e2e-spot-1", &instance, warned)]).await;
+
+    // The old instance is terminated, its claim and node are gone, and all 30 pods run elsewhere.
+    let cloud = h.world.cloud.clone();
+    let took = h
+        .world
+        .wait_for("the interrupted node replaced and terminated", Duration::from_secs(60), || async {
+            let gone = match cloud.get(&format!("aws:///{old_zone}/{instance}")).await {
+                Ok(i) => i.state == InstanceState::Terminated,
+                Err(_) => true,
+            };
+            let claims = h.world.claims().await?;
+            let nodes = h.world.nodes().await?;
+            let pods = h.world.pods().await?;
+            let elsewhere = pods
+                .iter()
+                .filter(|p| rafter_sim::components::ready(p))
+                .all(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) != Some(old_node.as_str()));
+            Ok(gone
+                && claims.iter().all(|c| c.metadata.name.as_deref() != Some(old_name.as_str()))
+                && nodes.iter().all(|n| n.metadata.name.as_deref() != Some(old_node.as_str()))
+                && elsewhere
+                && h.world.running().await? == 30)
+        })
+        .await
+        .expect("replaced");
+    let finished_at = Timestamp::now();
+    stop.store(true, Ordering::SeqCst);
+    let seen = watcher.await.expect("watcher");
+
+    // Before the deadline, with time to spare.
+    assert!(finished_at < deadline, "terminated at {finished_at}, deadline {deadline}");
+    // The replacement was Ready before the first pod left, and the budget was never broken.
+    let (ready_at, evicted_at) =
+        (seen.replacement_ready.expect("a replacement became ready"), seen.first_eviction.expect("pods were evicted"));
+    assert!(ready_at <= evicted_at, "the replacement was ready {:?} after the first eviction", ready_at - evicted_at);
+    assert!(
+        seen.min_ready >= 27,
+        "the budget allows 3 unavailable pods; {} were Ready at the worst moment",
+        seen.min_ready
+    );
+    assert_eq!(h.metric("rafter_interruption_budget_overrides_total"), 0.0);
+    assert_eq!(h.metric("rafter_interruption_deadline_misses_total"), 0.0);
+    assert_eq!(h.metric("rafter_interruption_drains_total{replacement_ready=\"true\"}"), 1.0);
+
+    // One replacement, launched away from the reclaimed spot offering, marked as the replacement.
+    let claims = h.world.claims().await.expect("claims");
+    assert_eq!(claims.len(), 1, "one replacement claim");
+    let new = &claims[0];
+    assert_eq!(new.metadata.annotations.as_ref().and_then(|a| a.get(REPLACES_ANNOTATION)), Some(&old_name));
+    let new_zone =
+        new.metadata.labels.as_ref().and_then(|l| l.get("topology.kubernetes.io/zone").cloned()).expect("zone");
+    assert_ne!(new_zone, old_zone, "the reclaimed (m5.xlarge, {old_zone}, spot) offering is avoided");
+
+    // The message was recorded, acted on once, and deleted.
+    assert_eq!(h.metric("rafter_interruption_messages_total{kind=\"spot_interruption\"}"), 1.0);
+    assert_eq!(h.metric("rafter_interruption_deleted_total"), h.metric("rafter_interruption_received_total"));
+    assert_eq!(h.queued().await, 0, "the queue is empty");
+
+    let timeline = h.replica.ctx.timeline.clone();
+    let at = |f: &dyn Fn(&Mark) -> bool| timeline.marks().into_iter().find(|(_, m)| f(m)).map(|(t, _)| t);
+    let interrupted = at(&|m| matches!(m, Mark::Interrupted { claim } if *claim == old_name)).expect("recorded");
+    let tainted = at(&|m| matches!(m, Mark::Tainted { claim } if *claim == old_name)).expect("tainted");
+    let new_name = new.metadata.name.clone().expect("name");
+    let registered = at(&|m| matches!(m, Mark::Registered { claim, .. } if *claim == new_name)).expect("registered");
+    let drain = at(&|m| matches!(m, Mark::DrainStarted { claim, replacement_ready: true } if *claim == old_name))
+        .expect("drain");
+    let drained = at(&|m| matches!(m, Mark::Drained { claim } if *claim == old_name)).expect("drained");
+    assert!(tainted <= drain && registered <= drain, "replace and taint come before the drain");
+    println!(
+        "30-pod spot interruption: sent→recorded {:?}, recorded→taint {:?}, recorded→replacement registered {:?}, recorded→drain start {:?}, drained {:.1}s before the deadline, all done {:?} after sending",
+        interrupted - sent,
+        tainted - interrupted,
+        registered - interrupted,
+        drain - interrupted,
+        120.0 - (drained - sent).as_secs_f64(),
+        took
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_and_reordered_messages_cause_one_replacement_each_and_are_all_deleted() {
+    let h = harness("m5.large", 3).await;
+    h.scale_and_wait(12).await;
+    let claims = h.world.claims().await.expect("claims");
+    assert!(claims.len() >= 2, "at least two nodes: {}", claims.len());
+    let (a, b) = (&claims[0], &claims[1]);
+    let (a_name, b_name) = (a.metadata.name.clone().expect("a"), b.metadata.name.clone().expect("b"));
+    let (a_id, b_id) = (instance_id(a), instance_id(b));
+    let now = Timestamp::now();
+
+    // Node A: the same spot warning three times (one re-sent by EventBridge with the same ID, one
+    // resent by hand with a new message), and a rebalance recommendation arriving after it.
+    // Node B: its state change to `terminated` overtakes the spot warning that preceded it.
+    h.send(&[
+        spot("dup-a", &a_id, now),
+        spot("dup-a", &a_id, now),
+        rebalance("late-rebalance-a", &a_id, now - jiff::SignedDuration::from_secs(30)),
+        state_change("b-terminated", &b_id, "terminated", now + jiff::SignedDuration::from_secs(5)),
+        spot("dup-a", &a_id, now),
+        spot("b-spot", &b_id, now),
+        state_change("a-running", &a_id, "running", now),
+    ])
+    .await;
+
+    h.world
+        .wait_for("every message deleted", Duration::from_secs(30), || async { Ok(h.queued().await == 0) })
+        .await
+        .expect("the queue drains");
+    // A is replaced once and drained; B's claim is removed without a replacement of its own.
+    h.world
+        .wait_for("both old claims gone and all pods running", Duration::from_secs(60), || async {
+            let claims = h.world.claims().await?;
+            let names: Vec<&str> = claims.iter().filter_map(|c| c.metadata.name.as_deref()).collect();
+            Ok(!names.contains(&a_name.as_str()) && !names.contains(&b_name.as_str()) && h.world.running().await? == 12)
+        })
+        .await
+        .expect("handled");
+    let claims = h.world.claims().await.expect("claims");
+    let replacing_a = claims
+        .iter()
+        .filter(|c| c.metadata.annotations.as_ref().and_then(|m| m.get(REPLACES_ANNOTATION)) == Some(&a_name))
+        .count();
+    let replacing_b = claims
+        .iter()
+        .filter(|c| c.metadata.annotations.as_ref().and_then(|m| m.get(REPLACES_ANNOTATION)) == Some(&b_name))
+        .count();
+    assert_eq!(replacing_a, 1, "one replacement for A however often it was announced");
+    assert_eq!(replacing_b, 0, "B was removed (its pods were provisioned again), not replaced");
+    let marks = h.replica.ctx.timeline.marks();
+    let planned_for_a =
+        marks.iter().filter(|(_, m)| matches!(m, Mark::ReplacementPlanned { claim, .. } if *claim == a_name)).count();
+    assert_eq!(planned_for_a, 1, "A's replacement was planned once");
+    let drains_a =
+        marks.iter().filter(|(_, m)| matches!(m, Mark::DrainStarted { claim, .. } if *claim == a_name)).count();
+    assert_eq!(drains_a, 1);
+
+    // Every delivery was received and deleted; duplicates are counted, the running state is ignored.
+    assert_eq!(h.metric("rafter_interruption_received_total"), 7.0);
+    assert_eq!(h.metric("rafter_interruption_deleted_total"), 7.0);
+    assert_eq!(h.metric("rafter_interruption_messages_total{kind=\"spot_interruption\"}"), 4.0);
+    assert_eq!(h.metric("rafter_interruption_messages_total{kind=\"state_change\"}"), 2.0);
+    assert_eq!(h.metric("rafter_interruption_messages_total{kind=\"rebalance_recommendation\"}"), 1.0);
+    // A: two repeats of its warning and the later rebalance; B's spot warning came after its claim
+    // was deleted (a duplicate of the removal, or no longer managed, depending on the cache).
+    let late = h.metric("rafter_interruption_duplicates_total") + h.metric("rafter_interruption_unmanaged_total");
+    assert_eq!(late, 4.0, "3 duplicates for A and 1 late warning for B");
+    assert_eq!(h.metric("rafter_interruption_malformed_total"), 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_poison_messages_never_block_the_queue_and_valid_ones_are_acted_on() {
+    let h = harness("m5.large", 4).await;
+    h.scale_and_wait(4).await;
+    let claim = the_claim(&h.world).await;
+    let name = claim.metadata.name.clone().expect("name");
+    let now = Timestamp::now();
+    let valid_spot = spot("valid-spot", &instance_id(&claim), now);
+    let mut bodies: Vec<String> = (0..1000)
+        .map(|i| match i % 5 {
+            0 => format!("not json {i}"),
+            1 => "{}".to_string(),
+            2 => valid_spot.replace("\"instance-id\"", "\"instance\"").replace("valid-spot", &format!("bad-{i}")),
+            3 => valid_spot.replace("\"time\":\"", "\"time\":\"x").replace("valid-spot", &format!("bad-time-{i}")),
+            _ => format!("{{\"version\":\"0\",\"id\":{i},\"detail-type\":[]}}"),
+        })
+        .collect();
+    // Valid messages among them: one for the node, and events for instances Rafter does not manage.
+    bodies.insert(500, valid_spot.clone());
+    for i in 0..9 {
+        bodies.insert(100 * i + 50, spot(&format!("foreign-{i}"), &format!("i-0f00000000000000{i}"), now));
+    }
+    let started = Instant::now();
+    h.send(&bodies).await;
+    let took = h
+        .world
+        .wait_for("the queue drained", Duration::from_secs(120), || async { Ok(h.queued().await == 0) })
+        .await
+        .expect("drained");
+    assert_eq!(h.metric("rafter_interruption_malformed_total"), 1000.0);
+    assert_eq!(h.metric("rafter_interruption_unmanaged_total"), 9.0);
+    assert_eq!(h.metric("rafter_interruption_deleted_total"), 1010.0);
+    // The valid warning was recorded on the claim before its message was deleted, and acted on.
+    h.world
+        .wait_for("the node replaced", Duration::from_secs(60), || async {
+            let claims = h.world.claims().await?;
+            Ok(claims.iter().all(|c| c.metadata.name.as_deref() != Some(name.as_str()))
+                && h.world.running().await? == 4)
+        })
+        .await
+        .expect("replaced");
+    let recorded = h.replica.ctx.timeline.first(|m| matches!(m, Mark::Interrupted { claim } if *claim == name));
+    assert!(recorded.is_some(), "the valid warning was recorded");
+    println!(
+        "1,010 messages (1,000 malformed) sent in {:?}, queue drained {:?} after sending",
+        took,
+        started.elapsed()
+    );
+}
