@@ -5,9 +5,9 @@
 //! recorded on the affected NodeClaim as an annotation (or the claim is deleted) before the
 //! message is deleted, so a re-delivery, a duplicate or a new leader finds the work already owned.
 //! The actor then, for every claim with a record: marks a reclaimed spot offering unavailable,
-//! launches replacement capacity for the node's pods (a solve that counts claims in flight, so it
-//! never buys twice), taints the node, and deletes the claim (starting the drain) once the
-//! replacement is Ready, or once the deadline leaves only the time the drain needs.
+//! launches replacement capacity for the node's pods once (a solve that counts claims in flight),
+//! taints the node, and deletes the claim (starting the drain) once the replacement is Ready, or
+//! once the deadline leaves only the time the drain needs.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -17,7 +17,7 @@ use kube::Api;
 use kube::api::{Patch, PatchParams};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use rafter::api::labels;
-use rafter::api::nodeclaim::NodeClaim;
+use rafter::api::nodeclaim::{NodeClaim, conditions};
 use rafter::cloud::{OfferingKey, parse_provider_id};
 use rafter::interruption::Message;
 use rafter::interruption::plan::{
@@ -33,7 +33,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::context::{Ctx, peer};
-use crate::launcher::{LauncherMessage, delete_claim};
+use crate::launcher::{LauncherMessage, condition_true, delete_claim};
 use crate::metrics::{KindLabel, ReadyLabel};
 use crate::terminator::taint_disrupted;
 use crate::timeline::Mark;
@@ -338,14 +338,18 @@ impl InterruptionHandler {
         let pools = ctx.caches.effective_pools();
         let daemonsets = ctx.caches.daemonsets.all();
 
-        // Replace: plan the node's pods as if it were gone; claims in flight count as capacity.
-        let replacements = claims
+        // Replace: plan the node's pods as if it were gone; claims in flight count as capacity. The
+        // replacement is bought once: while claims made for it exist, it is not planned again
+        // (other pods may take room it planned on, and they get capacity of their own).
+        let replacements: Vec<&Arc<NodeClaim>> = claims
             .iter()
             .filter(|c| c.metadata.annotations.as_ref().and_then(|a| a.get(REPLACES_ANNOTATION)) == Some(&name))
-            .count();
-        let settled =
-            progress.launched.is_none_or(|(at, expected)| replacements >= expected || at.elapsed() >= LAUNCH_SETTLE);
-        if settled {
+            .filter(|c| c.metadata.deletion_timestamp.is_none())
+            .collect();
+        let settled = progress
+            .launched
+            .is_none_or(|(at, expected)| replacements.len() >= expected || at.elapsed() >= LAUNCH_SETTLE);
+        if settled && replacements.is_empty() {
             let mut types = crate::solver::pool_types(&ctx, &pools).await;
             let job = {
                 let (pods, nodes, claims, pools, daemonsets, node_name) = (
@@ -393,7 +397,7 @@ impl InterruptionHandler {
                                         replaces: Some(name.clone()),
                                     };
                                     if launcher.cast(launch).is_ok() {
-                                        progress.launched = Some((Instant::now(), replacements + count));
+                                        progress.launched = Some((Instant::now(), count));
                                         ctx.timeline
                                             .mark(Mark::ReplacementPlanned { claim: name.clone(), claims: count });
                                     }
@@ -427,7 +431,9 @@ impl InterruptionHandler {
 
         // Drain once the replacement is ready, or once the deadline leaves only the drain's time.
         let snapshot = Snapshot { pods: &pods, nodes: &nodes, claims, pools: &pools, daemonsets: &daemonsets };
-        let ready = replacement_ready(snapshot, &node_name, &progress.unplaceable);
+        let bought_ready =
+            !replacements.is_empty() && replacements.iter().all(|c| condition_true(c, conditions::INITIALIZED));
+        let ready = bought_ready || replacement_ready(snapshot, &node_name, &progress.unplaceable);
         let moving = evacuees(&pods, &node_name);
         let forced = record.deadline.is_some_and(|d| ctx.clock.now() >= latest_drain_start(d, &moving));
         if ready || forced {

@@ -378,7 +378,7 @@ async fn a_spot_interrupted_node_is_replaced_before_eviction_and_terminated_befo
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicate_and_reordered_messages_cause_one_replacement_each_and_are_all_deleted() {
     let h = harness("m5.large", 3).await;
-    h.scale_and_wait(12).await;
+    h.scale_and_wait(24).await;
     let claims = h.world.claims().await.expect("claims");
     assert!(claims.len() >= 2, "at least two nodes: {}", claims.len());
     let (a, b) = (&claims[0], &claims[1]);
@@ -388,7 +388,8 @@ async fn duplicate_and_reordered_messages_cause_one_replacement_each_and_are_all
 
     // Node A: the same spot warning three times (one re-sent by EventBridge with the same ID, one
     // resent by hand with a new message), and a rebalance recommendation arriving after it.
-    // Node B: its state change to `terminated` overtakes the spot warning that preceded it.
+    // Node B: its state change to `terminated` overtakes the spot warning that preceded it: the
+    // claim is removed at once, whatever the warning asked.
     h.send(&[
         spot("dup-a", &a_id, now),
         spot("dup-a", &a_id, now),
@@ -409,7 +410,7 @@ async fn duplicate_and_reordered_messages_cause_one_replacement_each_and_are_all
         .wait_for("both old claims gone and all pods running", Duration::from_secs(60), || async {
             let claims = h.world.claims().await?;
             let names: Vec<&str> = claims.iter().filter_map(|c| c.metadata.name.as_deref()).collect();
-            Ok(!names.contains(&a_name.as_str()) && !names.contains(&b_name.as_str()) && h.world.running().await? == 12)
+            Ok(!names.contains(&a_name.as_str()) && !names.contains(&b_name.as_str()) && h.world.running().await? == 24)
         })
         .await
         .expect("handled");
@@ -423,7 +424,8 @@ async fn duplicate_and_reordered_messages_cause_one_replacement_each_and_are_all
         .filter(|c| c.metadata.annotations.as_ref().and_then(|m| m.get(REPLACES_ANNOTATION)) == Some(&b_name))
         .count();
     assert_eq!(replacing_a, 1, "one replacement for A however often it was announced");
-    assert_eq!(replacing_b, 0, "B was removed (its pods were provisioned again), not replaced");
+    // B's warning and its removal may be handled concurrently: at most one replacement either way.
+    assert!(replacing_b <= 1, "B was replaced {replacing_b} times");
     let marks = h.replica.ctx.timeline.marks();
     let planned_for_a =
         marks.iter().filter(|(_, m)| matches!(m, Mark::ReplacementPlanned { claim, .. } if *claim == a_name)).count();
@@ -438,10 +440,14 @@ async fn duplicate_and_reordered_messages_cause_one_replacement_each_and_are_all
     assert_eq!(h.metric("rafter_interruption_messages_total{kind=\"spot_interruption\"}"), 4.0);
     assert_eq!(h.metric("rafter_interruption_messages_total{kind=\"state_change\"}"), 2.0);
     assert_eq!(h.metric("rafter_interruption_messages_total{kind=\"rebalance_recommendation\"}"), 1.0);
-    // A: two repeats of its warning and the later rebalance; B's spot warning came after its claim
-    // was deleted (a duplicate of the removal, or no longer managed, depending on the cache).
-    let late = h.metric("rafter_interruption_duplicates_total") + h.metric("rafter_interruption_unmanaged_total");
-    assert_eq!(late, 4.0, "3 duplicates for A and 1 late warning for B");
+    // Every event about an instance is either written on its claim or counted as nothing new.
+    // Handled concurrently, a message that arrives later may still be written first (a rebalance
+    // before the spot warning it follows), so only the sum is fixed: 6 events for A and B.
+    let written = marks.iter().filter(|(_, m)| matches!(m, Mark::Interrupted { .. })).count() as f64;
+    let nothing_new =
+        h.metric("rafter_interruption_duplicates_total") + h.metric("rafter_interruption_unmanaged_total");
+    assert_eq!(written + nothing_new, 6.0, "{written} written, {nothing_new} duplicates or unmanaged");
+    assert!(nothing_new >= 2.0, "at least A's two repeated warnings are duplicates");
     assert_eq!(h.metric("rafter_interruption_malformed_total"), 0.0);
 }
 
