@@ -434,19 +434,26 @@ async fn duplicate_and_reordered_messages_cause_one_replacement_each_and_are_all
         marks.iter().filter(|(_, m)| matches!(m, Mark::DrainStarted { claim, .. } if *claim == a_name)).count();
     assert_eq!(drains_a, 1);
 
-    // Every delivery was received and deleted; duplicates are counted, the running state is ignored.
-    assert_eq!(h.metric("rafter_interruption_received_total"), 7.0);
-    assert_eq!(h.metric("rafter_interruption_deleted_total"), 7.0);
-    assert_eq!(h.metric("rafter_interruption_messages_total{kind=\"spot_interruption\"}"), 4.0);
-    assert_eq!(h.metric("rafter_interruption_messages_total{kind=\"state_change\"}"), 2.0);
-    assert_eq!(h.metric("rafter_interruption_messages_total{kind=\"rebalance_recommendation\"}"), 1.0);
+    // Every delivery was received and deleted (SQS may deliver a message more than once, so counts
+    // are at least what was sent, and re-deliveries only add duplicates).
+    let received = h.metric("rafter_interruption_received_total");
+    assert!(received >= 7.0, "{received} deliveries");
+    assert_eq!(h.metric("rafter_interruption_deleted_total"), received);
+    let extra = received - 7.0;
+    let kind = |k: &str| h.metric(&format!("rafter_interruption_messages_total{{kind=\"{k}\"}}"));
+    assert!((4.0..=4.0 + extra).contains(&kind("spot_interruption")));
+    assert!((2.0..=2.0 + extra).contains(&kind("state_change")));
+    assert!((1.0..=1.0 + extra).contains(&kind("rebalance_recommendation")));
     // Every event about an instance is either written on its claim or counted as nothing new.
     // Handled concurrently, a message that arrives later may still be written first (a rebalance
     // before the spot warning it follows), so only the sum is fixed: 6 events for A and B.
     let written = marks.iter().filter(|(_, m)| matches!(m, Mark::Interrupted { .. })).count() as f64;
     let nothing_new =
         h.metric("rafter_interruption_duplicates_total") + h.metric("rafter_interruption_unmanaged_total");
-    assert_eq!(written + nothing_new, 6.0, "{written} written, {nothing_new} duplicates or unmanaged");
+    assert!(
+        (6.0..=6.0 + extra).contains(&(written + nothing_new)),
+        "{written} written, {nothing_new} duplicates or unmanaged"
+    );
     assert!(nothing_new >= 2.0, "at least A's two repeated warnings are duplicates");
     assert_eq!(h.metric("rafter_interruption_malformed_total"), 0.0);
 }
@@ -480,9 +487,17 @@ async fn a_thousand_poison_messages_never_block_the_queue_and_valid_ones_are_act
         .wait_for("the queue drained", Duration::from_secs(120), || async { Ok(h.queued().await == 0) })
         .await
         .expect("drained");
-    assert_eq!(h.metric("rafter_interruption_malformed_total"), 1000.0);
-    assert_eq!(h.metric("rafter_interruption_unmanaged_total"), 9.0);
-    assert_eq!(h.metric("rafter_interruption_deleted_total"), 1010.0);
+    // SQS delivers at least once (moto, too, now and then hands one message to two receivers), so
+    // deliveries beyond the 1,010 sent may only add to the counts of what they repeat.
+    let received = h.metric("rafter_interruption_received_total");
+    assert_eq!(h.metric("rafter_interruption_deleted_total"), received, "every delivery was deleted");
+    let extra = received - 1010.0;
+    assert!(extra >= 0.0, "{received} deliveries");
+    let malformed = h.metric("rafter_interruption_malformed_total");
+    assert!((1000.0..=1000.0 + extra).contains(&malformed), "{malformed} malformed of {received}");
+    let unmanaged = h.metric("rafter_interruption_unmanaged_total");
+    assert!((9.0..=9.0 + extra).contains(&unmanaged), "{unmanaged} unmanaged of {received}");
+    assert!(h.metric("rafter_interruption_duplicates_total") <= extra);
     // The valid warning was recorded on the claim before its message was deleted, and acted on.
     h.world
         .wait_for("the node replaced", Duration::from_secs(60), || async {
