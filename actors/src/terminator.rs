@@ -326,12 +326,12 @@ impl Actor for Terminator {
                     && c.metadata.finalizers.iter().flatten().any(|f| f == labels::TERMINATION_FINALIZER)
             })
             .collect();
+        // A claim no longer terminating ends its spans.
+        let live: std::collections::HashSet<String> = deleting.iter().filter_map(|c| c.metadata.name.clone()).collect();
+        state.spans.retain(|k, _| live.contains(k));
         if !deleting.is_empty() {
             let nodes = ctx.caches.nodes.all();
             let pods = ctx.caches.pods.all();
-            let live: std::collections::HashSet<String> =
-                deleting.iter().filter_map(|c| c.metadata.name.clone()).collect();
-            state.spans.retain(|k, _| live.contains(k));
             let mut drained = Vec::new();
             for claim in deleting {
                 let name = claim.metadata.name.clone().unwrap_or_default();

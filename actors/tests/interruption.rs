@@ -2,214 +2,24 @@
 //! moto's SQS through the real SDK. A spot warning for a node with a PodDisruptionBudget, duplicate
 //! and reordered deliveries, and a thousand poison messages mixed with valid ones.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use aws_sdk_sqs::types::QueueAttributeName;
+use common::{BUDGET, harness, instance_id, node_ready, rebalance, spot, state_change};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::Api;
 use kube::api::ListParams;
 use rafter::api::nodeclaim::NodeClaim;
-use rafter::cloud::fake::FakeConfig;
-use rafter::cloud::{CloudProvider, InstanceState, parse_provider_id};
+use rafter::cloud::{CloudProvider, InstanceState};
 use rafter::interruption::plan::REPLACES_ANNOTATION;
-use rafter::interruption::queue::{QueueConfig, SqsQueue};
-use rafter_actors::controller::Replica;
 use rafter_actors::timeline::Mark;
-use rafter_actors::world::{INFLATE, NODEPOOL_DEFAULT, World, WorldConfig};
-use rafter_sim::moto::{Moto, TEST_CREDENTIALS};
-use serde_json::json;
+use rafter_actors::world::World;
 use tokio::time::Instant;
-
-const REGION: &str = "us-east-1";
-
-/// A spot-only pool of one instance type, so a node's size and the replacement's options are known.
-fn pool(instance_type: &str) -> String {
-    format!(
-        r#"apiVersion: karpenter.sh/v1
-kind: NodePool
-metadata:
-  name: default
-spec:
-  template:
-    spec:
-      requirements:
-        - key: node.kubernetes.io/instance-type
-          operator: In
-          values: ["{instance_type}"]
-        - key: karpenter.sh/capacity-type
-          operator: In
-          values: ["spot"]
-      nodeClassRef:
-        group: karpenter.k8s.aws
-        kind: EC2NodeClass
-        name: default
-  disruption:
-    consolidationPolicy: WhenEmpty
-    consolidateAfter: 10m
-"#
-    )
-}
-
-const BUDGET: &str = r#"apiVersion: policy/v1
-kind: PodDisruptionBudget
-metadata:
-  name: inflate
-  namespace: default
-spec:
-  minAvailable: 27
-  selector:
-    matchLabels:
-      app: inflate
-"#;
-
-struct Harness {
-    world: World,
-    _moto: Moto,
-    sqs: aws_sdk_sqs::Client,
-    url: String,
-    replica: Replica,
-}
-
-async fn sqs_client(endpoint: &str) -> aws_sdk_sqs::Client {
-    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new(REGION))
-        .endpoint_url(endpoint)
-        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
-            TEST_CREDENTIALS.0,
-            TEST_CREDENTIALS.1,
-            None,
-            None,
-            "test",
-        ))
-        .load()
-        .await;
-    aws_sdk_sqs::Client::new(&config)
-}
-
-/// A world on the fake cloud whose leader consumes a moto SQS queue (found by name, as users
-/// configure it).
-async fn harness(instance_type: &str, workers: usize) -> Harness {
-    let fake =
-        FakeConfig { cluster: "rafter-sim".into(), boot_delay: Duration::from_millis(500), ..FakeConfig::default() };
-    let mut world = World::start(WorldConfig { fake, aws: None, kubeconfig: None }).await.expect("world");
-    world.apply(NODEPOOL_DEFAULT).await.expect("class");
-    world.apply(&pool(instance_type)).await.expect("pool");
-    world.apply(INFLATE).await.expect("inflate");
-    let moto = Moto::start().expect("moto");
-    let sqs = sqs_client(&moto.endpoint).await;
-    let created = sqs.create_queue().queue_name("rafter-interruptions").send().await.expect("create queue");
-    let url = created.queue_url().expect("queue url").to_string();
-    let mut config = QueueConfig::new("rafter-interruptions", REGION);
-    config.endpoint = Some(moto.endpoint.clone());
-    config.credentials = Some((TEST_CREDENTIALS.0.into(), TEST_CREDENTIALS.1.into()));
-    // Short polls keep the test's shutdown quick; production waits 20 s.
-    config.wait = Duration::from_secs(1);
-    let queue = SqsQueue::connect(config).await.expect("queue");
-    assert_eq!(queue.url(), url, "the queue is found by name");
-    world.queue = Some(Arc::new(queue));
-    let mut controller = world.quick_config("rafter-0");
-    controller.interruption_workers = workers;
-    let replica = world.replica(controller).await.expect("replica");
-    world.wait_for("leadership", Duration::from_secs(15), || async { Ok(replica.is_leader()) }).await.expect("leader");
-    Harness { world, _moto: moto, sqs, url, replica }
-}
-
-impl Harness {
-    async fn send(&self, bodies: &[String]) {
-        for chunk in bodies.chunks(10) {
-            let entries = chunk
-                .iter()
-                .enumerate()
-                .map(|(i, body)| {
-                    aws_sdk_sqs::types::SendMessageBatchRequestEntry::builder()
-                        .id(i.to_string())
-                        .message_body(body)
-                        .build()
-                        .expect("entry")
-                })
-                .collect();
-            let out = self.sqs.send_message_batch().queue_url(&self.url).set_entries(Some(entries)).send().await;
-            assert!(out.expect("send").failed().is_empty(), "every message was accepted");
-        }
-    }
-
-    /// Messages still on the queue, visible or in flight.
-    async fn queued(&self) -> u64 {
-        let out = self
-            .sqs
-            .get_queue_attributes()
-            .queue_url(&self.url)
-            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
-            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
-            .send()
-            .await
-            .expect("attributes");
-        out.attributes().map(|a| a.values().filter_map(|v| v.parse::<u64>().ok()).sum()).unwrap_or(u64::MAX)
-    }
-
-    fn metric(&self, name: &str) -> f64 {
-        let text = self.replica.ctx.metrics.encode();
-        text.lines()
-            .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    }
-
-    async fn scale_and_wait(&self, pods: u32) {
-        self.world.scale(pods).await.expect("scale");
-        self.world
-            .wait_for(&format!("{pods} pods running"), Duration::from_secs(60), || async {
-                Ok(self.world.running().await? == pods as usize)
-            })
-            .await
-            .expect("running");
-    }
-}
-
-fn event(id: &str, detail_type: &str, time: Timestamp, detail: serde_json::Value) -> String {
-    json!({
-        "version": "0", "id": id, "detail-type": detail_type, "source": "aws.ec2", "account": "123456789012",
-        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(), "region": REGION,
-        "resources": [format!("arn:aws:ec2:{REGION}:123456789012:instance/{}", detail["instance-id"].as_str().unwrap_or_default())],
-        "detail": detail
-    })
-    .to_string()
-}
-
-fn spot(id: &str, instance: &str, time: Timestamp) -> String {
-    let detail = json!({"instance-id": instance, "instance-action": "terminate"});
-    event(id, "EC2 Spot Instance Interruption Warning", time, detail)
-}
-
-fn state_change(id: &str, instance: &str, state: &str, time: Timestamp) -> String {
-    event(id, "EC2 Instance State-change Notification", time, json!({"instance-id": instance, "state": state}))
-}
-
-fn rebalance(id: &str, instance: &str, time: Timestamp) -> String {
-    event(id, "EC2 Instance Rebalance Recommendation", time, json!({"instance-id": instance}))
-}
-
-fn instance_id(claim: &NodeClaim) -> String {
-    let provider = claim.status.as_ref().and_then(|s| s.provider_id.clone()).expect("launched");
-    parse_provider_id(&provider).expect("aws provider id").1.to_string()
-}
-
-fn node_ready(node: &Node) -> bool {
-    let ready = node
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-    let tainted =
-        node.spec.as_ref().and_then(|s| s.taints.as_ref()).is_some_and(|t| {
-            t.iter().any(|t| t.key == "karpenter.sh/unregistered" || t.key == "karpenter.sh/disrupted")
-        });
-    ready && !tainted && node.metadata.deletion_timestamp.is_none()
-}
 
 /// What a watcher of the cluster saw during an interruption.
 #[derive(Debug, Default)]

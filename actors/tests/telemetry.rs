@@ -1,61 +1,17 @@
 //! One batch is one trace: `provision` → `solve`, `provision` → `launch` (per claim) → `register`,
 //! exported over OTLP/HTTP to an in-process receiver.
 
-use std::sync::{Arc, Mutex};
+mod common;
+
 use std::time::Duration;
 
-use http::{Request, Response};
-use http_body_util::{BodyExt, Full};
-use hyper::body::{Bytes, Incoming};
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use common::receiver;
 use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::trace::v1::Span;
-use prost::Message;
 use rafter_actors::world::{INFLATE, NODEPOOL_DEFAULT, World, WorldConfig};
 use tracing_subscriber::Layer;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-
-/// An OTLP/HTTP trace receiver on 127.0.0.1 that keeps every span it is sent.
-async fn receiver() -> (String, Arc<Mutex<Vec<Span>>>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    let spans: Arc<Mutex<Vec<Span>>> = Arc::default();
-    let kept = spans.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
-            let kept = kept.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |req: Request<Incoming>| {
-                    let kept = kept.clone();
-                    async move {
-                        assert_eq!(req.uri().path(), "/v1/traces");
-                        let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-                        if let Ok(export) = ExportTraceServiceRequest::decode(body) {
-                            let mut kept = kept.lock().expect("lock");
-                            for rs in export.resource_spans {
-                                for ss in rs.scope_spans {
-                                    kept.extend(ss.spans);
-                                }
-                            }
-                        }
-                        let mut response = Response::new(Full::new(Bytes::new()));
-                        response
-                            .headers_mut()
-                            .insert("content-type", "application/x-protobuf".parse().expect("header"));
-                        Ok::<_, std::convert::Infallible>(response)
-                    }
-                });
-                let _ =
-                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
-            });
-        }
-    });
-    (url, spans)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_is_one_trace_from_provision_through_solve_and_launch_to_register() {
