@@ -340,7 +340,8 @@ fn replaced_received_at(claim: &NodeClaim, claims: &[Arc<NodeClaim>]) -> Option<
     rafter::interruption::plan::Record::of(old.metadata.annotations.as_ref()).map(|r| r.received_at)
 }
 
-fn node_ready(node: &Node) -> bool {
+/// Whether the kubelet reports the node Ready.
+pub fn node_ready(node: &Node) -> bool {
     node.status
         .as_ref()
         .and_then(|s| s.conditions.as_ref())

@@ -24,7 +24,7 @@ use tracing::Instrument;
 
 use crate::clock::age;
 use crate::context::Ctx;
-use crate::launcher::condition_true;
+use crate::launcher::{condition_true, node_ready};
 use crate::timeline::Mark;
 
 #[derive(Debug)]
@@ -151,7 +151,8 @@ impl Terminator {
                 .is_some_and(|(grace, deleted)| age(ctx.clock.as_ref(), deleted) >= grace);
             // A node that never became ready (a failed launch with pods bound directly) has nothing
             // to drain gracefully: its pods are deleted so their controllers recreate them.
-            let never_ready = !condition_true(claim, rafter::api::nodeclaim::conditions::INITIALIZED);
+            let never_ready =
+                !condition_true(claim, rafter::api::nodeclaim::conditions::INITIALIZED) && !node_ready(node);
             let force = deadline_passed || never_ready;
             // An interruption's deadline: the node goes then whatever its pods say, so
             // `do-not-disrupt` cannot hold the drain, and grace periods are cut to end before it.

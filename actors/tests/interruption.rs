@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::{BUDGET, harness, instance_id, node_ready, rebalance, spot, state_change};
+use common::{BUDGET, harness, harness_with, instance_id, node_ready, rebalance, spot, state_change};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::Api;
@@ -18,7 +18,7 @@ use rafter::api::nodeclaim::NodeClaim;
 use rafter::cloud::{CloudProvider, InstanceState};
 use rafter::interruption::plan::REPLACES_ANNOTATION;
 use rafter_actors::timeline::Mark;
-use rafter_actors::world::World;
+use rafter_actors::world::{INFLATE, World};
 use tokio::time::Instant;
 
 /// What a watcher of the cluster saw during an interruption.
@@ -324,4 +324,44 @@ async fn a_thousand_poison_messages_never_block_the_queue_and_valid_ones_are_act
         took,
         started.elapsed()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_warning_drains_at_once_with_grace_cut_to_the_deadline_and_still_terminates_in_time() {
+    // Pods that ask for 30 s to shut down, and a warning delivered 100 s late: 20 s are left, too
+    // few to wait for the replacement or to give any pod its full grace period.
+    let inflate = INFLATE.replace("terminationGracePeriodSeconds: 0", "terminationGracePeriodSeconds: 30");
+    assert_ne!(inflate, INFLATE);
+    let h = harness_with("m5.xlarge", 2, &inflate).await;
+    h.scale_and_wait(10).await;
+    let old = the_claim(&h.world).await;
+    let old_name = old.metadata.name.clone().expect("name");
+    let warned = Timestamp::now() - jiff::SignedDuration::from_secs(100);
+    let deadline = warned + jiff::SignedDuration::from_secs(120);
+    h.send(&[spot("late-spot", &instance_id(&old), warned)]).await;
+    h.world
+        .wait_for("the interrupted claim terminated", Duration::from_secs(30), || async {
+            let claims = h.world.claims().await?;
+            Ok(claims.iter().all(|c| c.metadata.name.as_deref() != Some(old_name.as_str())))
+        })
+        .await
+        .expect("terminated");
+    let finished = Timestamp::now();
+    assert!(finished < deadline, "terminated at {finished}, deadline {deadline}");
+    let forced = h
+        .replica
+        .ctx
+        .timeline
+        .first(|m| matches!(m, Mark::DrainStarted { claim, replacement_ready: false } if *claim == old_name));
+    assert!(forced.is_some(), "the deadline started the drain without waiting for the replacement");
+    assert_eq!(h.metric("rafter_interruption_drains_total{replacement_ready=\"false\"}"), 1.0);
+    assert!(
+        h.metric("rafter_interruption_budget_overrides_total") >= 1.0,
+        "pods were deleted with the grace that was left"
+    );
+    assert_eq!(h.metric("rafter_interruption_deadline_misses_total"), 0.0);
+    h.world
+        .wait_for("all pods running again", Duration::from_secs(60), || async { Ok(h.world.running().await? == 10) })
+        .await
+        .expect("rescheduled");
 }

@@ -134,12 +134,17 @@ pub async fn sqs_client(endpoint: &str) -> aws_sdk_sqs::Client {
 /// A world on the fake cloud whose leader consumes a moto SQS queue (found by name, as users
 /// configure it).
 pub async fn harness(instance_type: &str, workers: usize) -> Harness {
+    harness_with(instance_type, workers, INFLATE).await
+}
+
+/// [`harness`] with another `inflate` Deployment.
+pub async fn harness_with(instance_type: &str, workers: usize, inflate: &str) -> Harness {
     let fake =
         FakeConfig { cluster: "rafter-sim".into(), boot_delay: Duration::from_millis(500), ..FakeConfig::default() };
     let mut world = World::start(WorldConfig { fake, aws: None, kubeconfig: None }).await.expect("world");
     world.apply(NODEPOOL_DEFAULT).await.expect("class");
     world.apply(&pool(instance_type)).await.expect("pool");
-    world.apply(INFLATE).await.expect("inflate");
+    world.apply(inflate).await.expect("inflate");
     let moto = Moto::start().expect("moto");
     let sqs = sqs_client(&moto.endpoint).await;
     let created = sqs.create_queue().queue_name("rafter-interruptions").send().await.expect("create queue");
