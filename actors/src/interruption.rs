@@ -156,7 +156,7 @@ async fn record(
 
 /// Handles one delivery; true when it may be deleted (its action is recorded, or there is none).
 async fn handle_message(ctx: &Ctx, message: &QueueMessage, handler: &ActorRef<InterruptionHandlerMessage>) -> bool {
-    let received_at = ctx.clock.now();
+    let (received, received_at) = (Instant::now(), ctx.clock.now());
     if let Some(sent) = message.sent_at {
         ctx.metrics.interruption_message_age.observe(received_at.duration_since(sent).as_secs_f64().max(0.0));
     }
@@ -203,7 +203,7 @@ async fn handle_message(ctx: &Ctx, message: &QueueMessage, handler: &ActorRef<In
                         notice.deadline.map_or("none".to_string(), |d| d.to_string())
                     )
                 });
-                ctx.timeline.mark(Mark::Interrupted { claim: claim.clone() });
+                ctx.timeline.mark(Mark::Interrupted { claim: claim.clone(), received });
                 ctx.traces.insert(&claim, span.clone());
                 let _ = handler.cast(InterruptionHandlerMessage::Recorded { claim, span });
             }

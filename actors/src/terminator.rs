@@ -235,7 +235,7 @@ fn drained_interrupted(ctx: &Ctx, claim: &NodeClaim) {
     let name = claim.metadata.name.clone().unwrap_or_default();
     ctx.timeline.mark(Mark::Drained { claim: name.clone() });
     if let Some(deadline) = Record::of(claim.metadata.annotations.as_ref()).and_then(|r| r.deadline) {
-        let left = ctx.clock.now().duration_since(deadline).as_secs_f64() * -1.0;
+        let left = deadline.duration_since(ctx.clock.now()).as_secs_f64();
         ctx.metrics.interruption_drain_margin.observe(left.max(0.0));
         tracing::info!("Drained interrupted nodeclaim {name}, {left:.1}s before its deadline");
     }

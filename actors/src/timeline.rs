@@ -35,9 +35,10 @@ pub enum Mark {
     Terminated {
         claim: String,
     },
-    /// An interruption was recorded on a claim.
+    /// An interruption was recorded on a claim; its message was received at `received`.
     Interrupted {
         claim: String,
+        received: Instant,
     },
     /// Replacement capacity was handed to the launcher for an interrupted claim.
     ReplacementPlanned {

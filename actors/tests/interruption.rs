@@ -166,7 +166,7 @@ async fn a_spot_interrupted_node_is_replaced_before_eviction_and_terminated_befo
 
     let timeline = h.replica.ctx.timeline.clone();
     let at = |f: &dyn Fn(&Mark) -> bool| timeline.marks().into_iter().find(|(_, m)| f(m)).map(|(t, _)| t);
-    let interrupted = at(&|m| matches!(m, Mark::Interrupted { claim } if *claim == old_name)).expect("recorded");
+    let interrupted = at(&|m| matches!(m, Mark::Interrupted { claim, .. } if *claim == old_name)).expect("recorded");
     let tainted = at(&|m| matches!(m, Mark::Tainted { claim } if *claim == old_name)).expect("tainted");
     let new_name = new.metadata.name.clone().expect("name");
     let registered = at(&|m| matches!(m, Mark::Registered { claim, .. } if *claim == new_name)).expect("registered");
@@ -317,7 +317,7 @@ async fn a_thousand_poison_messages_never_block_the_queue_and_valid_ones_are_act
         })
         .await
         .expect("replaced");
-    let recorded = h.replica.ctx.timeline.first(|m| matches!(m, Mark::Interrupted { claim } if *claim == name));
+    let recorded = h.replica.ctx.timeline.first(|m| matches!(m, Mark::Interrupted { claim, .. } if *claim == name));
     assert!(recorded.is_some(), "the valid warning was recorded");
     println!(
         "1,010 messages (1,000 malformed) sent in {:?}, queue drained {:?} after sending",
