@@ -33,7 +33,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::context::{Ctx, peer};
-use crate::launcher::{LauncherMessage, condition_true, delete_claim};
+use crate::launcher::{LauncherMessage, condition_true, delete_claim, rebatch};
 use crate::metrics::{KindLabel, ReadyLabel};
 use crate::terminator::taint_disrupted;
 use crate::timeline::Mark;
@@ -317,8 +317,10 @@ impl InterruptionHandler {
             .find(|n| n.spec.as_ref().and_then(|s| s.provider_id.clone()) == provider && provider.is_some());
         let Some(node) = node.cloned() else {
             // Not registered (or already gone): no pods to move. Removing the claim is all there is.
-            tracing::info!("Interrupted nodeclaim {name} has no node; removing it");
-            let _ = delete_claim(&ctx, &name).await;
+            tracing::info!("Interrupted nodeclaim {name} has no node; removing it and planning its pods again");
+            if delete_claim(&ctx, &name).await.is_ok() {
+                rebatch(&ctx);
+            }
             return;
         };
         let node_name = node.metadata.name.clone().unwrap_or_default();

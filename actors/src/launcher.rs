@@ -186,7 +186,8 @@ pub async fn delete_claim(ctx: &Ctx, name: &str) -> Result<(), kube::Error> {
     }
 }
 
-fn rebatch(ctx: &Ctx) {
+/// Asks the batcher to look at pending pods again.
+pub fn rebatch(ctx: &Ctx) {
     if let Some(b) = peer(&ctx.peers.batcher) {
         let _ = b.cast(BatcherMessage::Pending);
     }
