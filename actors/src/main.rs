@@ -315,6 +315,18 @@ fn solve(file: &str, catalog: &str, spot_price_ratio: f64) -> anyhow::Result<()>
     Ok(())
 }
 
+/// The AWS region: `--region`, else the SDK's default chain (AWS_REGION, profile).
+async fn region(args: &RunArgs, needed_by: &str) -> anyhow::Result<String> {
+    match args.region.clone() {
+        Some(r) => Ok(r),
+        None => aws_config::load_defaults(aws_config::BehaviorVersion::latest())
+            .await
+            .region()
+            .map(|r| r.to_string())
+            .with_context(|| format!("{needed_by} needs a region: set --region or AWS_REGION")),
+    }
+}
+
 fn run(args: RunArgs, json: bool) -> anyhow::Result<()> {
     let problems = args.validate();
     if !problems.is_empty() {
@@ -336,14 +348,7 @@ fn run(args: RunArgs, json: bool) -> anyhow::Result<()> {
                 })?)
             }
             config::CloudKind::Aws => {
-                let region = match args.region.clone() {
-                    Some(r) => r,
-                    None => aws_config::load_defaults(aws_config::BehaviorVersion::latest())
-                        .await
-                        .region()
-                        .map(|r| r.to_string())
-                        .context("--cloud aws needs a region: set --region or AWS_REGION")?,
-                };
+                let region = region(&args, "--cloud aws").await?;
                 let mut aws = rafter::cloud::aws::AwsConfig::new(args.cluster_name.clone(), region);
                 aws.endpoint = args.aws_endpoint.clone();
                 aws.cluster_endpoint = args.cluster_endpoint.clone();
@@ -357,14 +362,7 @@ fn run(args: RunArgs, json: bool) -> anyhow::Result<()> {
             match &args.interruption_queue {
                 None => None,
                 Some(queue) => {
-                    let region = match args.region.clone() {
-                        Some(r) => r,
-                        None => aws_config::load_defaults(aws_config::BehaviorVersion::latest())
-                            .await
-                            .region()
-                            .map(|r| r.to_string())
-                            .context("--interruption-queue needs a region: set --region or AWS_REGION")?,
-                    };
+                    let region = region(&args, "--interruption-queue").await?;
                     let mut config = rafter::interruption::queue::QueueConfig::new(queue.clone(), region);
                     config.endpoint = args.aws_endpoint.clone();
                     let sqs = rafter::interruption::queue::SqsQueue::connect(config).await?;

@@ -5,22 +5,14 @@ mod common;
 
 use std::time::Duration;
 
-use common::{harness, instance_id, receiver, spot};
+use common::{export_spans, harness, instance_id, receiver, spot};
 use jiff::Timestamp;
-use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_proto::tonic::trace::v1::Span;
-use tracing_subscriber::Layer;
-use tracing_subscriber::layer::SubscriberExt;
-use tracing_subscriber::util::SubscriberInitExt;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_interruption_is_one_trace_from_receipt_through_replacement_taint_and_drain_to_termination() {
     let (url, spans) = receiver().await;
-    let provider = rafter_actors::telemetry::otlp_provider(&url).expect("exporter");
-    let layer = tracing_opentelemetry::layer()
-        .with_tracer(provider.tracer("rafter"))
-        .with_filter(tracing_subscriber::EnvFilter::new("warn,rafter_actors=info"));
-    tracing_subscriber::registry().with(layer).try_init().expect("subscriber");
+    let provider = export_spans(&url);
 
     let h = harness("m5.xlarge", 2).await;
     h.scale_and_wait(10).await;

@@ -5,22 +5,14 @@ mod common;
 
 use std::time::Duration;
 
-use common::receiver;
-use opentelemetry::trace::TracerProvider as _;
+use common::{export_spans, receiver};
 use opentelemetry_proto::tonic::trace::v1::Span;
 use rafter_actors::world::{INFLATE, NODEPOOL_DEFAULT, World, WorldConfig};
-use tracing_subscriber::Layer;
-use tracing_subscriber::layer::SubscriberExt;
-use tracing_subscriber::util::SubscriberInitExt;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_is_one_trace_from_provision_through_solve_and_launch_to_register() {
     let (url, spans) = receiver().await;
-    let provider = rafter_actors::telemetry::otlp_provider(&url).expect("exporter");
-    let layer = tracing_opentelemetry::layer()
-        .with_tracer(provider.tracer("rafter"))
-        .with_filter(tracing_subscriber::EnvFilter::new("warn,rafter_actors=info"));
-    tracing_subscriber::registry().with(layer).try_init().expect("subscriber");
+    let provider = export_spans(&url);
 
     let world = World::start(WorldConfig::default()).await.expect("world");
     world.apply(NODEPOOL_DEFAULT).await.expect("pool");

@@ -235,4 +235,4 @@ pub fn launched_type(claim: &NodeClaim) -> Option<&str> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

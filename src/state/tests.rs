@@ -27,7 +27,8 @@ fn pool() -> NodePool {
     .expect("pool")
 }
 
-fn types(_: &NodePool) -> Vec<InstanceType> {
+/// Every catalog type, spot at 40% of on-demand (shared with other modules' tests).
+pub(crate) fn types(_: &NodePool) -> Vec<InstanceType> {
     us_east_1()
         .expect("catalog")
         .iter()

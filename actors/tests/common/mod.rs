@@ -26,6 +26,20 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
 
+/// Makes this test process export its spans over OTLP/HTTP to `url` (once per process).
+pub fn export_spans(url: &str) -> opentelemetry_sdk::trace::SdkTracerProvider {
+    use opentelemetry::trace::TracerProvider as _;
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let provider = rafter_actors::telemetry::otlp_provider(url).expect("exporter");
+    let layer = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("rafter"))
+        .with_filter(tracing_subscriber::EnvFilter::new("warn,rafter_actors=info"));
+    tracing_subscriber::registry().with(layer).try_init().expect("subscriber");
+    provider
+}
+
 /// An OTLP/HTTP trace receiver on 127.0.0.1 that keeps every span it is sent.
 pub async fn receiver() -> (String, Arc<Mutex<Vec<Span>>>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");

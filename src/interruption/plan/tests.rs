@@ -5,8 +5,7 @@ use serde_json::json;
 
 use super::*;
 use crate::api::NodePool;
-use crate::scheduling::catalog::us_east_1;
-use crate::scheduling::instance_types::KubeletSettings;
+use crate::state::tests::types;
 
 fn example(name: &str) -> String {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/examples/events").join(name);
@@ -233,14 +232,6 @@ fn pool() -> NodePool {
             "nodeClassRef": {"group": "karpenter.k8s.aws", "kind": "EC2NodeClass", "name": "default"}}}}
     }))
     .expect("pool")
-}
-
-fn types(_: &NodePool) -> Vec<InstanceType> {
-    us_east_1()
-        .expect("catalog")
-        .iter()
-        .map(|s| InstanceType::new(s, &KubeletSettings::default(), |_| Some(s.on_demand_price * 0.4)))
-        .collect()
 }
 
 #[test]
