@@ -68,8 +68,14 @@ async fn scale_up_run_and_scale_down(pool_manifest: &str, consolidate_after: Dur
         })
         .await
         .expect("nodes, instances and claims are gone");
-    let metrics = replica.ctx.metrics.encode();
-    assert!(metrics.contains(&format!("rafter_nodeclaims_terminated_total {}", instances.len())), "{metrics}");
+    // The claim disappears when its finalizer is removed, a moment before Rafter counts it.
+    let counted = format!("rafter_nodeclaims_terminated_total {}", instances.len());
+    let settled = world
+        .wait_for("terminations counted", Duration::from_secs(5), || async {
+            Ok(replica.ctx.metrics.encode().contains(&counted))
+        })
+        .await;
+    assert!(settled.is_ok(), "{}", replica.ctx.metrics.encode());
     replica.shutdown().await;
 }
 
