@@ -35,7 +35,7 @@ use tracing::Instrument;
 use crate::context::{Ctx, peer};
 use crate::launcher::{LauncherMessage, condition_true, delete_claim, rebatch};
 use crate::metrics::{KindLabel, ReadyLabel};
-use crate::terminator::taint_disrupted;
+use crate::terminator::{node_of, taint_disrupted};
 use crate::timeline::Mark;
 
 #[derive(Debug)]
@@ -43,8 +43,9 @@ pub struct InterruptionHandler;
 
 #[derive(Debug)]
 pub enum InterruptionHandlerMessage {
-    /// A worker recorded an interruption on this claim: act on it now, within its trace.
-    Recorded { claim: String, span: tracing::Span },
+    /// A worker recorded an interruption on this claim: act on it now, within its trace (the
+    /// record comes along, as the cache may not show it yet).
+    Recorded { claim: String, record: Record, span: tracing::Span },
     /// Look at every claim with a record again.
     Reconcile,
 }
@@ -103,8 +104,8 @@ pub enum RecordError {
 /// How a notice about one instance was recorded.
 #[derive(Debug, PartialEq, Eq)]
 enum Recorded {
-    /// A claim now carries the record (or was deleted): act on it.
-    Written(String),
+    /// A claim now carries this record (or was deleted): act on it.
+    Written(String, Record),
     /// The claim already has a record at least as urgent.
     Duplicate,
     /// No NodeClaim owns the instance.
@@ -140,7 +141,7 @@ async fn record(
                     delete_claim(ctx, &name).await?;
                     tracing::info!("Removing nodeclaim {name}: its instance {instance} is stopping or gone");
                 }
-                return Ok(Recorded::Written(name));
+                return Ok(Recorded::Written(name, next));
             }
             Err(kube::Error::Api(s)) if s.code == 409 => match api.get_opt(&name).await? {
                 Some(fresh) => claim = fresh,
@@ -194,7 +195,7 @@ async fn handle_message(ctx: &Ctx, message: &QueueMessage, handler: &ActorRef<In
             nodeclaim = tracing::field::Empty,
         );
         match record(ctx, &notice, instance, received_at).instrument(span.clone()).await {
-            Ok(Recorded::Written(claim)) => {
+            Ok(Recorded::Written(claim, record)) => {
                 span.record("nodeclaim", claim.as_str());
                 span.in_scope(|| {
                     tracing::info!(
@@ -205,7 +206,7 @@ async fn handle_message(ctx: &Ctx, message: &QueueMessage, handler: &ActorRef<In
                 });
                 ctx.timeline.mark(Mark::Interrupted { claim: claim.clone(), received });
                 ctx.traces.insert(&claim, span.clone());
-                let _ = handler.cast(InterruptionHandlerMessage::Recorded { claim, span });
+                let _ = handler.cast(InterruptionHandlerMessage::Recorded { claim, record, span });
             }
             Ok(Recorded::Duplicate) => {
                 ctx.metrics.interruption_duplicates.inc();
@@ -275,7 +276,7 @@ fn spot_offering(claim: &NodeClaim) -> Option<OfferingKey> {
 }
 
 impl InterruptionHandler {
-    async fn reconcile(&self, state: &mut InterruptionHandlerState, only: Option<&str>) {
+    async fn reconcile(&self, state: &mut InterruptionHandlerState) {
         let ctx = state.ctx.clone();
         let claims = ctx.caches.claims.all();
         let recorded: Vec<(Arc<NodeClaim>, Record)> =
@@ -285,7 +286,7 @@ impl InterruptionHandler {
         ctx.traces.retain(|k| claims.iter().any(|c| c.metadata.name.as_deref() == Some(k)));
         for (claim, record) in recorded {
             let name = name_of(&claim);
-            if only.is_some_and(|o| o != name) || claim.metadata.deletion_timestamp.is_some() {
+            if claim.metadata.deletion_timestamp.is_some() {
                 continue;
             }
             if record.action == Action::Remove {
@@ -312,9 +313,7 @@ impl InterruptionHandler {
         let name = name_of(claim);
         let provider = claim.status.as_ref().and_then(|s| s.provider_id.clone());
         let nodes = ctx.caches.nodes.all();
-        let node = nodes
-            .iter()
-            .find(|n| n.spec.as_ref().and_then(|s| s.provider_id.clone()) == provider && provider.is_some());
+        let node = node_of(provider.as_deref(), &nodes);
         let Some(node) = node.cloned() else {
             // Not registered (or already gone): no pods to move. Removing the claim is all there is.
             tracing::info!("Interrupted nodeclaim {name} has no node; removing it and planning its pods again");
@@ -326,7 +325,7 @@ impl InterruptionHandler {
         let node_name = node.metadata.name.clone().unwrap_or_default();
         let progress = state.progress.entry(name.clone()).or_default();
         if !progress.marked {
-            if record.kind == Kind::SpotInterruption
+            if record.kind.exhausts_spot_offering()
                 && let Some(offering) = spot_offering(claim)
             {
                 let ttl = ctx.config.unavailable_offering_ttl;
@@ -337,6 +336,7 @@ impl InterruptionHandler {
         }
 
         let pods = ctx.caches.pods.all();
+        let moving = evacuees(&pods, &node_name);
         let pools = ctx.caches.effective_pools();
         let daemonsets = ctx.caches.daemonsets.all();
 
@@ -378,7 +378,7 @@ impl InterruptionHandler {
             match tokio::task::spawn_blocking(job).await {
                 Ok(plan) => {
                     progress.unplaceable = unplaceable(&plan);
-                    let moving = evacuees(&pods, &node_name).len();
+                    let moving = moving.len();
                     if !plan.claims.is_empty() || !progress.replace_traced {
                         let span = tracing::info_span!("replace", nodeclaim = %name, pods = moving, claims = plan.claims.len());
                         span.in_scope(|| {
@@ -436,7 +436,6 @@ impl InterruptionHandler {
         let bought_ready =
             !replacements.is_empty() && replacements.iter().all(|c| condition_true(c, conditions::INITIALIZED));
         let ready = bought_ready || replacement_ready(snapshot, &node_name, &progress.unplaceable);
-        let moving = evacuees(&pods, &node_name);
         let forced = record.deadline.is_some_and(|d| ctx.clock.now() >= latest_drain_start(d, &moving));
         if ready || forced {
             match delete_claim(&ctx, &name).await {
@@ -484,23 +483,18 @@ impl Actor for InterruptionHandler {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            InterruptionHandlerMessage::Recorded { claim, span } => {
-                // The cache may not show the record yet: wait for it briefly, then act.
-                let ctx = state.ctx.clone();
-                for _ in 0..20 {
-                    let seen = ctx.caches.claims.all().iter().any(|c| {
-                        c.metadata.name.as_deref() == Some(claim.as_str())
-                            && c.metadata.annotations.as_ref().is_some_and(|a| a.contains_key(ANNOTATION))
-                    });
-                    if seen {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(5)).await;
+            InterruptionHandlerMessage::Recorded { claim, record, span } => {
+                // A removal was carried out by the worker; the Terminator takes it from there.
+                let claims = state.ctx.caches.claims.all();
+                let current = claims.iter().find(|c| c.metadata.name.as_deref() == Some(claim.as_str())).cloned();
+                if let Some(current) = current.filter(|c| c.metadata.deletion_timestamp.is_none())
+                    && record.action == Action::Replace
+                {
+                    self.advance(state, &claims, &current, &record).instrument(span).await;
                 }
-                self.reconcile(state, Some(&claim)).instrument(span).await;
             }
             InterruptionHandlerMessage::Reconcile => {
-                self.reconcile(state, None).await;
+                self.reconcile(state).await;
                 myself.send_after(state.ctx.config.reconcile_period, || InterruptionHandlerMessage::Reconcile);
             }
         }

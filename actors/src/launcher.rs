@@ -341,21 +341,13 @@ fn replaced_received_at(claim: &NodeClaim, claims: &[Arc<NodeClaim>]) -> Option<
     rafter::interruption::plan::Record::of(old.metadata.annotations.as_ref()).map(|r| r.received_at)
 }
 
-/// Whether the kubelet reports the node Ready.
-pub fn node_ready(node: &Node) -> bool {
-    node.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
 /// Initialised: the node is Ready and none of the claim's startup taints (nor `unregistered`) remain.
 pub fn initialized(claim: &NodeClaim, node: &Node) -> bool {
     let taints = node.spec.as_ref().and_then(|s| s.taints.as_ref());
     let pending = taints.into_iter().flatten().any(|t| {
         t.key == labels::UNREGISTERED_TAINT_KEY || claim.spec.template.startup_taints.iter().any(|s| s.key == t.key)
     });
-    node_ready(node) && !pending
+    rafter::state::node_ready(node) && !pending
 }
 
 impl Launcher {

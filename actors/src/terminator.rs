@@ -24,7 +24,7 @@ use tracing::Instrument;
 
 use crate::clock::age;
 use crate::context::Ctx;
-use crate::launcher::{condition_true, node_ready};
+use crate::launcher::condition_true;
 use crate::timeline::Mark;
 
 #[derive(Debug)]
@@ -42,6 +42,8 @@ pub struct TerminatorState {
     backoff: HashMap<String, (Instant, u32)>,
     /// Each claim's open span: its `drain` while it drains, then its `terminate`.
     spans: HashMap<String, tracing::Span>,
+    /// Interrupted claims whose drain has finished (their span is now `terminate`).
+    drained: std::collections::HashSet<String>,
 }
 
 pub type TerminatorArgs = Ctx;
@@ -151,8 +153,8 @@ impl Terminator {
                 .is_some_and(|(grace, deleted)| age(ctx.clock.as_ref(), deleted) >= grace);
             // A node that never became ready (a failed launch with pods bound directly) has nothing
             // to drain gracefully: its pods are deleted so their controllers recreate them.
-            let never_ready =
-                !condition_true(claim, rafter::api::nodeclaim::conditions::INITIALIZED) && !node_ready(node);
+            let never_ready = !condition_true(claim, rafter::api::nodeclaim::conditions::INITIALIZED)
+                && !rafter::state::node_ready(node);
             let force = deadline_passed || never_ready;
             // An interruption's deadline: the node goes then whatever its pods say, so
             // `do-not-disrupt` cannot hold the drain, and grace periods are cut to end before it.
@@ -221,13 +223,8 @@ impl Terminator {
 const DEADLINE_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The Node registered for a provider ID.
-fn node_of<'a>(provider: Option<&str>, nodes: &'a [Arc<Node>]) -> Option<&'a Arc<Node>> {
+pub fn node_of<'a>(provider: Option<&str>, nodes: &'a [Arc<Node>]) -> Option<&'a Arc<Node>> {
     provider.and_then(|p| nodes.iter().find(|n| n.spec.as_ref().and_then(|s| s.provider_id.as_deref()) == Some(p)))
-}
-
-/// Whether this is the first pass to find the claim drained (its span is still its `drain`).
-fn claim_drained(state: &TerminatorState, name: &str) -> bool {
-    state.spans.get(name).and_then(|s| s.metadata()).is_some_and(|m| m.name() == "drain")
 }
 
 /// An interrupted claim's node is drained: how much time was left.
@@ -308,7 +305,7 @@ impl Actor for Terminator {
 
     async fn pre_start(&self, myself: ActorRef<Self::Msg>, ctx: Ctx) -> Result<Self::State, ActorProcessingErr> {
         let _ = myself.cast(TerminatorMessage::Reconcile);
-        Ok(TerminatorState { ctx, backoff: HashMap::new(), spans: HashMap::new() })
+        Ok(TerminatorState { ctx, backoff: HashMap::new(), spans: HashMap::new(), drained: Default::default() })
     }
 
     async fn handle(
@@ -330,6 +327,7 @@ impl Actor for Terminator {
         // A claim no longer terminating ends its spans.
         let live: std::collections::HashSet<String> = deleting.iter().filter_map(|c| c.metadata.name.clone()).collect();
         state.spans.retain(|k, _| live.contains(k));
+        state.drained.retain(|k| live.contains(k));
         if !deleting.is_empty() {
             let nodes = ctx.caches.nodes.all();
             let pods = ctx.caches.pods.all();
@@ -346,15 +344,14 @@ impl Actor for Terminator {
                     })
                     .clone();
                 if self.drain(state, claim, &nodes, &pods).instrument(span.clone()).await {
-                    let span = match (&interruption, claim_drained(state, &name)) {
-                        (Some(parent), true) => {
-                            drained_interrupted(&ctx, claim);
-                            let span = tracing::info_span!(parent: parent, "terminate", nodeclaim = %name);
-                            state.spans.insert(name.clone(), span.clone());
-                            span
-                        }
-                        _ => span,
-                    };
+                    let mut span = span;
+                    if let Some(parent) = &interruption
+                        && state.drained.insert(name.clone())
+                    {
+                        drained_interrupted(&ctx, claim);
+                        span = tracing::info_span!(parent: parent, "terminate", nodeclaim = %name);
+                        state.spans.insert(name.clone(), span.clone());
+                    }
                     drained.push((claim, name, span));
                 }
             }

@@ -54,6 +54,11 @@ impl Kind {
         Kind::Unknown,
     ];
 
+    /// Whether an event of this kind says the instance's spot offering is short of capacity.
+    pub fn exhausts_spot_offering(self) -> bool {
+        self == Kind::SpotInterruption
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::SpotInterruption => "spot_interruption",
@@ -115,7 +120,7 @@ pub struct Notice {
 impl Notice {
     /// Whether the instance's spot offering should be avoided for a while.
     pub fn exhausts_spot_offering(&self) -> bool {
-        self.kind == Kind::SpotInterruption
+        self.kind.exhausts_spot_offering()
     }
 }
 
@@ -411,11 +416,7 @@ pub fn replacement_ready(snapshot: Snapshot<'_>, node: &str, unplaceable: &HashS
 
 /// Ready, registered and not going away.
 fn ready_node(node: &Node) -> bool {
-    let ready = node
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    let ready = crate::state::node_ready(node);
     let unregistered = node.spec.as_ref().and_then(|s| s.taints.as_ref()).is_some_and(|t| {
         t.iter().any(|t| t.key == labels::UNREGISTERED_TAINT_KEY || t.key == labels::DISRUPTED_TAINT_KEY)
     });

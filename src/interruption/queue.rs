@@ -106,23 +106,16 @@ impl SqsQueue {
             // A long poll holds the request for `wait`; anything much longer is a dead connection.
             .operation_attempt_timeout(config.wait + Duration::from_secs(10))
             .build();
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .region(aws_config::Region::new(config.region.clone()))
-            .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(3))
-            .timeout_config(timeouts);
-        if let Some(endpoint) = &config.endpoint {
-            loader = loader.endpoint_url(endpoint);
-        }
-        if let Some((key, secret)) = &config.credentials {
-            loader = loader.credentials_provider(aws_sdk_sqs::config::Credentials::new(
-                key,
-                secret,
-                None,
-                None,
-                "rafter-static",
-            ));
-        }
-        let client = aws_sdk_sqs::Client::new(&loader.load().await);
+        let retry = aws_config::retry::RetryConfig::standard().with_max_attempts(3);
+        let shared = crate::cloud::aws::sdk_config(
+            &config.region,
+            config.endpoint.as_deref(),
+            config.credentials.as_ref(),
+            retry,
+            timeouts,
+        )
+        .await;
+        let client = aws_sdk_sqs::Client::new(&shared);
         let url = if config.queue.starts_with("https://") || config.queue.starts_with("http://") {
             config.queue.clone()
         } else {

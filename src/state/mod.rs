@@ -56,6 +56,14 @@ pub fn provisionable(pod: &Pod) -> bool {
         && !is_mirror(pod)
 }
 
+/// Whether the kubelet reports a node Ready.
+pub fn node_ready(node: &Node) -> bool {
+    node.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
 /// The node a pod is bound to, if any.
 pub fn node_name(pod: &Pod) -> Option<&str> {
     pod.spec.as_ref().and_then(|s| s.node_name.as_deref()).filter(|n| !n.is_empty())

@@ -258,12 +258,9 @@ pub fn instance_id(claim: &NodeClaim) -> String {
     parse_provider_id(&provider).expect("aws provider id").1.to_string()
 }
 
+/// Ready, and neither unregistered nor disrupted nor going away: a node that can take pods.
 pub fn node_ready(node: &Node) -> bool {
-    let ready = node
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    let ready = rafter::state::node_ready(node);
     let tainted =
         node.spec.as_ref().and_then(|s| s.taints.as_ref()).is_some_and(|t| {
             t.iter().any(|t| t.key == "karpenter.sh/unregistered" || t.key == "karpenter.sh/disrupted")

@@ -172,23 +172,8 @@ impl Clients {
             .connect_timeout(Duration::from_secs(5))
             .operation_attempt_timeout(Duration::from_secs(30))
             .build();
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .region(aws_config::Region::new(config.region.clone()))
-            .retry_config(retry)
-            .timeout_config(timeouts);
-        if let Some(endpoint) = &config.endpoint {
-            loader = loader.endpoint_url(endpoint);
-        }
-        if let Some((key, secret)) = &config.credentials {
-            loader = loader.credentials_provider(aws_sdk_ec2::config::Credentials::new(
-                key,
-                secret,
-                None,
-                None,
-                "rafter-static",
-            ));
-        }
-        let shared = loader.load().await;
+        let shared =
+            sdk_config(&config.region, config.endpoint.as_deref(), config.credentials.as_ref(), retry, timeouts).await;
         let ec2 = aws_sdk_ec2::config::Builder::from(&shared).interceptor(CountCalls(calls.clone())).build();
         // The Pricing API lives in a few regions only; us-east-1 answers for every region.
         let pricing_region = if config.endpoint.is_some() { config.region.clone() } else { "us-east-1".into() };
@@ -216,6 +201,35 @@ impl Clients {
             ),
         }
     }
+}
+
+/// The SDK settings every Rafter client starts from: aws-config's default chain for credentials
+/// (IRSA, EKS Pod Identity, environment, profile) unless static keys are given (emulators only),
+/// and an endpoint override for emulators.
+pub async fn sdk_config(
+    region: &str,
+    endpoint: Option<&str>,
+    credentials: Option<&(String, String)>,
+    retry: aws_config::retry::RetryConfig,
+    timeouts: aws_config::timeout::TimeoutConfig,
+) -> aws_config::SdkConfig {
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new(region.to_string()))
+        .retry_config(retry)
+        .timeout_config(timeouts);
+    if let Some(endpoint) = endpoint {
+        loader = loader.endpoint_url(endpoint);
+    }
+    if let Some((key, secret)) = credentials {
+        loader = loader.credentials_provider(aws_sdk_ec2::config::Credentials::new(
+            key,
+            secret,
+            None,
+            None,
+            "rafter-static",
+        ));
+    }
+    loader.load().await
 }
 
 /// An AWS call that failed, with EC2's code and message.
