@@ -12,6 +12,10 @@ Starts moto's ThreadedMotoServer on a loopback port and a small control server b
       Writes a parameter, including the /aws/service/... names moto refuses through PutParameter.
   POST /clear         Forgets queued faults and the call counts.
   GET  /calls         Calls received so far, by action: {"CreateFleet": 3, ...}.
+  POST /aws           {"service", "operation", "params"?, "region"?}
+      Makes one call with boto3 against this moto, e.g. CloudFormation's create_stack or
+      EventBridge's put_events, for the tests that drive services Rafter has no client for.
+      Replies with the call's result, or 400 and {"error"} naming the AWS error.
 
 Prints one JSON line, {"endpoint": "http://127.0.0.1:PORT", "control": "http://127.0.0.1:PORT"},
 then serves until its standard input closes, so it dies with the test process that started it.
@@ -36,6 +40,7 @@ LOCK = threading.Lock()
 FLEET_ERRORS: list[dict] = []
 FAULTS: list[dict] = []
 CALLS: Counter = Counter()
+ENDPOINT = ""
 
 
 def _take_fault(action: str):
@@ -167,6 +172,26 @@ class Control(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+    def _aws(self, body) -> None:
+        import boto3
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        if "service" not in body or "operation" not in body:
+            return self._reply(400, {"error": "aws needs service and operation"})
+        client = boto3.client(
+            body["service"],
+            endpoint_url=ENDPOINT,
+            region_name=body.get("region", "us-east-1"),
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
+        try:
+            result = getattr(client, body["operation"])(**body.get("params", {}))
+        except (ClientError, BotoCoreError, AttributeError, TypeError) as e:
+            return self._reply(400, {"error": f"{body['service']}.{body['operation']}: {e}"})
+        result.pop("ResponseMetadata", None)
+        self._reply(200, json.loads(json.dumps(result, default=str)))
+
     def do_GET(self):
         if self.path == "/calls":
             with LOCK:
@@ -179,6 +204,9 @@ class Control(BaseHTTPRequestHandler):
             body = json.loads(self.rfile.read(length) or b"{}")
         except ValueError as e:
             return self._reply(400, {"error": f"body is not JSON: {e}"})
+        if self.path == "/aws":
+            # Not under LOCK: the call comes back into moto, which takes it to count the action.
+            return self._aws(body)
         with LOCK:
             if self.path == "/fleet-errors":
                 if "code" not in body or "instance_type" not in body:
@@ -206,6 +234,8 @@ def main() -> None:
     moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     moto.start()
     host, port = moto.get_host_and_port()
+    global ENDPOINT
+    ENDPOINT = f"http://{host}:{port}"
     control = ThreadingHTTPServer(("127.0.0.1", 0), Control)
     threading.Thread(target=control.serve_forever, daemon=True).start()
     print(

@@ -365,3 +365,172 @@ async fn a_late_warning_drains_at_once_with_grace_cut_to_the_deadline_and_still_
         .await
         .expect("rescheduled");
 }
+
+/// Puts one event on moto's default EventBridge bus, as EC2 or AWS Health would.
+async fn put_event(moto: &rafter_sim::moto::Moto, event: &serde_json::Value) {
+    let entry = serde_json::json!({
+        "Source": event["source"],
+        "DetailType": event["detail-type"],
+        "Detail": event["detail"].to_string(),
+        "Resources": event.get("resources").cloned().unwrap_or_else(|| serde_json::json!([])),
+    });
+    let put = moto.aws("events", "put_events", serde_json::json!({"Entries": [entry]})).await.expect("put_events");
+    assert_eq!(put["FailedEntryCount"], 0, "EventBridge accepted {}: {put}", event["detail-type"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cloudformation_template_routes_every_kind_rafter_acts_on_and_nothing_else_to_its_queue() {
+    use rafter::interruption::Message;
+    use rafter::interruption::queue::MessageQueue;
+
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let template = std::fs::read_to_string(root.join("deploy/cloudformation/interruption-queue.yaml"))
+        .expect("deploy/cloudformation/interruption-queue.yaml");
+    let moto = rafter_sim::moto::Moto::start().expect("moto");
+    moto.aws(
+        "cloudformation",
+        "create_stack",
+        serde_json::json!({
+            "StackName": "rafter-interruption-test",
+            "TemplateBody": template,
+            "Parameters": [{"ParameterKey": "ClusterName", "ParameterValue": "test-cluster"}],
+            "Capabilities": ["CAPABILITY_NAMED_IAM"],
+        }),
+    )
+    .await
+    .expect("create_stack");
+    let stacks = moto
+        .aws("cloudformation", "describe_stacks", serde_json::json!({"StackName": "rafter-interruption-test"}))
+        .await
+        .expect("describe_stacks");
+    let stack = &stacks["Stacks"][0];
+    assert_eq!(stack["StackStatus"], "CREATE_COMPLETE", "{stack}");
+    let output = |key: &str| {
+        stack["Outputs"]
+            .as_array()
+            .and_then(|outputs| outputs.iter().find(|o| o["OutputKey"] == key))
+            .and_then(|o| o["OutputValue"].as_str())
+            .unwrap_or_else(|| panic!("output {key} in {stack}"))
+            .to_string()
+    };
+    let queue_name = output("QueueName");
+    assert_eq!(queue_name, "test-cluster", "the queue is named after the cluster");
+
+    // Every example event, as EC2 and AWS Health put them on the default bus, and events that
+    // Rafter would only delete: instances starting, Health issues, other services, other EC2 events.
+    let mut expected = BTreeSet::new();
+    let mut examples = Vec::new();
+    for entry in std::fs::read_dir(root.join("deploy/examples/events")).expect("examples") {
+        let path = entry.expect("entry").path();
+        let event: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).expect("example")).expect("example JSON");
+        expected.insert(event["detail-type"].as_str().expect("detail-type").to_string());
+        examples.push(event);
+    }
+    assert_eq!(expected.len(), 5, "one example per kind: {expected:?}");
+    let state_change = examples.iter().find(|e| e["detail-type"] == "EC2 Instance State-change Notification");
+    let health = examples.iter().find(|e| e["source"] == "aws.health");
+    let (Some(state_change), Some(health)) = (state_change.cloned(), health.cloned()) else {
+        panic!("the examples have a state change and a Health event");
+    };
+    let mut ignored = Vec::new();
+    for state in ["pending", "running"] {
+        let mut event = state_change.clone();
+        event["detail"]["state"] = state.into();
+        ignored.push(event);
+    }
+    let mut issue = health.clone();
+    issue["detail"]["eventTypeCategory"] = "issue".into();
+    ignored.push(issue);
+    let mut rds = health;
+    rds["detail"]["service"] = "RDS".into();
+    ignored.push(rds);
+    let mut ami = state_change;
+    ami["detail-type"] = "EC2 AMI State Change".into();
+    ignored.push(ami);
+    for event in ignored.iter().chain(&examples) {
+        put_event(&moto, event).await;
+    }
+
+    moto.clear().await.expect("clear calls");
+    let queue = common::connect_queue(&moto, &queue_name).await;
+    let mut received = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    // Two empty polls after the last message show nothing more is coming.
+    let mut empty = 0;
+    while Instant::now() < deadline && empty < 2 {
+        let batch = queue.receive().await.expect("receive");
+        if batch.is_empty() {
+            empty += 1;
+            continue;
+        }
+        let failed = queue.delete(&batch).await.expect("delete");
+        assert!(failed.is_empty(), "deletes failed: {failed:?}");
+        received.extend(batch);
+    }
+    // What the consumer did to the queue, as IAM actions (DeleteMessageBatch is authorised as
+    // sqs:DeleteMessage).
+    let made: BTreeSet<String> = moto
+        .calls()
+        .await
+        .expect("calls")
+        .into_keys()
+        .map(|action| format!("sqs:{}", if action == "DeleteMessageBatch" { "DeleteMessage" } else { &action }))
+        .collect();
+    let mut kinds = BTreeSet::new();
+    for message in &received {
+        let parsed = Message::parse(&message.body).unwrap_or_else(|e| panic!("{e}: {}", message.body));
+        let (kind, instances) = match &parsed {
+            Message::SpotInterruption(e) => (&e.detail_type, vec![e.detail.instance_id.clone()]),
+            Message::CapacityReservationInterruption(e) => (&e.detail_type, vec![e.detail.instance_id.clone()]),
+            Message::RebalanceRecommendation(e) => (&e.detail_type, vec![e.detail.instance_id.clone()]),
+            Message::StateChange(e) => (&e.detail_type, vec![e.detail.instance_id.clone()]),
+            Message::Health(e) => {
+                (&e.detail_type, e.detail.affected_entities.iter().map(|a| a.entity_value.clone()).collect())
+            }
+            Message::Unknown { detail_type, .. } => panic!("the rules let through {detail_type}"),
+        };
+        assert!(instances.iter().all(|i| i.starts_with("i-")), "{kind} names its instances: {instances:?}");
+        assert!(kinds.insert(kind.clone()), "{kind} arrived once");
+    }
+    assert_eq!(kinds, expected, "every kind Rafter acts on arrives, and nothing else");
+
+    // A warning outlives a failover but not an outage; messages are encrypted at rest.
+    let url = output("QueueUrl");
+    let attributes = moto
+        .aws("sqs", "get_queue_attributes", serde_json::json!({"QueueUrl": url, "AttributeNames": ["All"]}))
+        .await
+        .expect("get_queue_attributes");
+    assert_eq!(attributes["Attributes"]["MessageRetentionPeriod"], "300");
+    assert_eq!(attributes["Attributes"]["SqsManagedSseEnabled"], "true");
+
+    // The consumer policy allows every SQS action the consumer made, and nothing else.
+    let policy_arn = output("ConsumerPolicy");
+    let policy = moto.aws("iam", "get_policy", serde_json::json!({"PolicyArn": policy_arn})).await.expect("get_policy");
+    let version = moto
+        .aws(
+            "iam",
+            "get_policy_version",
+            serde_json::json!({"PolicyArn": policy_arn, "VersionId": policy["Policy"]["DefaultVersionId"]}),
+        )
+        .await
+        .expect("get_policy_version");
+    let document = &version["PolicyVersion"]["Document"];
+    let document: serde_json::Value = match document.as_str() {
+        Some(text) => serde_json::from_str(text).expect("policy JSON"),
+        None => document.clone(),
+    };
+    let allowed: BTreeSet<String> = document["Statement"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|s| s["Action"].as_array().cloned().unwrap_or_default())
+        .filter_map(|a| a.as_str().map(str::to_string))
+        .collect();
+    assert_eq!(
+        made,
+        BTreeSet::from(["sqs:GetQueueUrl", "sqs:ReceiveMessage", "sqs:DeleteMessage"].map(String::from)),
+        "the consumer's calls"
+    );
+    assert_eq!(allowed, made, "the policy allows exactly what the consumer does");
+}

@@ -122,6 +122,18 @@ impl Moto {
         serde_json::from_value(v).map_err(|e| MotoError::Control(e.to_string()))
     }
 
+    /// Makes one AWS call through boto3 against this moto and returns its result (without
+    /// `ResponseMetadata`), for services Rafter has no client for: CloudFormation, EventBridge.
+    pub async fn aws(
+        &self,
+        service: &str,
+        operation: &str,
+        params: serde_json::Value,
+    ) -> Result<serde_json::Value, MotoError> {
+        let body = serde_json::json!({"service": service, "operation": operation, "params": params});
+        self.control("POST", "/aws", body).await
+    }
+
     /// Forgets faults and call counts.
     pub async fn clear(&self) -> Result<(), MotoError> {
         self.control("POST", "/clear", serde_json::json!({})).await.map(|_| ())

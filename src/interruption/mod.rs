@@ -29,7 +29,9 @@ pub struct Envelope<D> {
     pub detail_type: String,
     /// The emitting service, `aws.ec2` or `aws.health`.
     pub source: String,
-    /// Account of the affected resources.
+    /// Account of the affected resources. Rafter does not need it, so an event without it (moto's
+    /// EventBridge leaves it out) is still read.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub account: String,
     /// When the event was emitted (RFC 3339).
     pub time: String,

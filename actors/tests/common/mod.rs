@@ -163,12 +163,7 @@ pub async fn harness_with(instance_type: &str, workers: usize, inflate: &str) ->
     let sqs = sqs_client(&moto.endpoint).await;
     let created = sqs.create_queue().queue_name("rafter-interruptions").send().await.expect("create queue");
     let url = created.queue_url().expect("queue url").to_string();
-    let mut config = QueueConfig::new("rafter-interruptions", REGION);
-    config.endpoint = Some(moto.endpoint.clone());
-    config.credentials = Some((TEST_CREDENTIALS.0.into(), TEST_CREDENTIALS.1.into()));
-    // Short polls keep the test's shutdown quick; production waits 20 s.
-    config.wait = Duration::from_secs(1);
-    let queue = SqsQueue::connect(config).await.expect("queue");
+    let queue = connect_queue(&moto, "rafter-interruptions").await;
     assert_eq!(queue.url(), url, "the queue is found by name");
     world.queue = Some(Arc::new(queue));
     let mut controller = world.quick_config("rafter-0");
@@ -176,6 +171,17 @@ pub async fn harness_with(instance_type: &str, workers: usize, inflate: &str) ->
     let replica = world.replica(controller).await.expect("replica");
     world.wait_for("leadership", Duration::from_secs(15), || async { Ok(replica.is_leader()) }).await.expect("leader");
     Harness { world, moto, sqs, url, replica }
+}
+
+/// Rafter's SQS consumer for the queue named `name` on `moto`, found by name as `--interruption-queue`
+/// finds it.
+pub async fn connect_queue(moto: &Moto, name: &str) -> SqsQueue {
+    let mut config = QueueConfig::new(name, REGION);
+    config.endpoint = Some(moto.endpoint.clone());
+    config.credentials = Some((TEST_CREDENTIALS.0.into(), TEST_CREDENTIALS.1.into()));
+    // Short polls keep the tests' shutdown quick; production waits 20 s.
+    config.wait = Duration::from_secs(1);
+    SqsQueue::connect(config).await.expect("queue")
 }
 
 impl Harness {
