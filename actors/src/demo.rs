@@ -1,12 +1,17 @@
 //! `rafter demo`: the scenes of DESIGN.md on a laptop. The simulator, its kubelets, scheduler and
 //! workload controllers, and the fake cloud; two Rafter replicas; inflate scaled 0 → 100; the
-//! leader killed; scaled to 0; a timeline and a summary.
+//! leader killed; a spot node interrupted; scaled to 0; a timeline and a summary.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::time::Duration;
 
+use rafter::cloud::Instance;
 use rafter::cloud::fake::FakeConfig;
+use rafter::interruption::Envelope;
+use rafter::interruption::queue::MemoryQueue;
+use rafter::scheduling::instance_types::CapacityType;
 use tokio::time::Instant;
 
 use crate::context::{BindingMode, ControllerConfig};
@@ -62,8 +67,27 @@ pub struct Summary {
     pub failover: Duration,
     pub scale_down: Duration,
     pub launches: u64,
+    pub interruption: Option<InterruptionScene>,
     pub timeline: Vec<(Duration, String)>,
 }
+
+/// What the spot interruption scene measured, from the moment the warning was on the queue.
+#[derive(Debug, Clone, Default)]
+pub struct InterruptionScene {
+    /// `i-… (m5.large spot in us-east-1a)`.
+    pub instance: String,
+    /// Pods on the node when it was warned.
+    pub pods: usize,
+    pub to_taint: Duration,
+    pub to_drain: Duration,
+    /// Whether the drain began with the replacement ready (rather than forced by the deadline).
+    pub replacement_ready: bool,
+    /// Until the instance was terminated and every pod Running again.
+    pub to_gone: Duration,
+}
+
+/// The two minutes EC2 gives between a spot warning and the reclaim.
+const SPOT_NOTICE: Duration = Duration::from_secs(120);
 
 impl Summary {
     pub fn render(&self) -> String {
@@ -93,6 +117,20 @@ impl Summary {
         );
         let _ =
             writeln!(out, "  failover           {:.2}s (leader killed → standby leads)", self.failover.as_secs_f64());
+        if let Some(i) = &self.interruption {
+            let ready = if i.replacement_ready { "replacement Ready first" } else { "forced by the deadline" };
+            let _ = writeln!(
+                out,
+                "  interruption       {}, {} pods: tainted {:.2}s, drain {:.2}s ({ready}), gone {:.2}s after the warning \
+                 ({:.1}s before the reclaim)",
+                i.instance,
+                i.pods,
+                i.to_taint.as_secs_f64(),
+                i.to_drain.as_secs_f64(),
+                i.to_gone.as_secs_f64(),
+                SPOT_NOTICE.saturating_sub(i.to_gone).as_secs_f64()
+            );
+        }
         let _ = writeln!(out, "  scale-down         {:.2}s (scale to 0 → nodes gone)", self.scale_down.as_secs_f64());
         out
     }
@@ -156,6 +194,9 @@ pub async fn run(config: DemoConfig, say: impl Fn(&str)) -> Result<Summary, Worl
         &mut events,
     );
 
+    // EventBridge and SQS in miniature: the interruption scene puts EC2's warning here.
+    let queue = Arc::new(MemoryQueue::new(Duration::from_secs(20), Duration::from_secs(20)));
+    world.queue = Some(queue.clone());
     let mut replicas: Vec<Option<Replica>> = Vec::new();
     for i in 0..config.replicas.max(1) {
         let cfg = ControllerConfig {
@@ -205,21 +246,7 @@ pub async fn run(config: DemoConfig, say: impl Fn(&str)) -> Result<Summary, Worl
         if let Some((at, _)) = tl.first(|m| matches!(m, Mark::Launched { .. })) {
             summary.to_launch = since(scaled, at);
         }
-        for (at, mark) in tl.marks() {
-            let line = match mark {
-                Mark::BatchClosed { pods } => format!("batch of {pods} pods closed"),
-                Mark::Solved { pods, claims, price, types } if claims > 0 => {
-                    format!(
-                        "packed {pods} pods onto {claims} node(s) at ${price:.4}/h, options [{}]",
-                        types.iter().take(4).cloned().collect::<Vec<_>>().join(" ")
-                    )
-                }
-                Mark::Launched { claim, instance_type } => format!("launched {claim} as {instance_type}"),
-                Mark::Registered { claim, node } => format!("{claim} registered as {node}"),
-                _ => continue,
-            };
-            events.push((since(t0, at), line));
-        }
+        events.extend(leader_lines(tl, t0));
     }
 
     // Kill the leader as SIGKILL would: it releases nothing; a standby takes over when the lease expires.
@@ -238,6 +265,14 @@ pub async fn run(config: DemoConfig, say: impl Fn(&str)) -> Result<Summary, Worl
         summary.failover = killed.elapsed();
         let next = leader_index(&replicas).unwrap_or(0);
         note(format!("rafter-{next} took over after {:.2}s", summary.failover.as_secs_f64()), &mut events);
+    }
+
+    let leader = leader_index(&replicas).and_then(|i| replicas[i].as_ref());
+    if let Some((scene, lines)) =
+        interruption_scene(&world, &queue, leader, pods, t0, &mut |what| note(what, &mut events)).await?
+    {
+        summary.interruption = Some(scene);
+        events.extend(lines);
     }
 
     world.scale(0).await?;
@@ -261,4 +296,110 @@ pub async fn run(config: DemoConfig, say: impl Fn(&str)) -> Result<Summary, Worl
     events.sort_by_key(|(at, _)| *at);
     summary.timeline = events;
     Ok(summary)
+}
+
+/// The timeline lines worth showing from a leader's marks.
+fn leader_lines(timeline: &crate::timeline::Timeline, t0: Instant) -> Vec<(Duration, String)> {
+    let mut lines = Vec::new();
+    for (at, mark) in timeline.marks() {
+        let line = match mark {
+            Mark::BatchClosed { pods } => format!("batch of {pods} pods closed"),
+            Mark::Solved { pods, claims, price, types } if claims > 0 => {
+                format!(
+                    "packed {pods} pods onto {claims} node(s) at ${price:.4}/h, options [{}]",
+                    types.iter().take(4).cloned().collect::<Vec<_>>().join(" ")
+                )
+            }
+            Mark::Launched { claim, instance_type } => format!("launched {claim} as {instance_type}"),
+            Mark::Registered { claim, node } => format!("{claim} registered as {node}"),
+            Mark::Interrupted { claim, .. } => format!("interruption recorded on {claim}"),
+            Mark::ReplacementPlanned { claim, claims } => format!("planned {claims} replacement node(s) for {claim}"),
+            Mark::Tainted { claim } => format!("tainted {claim}'s node karpenter.sh/disrupted:NoSchedule"),
+            Mark::DrainStarted { claim, replacement_ready: true } => {
+                format!("draining {claim}: its replacement is Ready")
+            }
+            Mark::DrainStarted { claim, replacement_ready: false } => {
+                format!("draining {claim}: the deadline will not wait for its replacement")
+            }
+            Mark::Drained { claim } => format!("{claim} drained"),
+            Mark::Terminated { claim } => format!("{claim} terminated"),
+            _ => continue,
+        };
+        lines.push((since(t0, at), line));
+    }
+    lines
+}
+
+/// Warns of a spot reclaim for the spot node with the most pods, as EC2 does through EventBridge,
+/// and waits until Rafter has replaced it, drained it and given it back. On the fake cloud the
+/// instance is reclaimed two minutes after the warning unless Rafter is done first. Returns the
+/// scene's figures and the leader's timeline lines from the warning on.
+async fn interruption_scene(
+    world: &World,
+    queue: &MemoryQueue,
+    leader: Option<&Replica>,
+    pods: usize,
+    t0: Instant,
+    note: &mut dyn FnMut(String),
+) -> Result<Option<(InterruptionScene, Vec<(Duration, String)>)>, WorldError> {
+    let instances = world.instances().await?;
+    let nodes = world.nodes().await?;
+    let all_pods = world.pods().await?;
+    let pods_on = |instance: &Instance| {
+        let node = nodes
+            .iter()
+            .find(|n| n.spec.as_ref().and_then(|s| s.provider_id.as_deref()) == Some(instance.provider_id.as_str()))
+            .and_then(|n| n.metadata.name.as_deref());
+        all_pods
+            .iter()
+            .filter(|p| node.is_some() && p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == node)
+            .count()
+    };
+    let Some(victim) =
+        instances.iter().filter(|i| i.capacity_type == CapacityType::Spot).max_by_key(|i| (pods_on(i), i.id.clone()))
+    else {
+        note("no spot node to interrupt; the interruption scene is skipped".into());
+        return Ok(None);
+    };
+    let on_node = pods_on(victim);
+    let warning = Envelope::spot_warning(
+        format!("demo-{}", victim.id),
+        "123456789012",
+        "us-east-1",
+        &victim.id,
+        jiff::Timestamp::now(),
+    );
+    let body = serde_json::to_string(&warning).map_err(|e| WorldError::Manifest(format!("spot warning: {e}")))?;
+    let warned = Instant::now();
+    // The fake cloud reclaims it at the deadline, as EC2 would; an emulator's instance stays.
+    world.cloud.interrupt(&victim.id);
+    queue.send(body);
+    let instance = format!("{} ({} spot in {})", victim.id, victim.instance_type, victim.zone);
+    note(format!("EC2 spot interruption warning for {instance}, {on_node} pods on it; reclaimed in 2 min"));
+    world
+        .wait_for("the interrupted node replaced and gone", SPOT_NOTICE, || async {
+            let gone = !world.instances().await?.iter().any(|i| i.id == victim.id);
+            Ok(gone && world.running().await? == pods)
+        })
+        .await?;
+    let mut scene = InterruptionScene { instance, pods: on_node, to_gone: warned.elapsed(), ..Default::default() };
+    note(format!(
+        "{} terminated and all {pods} pods Running again, {:.2}s after the warning",
+        victim.id,
+        scene.to_gone.as_secs_f64()
+    ));
+    let Some(leader) = leader else { return Ok(Some((scene, Vec::new()))) };
+    for (at, mark) in leader.ctx.timeline.marks() {
+        match mark {
+            Mark::Tainted { .. } if at >= warned => scene.to_taint = since(warned, at),
+            Mark::DrainStarted { replacement_ready, .. } if at >= warned => {
+                scene.to_drain = since(warned, at);
+                scene.replacement_ready = replacement_ready;
+            }
+            _ => {}
+        }
+    }
+    let from = since(t0, warned);
+    let lines = leader_lines(&leader.ctx.timeline, t0).into_iter().filter(|(at, _)| *at >= from).collect();
+    Ok(Some((scene, lines)))
 }

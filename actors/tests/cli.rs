@@ -198,3 +198,51 @@ fn solve_rejects_bad_input_naming_the_file_and_field() {
     let stderr = text(&out.stderr);
     assert!(stderr.contains(&format!("{file}: pods[0].spec.nodeName: no node ghost in nodes")), "{stderr}");
 }
+
+/// The README's first command, smaller: every scene runs, in order, and the summary adds up.
+#[test]
+fn the_demo_scales_up_fails_over_survives_a_spot_interruption_and_scales_down() {
+    let out = rafter(&["demo", "--pods", "30", "--boot-delay", "500ms", "--consolidate-after", "2s"], None);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    let summary = |key: &str| {
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("  ").and_then(|l| l.strip_prefix(key)))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_else(|| panic!("no summary line {key:?} in\n{stdout}"))
+    };
+    assert_eq!(summary("pods "), "30");
+    assert!(summary("failover ").ends_with("(leader killed → standby leads)"));
+    let interruption = summary("interruption ");
+    assert!(interruption.contains("(replacement Ready first)"), "{interruption}");
+    let spare: f64 = interruption
+        .rsplit_once('(')
+        .and_then(|(_, r)| r.strip_suffix("s before the reclaim)"))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("time to spare in {interruption:?}"));
+    assert!(spare > 0.0, "{interruption}");
+
+    // The timeline is sorted by time: each scene's steps appear in the order they must happen.
+    let timeline = stdout
+        .split_once("\nTimeline\n")
+        .and_then(|(_, rest)| rest.split_once("\nSummary\n"))
+        .map(|(timeline, _)| timeline)
+        .unwrap_or_else(|| panic!("no timeline in\n{stdout}"));
+    let position = |needle: &str| timeline.find(needle).unwrap_or_else(|| panic!("no {needle:?} in\n{timeline}"));
+    let order = [
+        "all 30 pods Running",
+        "took over after",
+        "EC2 spot interruption warning for",
+        "interruption recorded on",
+        "replacement node(s) for",
+        "karpenter.sh/disrupted:NoSchedule",
+        "its replacement is Ready",
+        "drained",
+        "pods Running again",
+        "scaled inflate to 0",
+        "all nodes gone",
+    ];
+    let positions: Vec<usize> = order.iter().map(|n| position(n)).collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "out of order: {order:?} at {positions:?} in\n{timeline}");
+}

@@ -54,6 +54,30 @@ pub struct SpotInterruption {
     pub instance_action: String,
 }
 
+impl Envelope<SpotInterruption> {
+    /// The warning EC2 sends at `time` for a spot instance it reclaims two minutes later. The demo
+    /// sends it when its fake cloud reclaims an instance, since no EventBridge is there to.
+    pub fn spot_warning(
+        id: impl Into<String>,
+        account: &str,
+        region: &str,
+        instance_id: &str,
+        time: jiff::Timestamp,
+    ) -> Self {
+        Self {
+            version: "0".into(),
+            id: id.into(),
+            detail_type: "EC2 Spot Instance Interruption Warning".into(),
+            source: "aws.ec2".into(),
+            account: account.into(),
+            time: time.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+            region: region.into(),
+            resources: vec![format!("arn:aws:ec2:{region}:{account}:instance/{instance_id}")],
+            detail: SpotInterruption { instance_id: instance_id.into(), instance_action: "terminate".into() },
+        }
+    }
+}
+
 /// `EC2 Capacity Reservation Instance Interruption Warning`: an interruptible Capacity Reservation
 /// takes its capacity back, two minutes after `time` unless `instance-termination-time` says otherwise.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -266,6 +290,23 @@ mod tests {
         };
         assert_eq!(c.detail.instance_id, "i-0c2f1e7b95a3d4e61");
         assert_eq!(c.detail.instance_termination_time.as_deref(), Some("2025-11-20T10:02:00Z"));
+    }
+
+    #[test]
+    fn a_spot_warning_built_for_the_demo_reads_like_the_one_ec2_sends() {
+        let Message::SpotInterruption(example) = round_trip("spot-interruption.json") else { panic!("spot") };
+        let built = Envelope::spot_warning(
+            example.id.clone(),
+            &example.account,
+            &example.region,
+            &example.detail.instance_id,
+            jiff::Timestamp::UNIX_EPOCH,
+        );
+        let body = serde_json::to_string(&built).expect("serialises");
+        let Message::SpotInterruption(parsed) = Message::parse(&body).expect("parses") else { panic!("kind") };
+        // EC2's own example names the zone in its ARN where the region belongs; ours names the region.
+        assert_eq!(parsed.resources, ["arn:aws:ec2:us-east-1:123456789012:instance/i-0b662ef9931388ba0"]);
+        assert_eq!(Envelope { resources: example.resources.clone(), ..parsed }, example);
     }
 
     #[test]
