@@ -4,14 +4,16 @@
 //! spot node holding all of `PODS` inflate pods is interrupted. Measured: receipt → taint, receipt
 //! → replacement Registered, and how long before its deadline (warning + 2 min) the drain
 //! finished. 30-pod nodes are m5.xlarge, 100-pod nodes m5.4xlarge. BENCH_RUNS (default 5) repeats
-//! each size; percentiles are over the runs.
+//! each size; percentiles are over the runs. BENCH_SHUTDOWN_SECONDS (default 0) is how long each
+//! pod takes to stop after SIGTERM (its grace period is 30 s), so the drain's finish reflects pods
+//! that take time to go rather than the simulator's instant stop.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
 
 use std::time::Duration;
 
-use common::{harness, instance_id, spot};
+use common::{harness_with, instance_id, slow_inflate, spot};
 use jiff::Timestamp;
 use rafter::interruption::plan::REPLACES_ANNOTATION;
 use rafter_actors::timeline::Mark;
@@ -34,8 +36,8 @@ struct Samples {
     nodes: usize,
 }
 
-async fn run(pods_per_node: u32, nodes: u32, instance_type: &str, samples: &mut Samples) {
-    let h = harness(instance_type, 4).await;
+async fn run(pods_per_node: u32, nodes: u32, instance_type: &str, inflate: &str, samples: &mut Samples) {
+    let h = harness_with(instance_type, 4, inflate).await;
     h.scale_and_wait(pods_per_node * nodes).await;
     let claims = h.world.claims().await.expect("claims");
     assert_eq!(claims.len(), nodes as usize, "{nodes} node(s) for {} pods", pods_per_node * nodes);
@@ -88,11 +90,14 @@ async fn run(pods_per_node: u32, nodes: u32, instance_type: &str, samples: &mut 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let runs: usize = std::env::var("BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
+    let shutdown: u32 = std::env::var("BENCH_SHUTDOWN_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+    let inflate = slow_inflate(30, shutdown);
     let mut out = serde_json::Map::new();
+    out.insert("pod_shutdown_seconds".into(), json!(shutdown));
     for (pods, nodes, instance_type) in [(30u32, 1u32, "m5.xlarge"), (100, 1, "m5.4xlarge")] {
         let mut s = Samples::default();
         for _ in 0..runs {
-            run(pods, nodes, instance_type, &mut s).await;
+            run(pods, nodes, instance_type, &inflate, &mut s).await;
         }
         let summary = json!({
             "instance_type": instance_type,

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::{BUDGET, harness, harness_with, instance_id, node_ready, rebalance, spot, state_change};
+use common::{BUDGET, harness, harness_with, instance_id, node_ready, rebalance, slow_inflate, spot, state_change};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::Api;
@@ -18,7 +18,7 @@ use rafter::api::nodeclaim::NodeClaim;
 use rafter::cloud::{CloudProvider, InstanceState};
 use rafter::interruption::plan::REPLACES_ANNOTATION;
 use rafter_actors::timeline::Mark;
-use rafter_actors::world::{INFLATE, World};
+use rafter_actors::world::World;
 use tokio::time::Instant;
 
 /// What a watcher of the cluster saw during an interruption.
@@ -328,10 +328,10 @@ async fn a_thousand_poison_messages_never_block_the_queue_and_valid_ones_are_act
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_warning_drains_at_once_with_grace_cut_to_the_deadline_and_still_terminates_in_time() {
-    // Pods that ask for 30 s to shut down, and a warning delivered 100 s late: 20 s are left, too
-    // few to wait for the replacement or to give any pod its full grace period.
-    let inflate = INFLATE.replace("terminationGracePeriodSeconds: 0", "terminationGracePeriodSeconds: 30");
-    assert_ne!(inflate, INFLATE);
+    // Pods that ask for 30 s to shut down and would take 25 s, and a warning delivered 100 s late:
+    // 20 s are left, too few to wait for the replacement or to let any pod stop by itself. Only
+    // cutting their grace periods gets them off the node before the instance is reclaimed.
+    let inflate = slow_inflate(30, 25);
     let h = harness_with("m5.xlarge", 2, &inflate).await;
     h.scale_and_wait(10).await;
     let old = the_claim(&h.world).await;
@@ -348,6 +348,10 @@ async fn a_late_warning_drains_at_once_with_grace_cut_to_the_deadline_and_still_
         .expect("terminated");
     let finished = Timestamp::now();
     assert!(finished < deadline, "terminated at {finished}, deadline {deadline}");
+    // The pods really were shutting down: they went when their cut grace (about 10 s) ended.
+    let sent = warned + jiff::SignedDuration::from_secs(100);
+    let took = finished.duration_since(sent);
+    assert!(took >= jiff::SignedDuration::from_secs(5), "drained in {took:?}");
     let forced = h
         .replica
         .ctx

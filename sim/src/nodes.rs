@@ -28,6 +28,23 @@ use crate::components::{self, Component};
 /// Annotation on every Node NodeSim registered, so it only ever removes its own.
 pub const SIMULATED: &str = "sim.rafter.dev/node";
 
+/// Pod annotation: how many seconds the pod's containers take to stop after SIGTERM (default 0).
+/// Such a pod stays Terminating that long, or until its grace period ends and the kubelet kills it,
+/// whichever is first; so a drain that shortens grace periods shows in how long pods take to go.
+pub const SHUTDOWN_SECONDS: &str = "sim.rafter.dev/shutdown-seconds";
+
+/// When a terminating pod is gone: its containers stopped by themselves, or its grace ran out.
+fn stopped(pod: &Pod, terminating_for: Duration, now: jiff::Timestamp) -> bool {
+    let shutdown = pod
+        .annotations()
+        .get(SHUTDOWN_SECONDS)
+        .and_then(|v| v.parse::<f64>().ok())
+        .and_then(|s| Duration::try_from_secs_f64(s).ok())
+        .unwrap_or(Duration::ZERO);
+    let grace_over = pod.metadata.deletion_timestamp.as_ref().is_none_or(|t| t.0 <= now);
+    terminating_for >= shutdown || grace_over
+}
+
 /// Where NodeSim learns which instances run.
 #[async_trait]
 pub trait InstanceFeed: Send + Sync + 'static {
@@ -156,6 +173,7 @@ pub fn spawn(client: Client, feed: Arc<dyn InstanceFeed>, config: NodeSimConfig)
         let mut known: HashMap<String, NodeState> = HashMap::new();
         let mut pod_ips: u32 = 0;
         let mut bound_at: HashMap<String, tokio::time::Instant> = HashMap::new();
+        let mut terminating_since: HashMap<String, tokio::time::Instant> = HashMap::new();
         loop {
             components::wait(&notify, config.heartbeat.min(Duration::from_secs(1))).await;
             let instances = match feed.instances().await {
@@ -177,6 +195,7 @@ pub fn spawn(client: Client, feed: Arc<dyn InstanceFeed>, config: NodeSimConfig)
                 &mut known,
                 &mut pod_ips,
                 &mut bound_at,
+                &mut terminating_since,
             )
             .await
             {
@@ -279,6 +298,7 @@ async fn reconcile(
     known: &mut HashMap<String, NodeState>,
     pod_ips: &mut u32,
     bound_at: &mut HashMap<String, tokio::time::Instant>,
+    terminating_since: &mut HashMap<String, tokio::time::Instant>,
 ) -> Result<(), kube::Error> {
     let node_api: Api<Node> = Api::all(client.clone());
     let lease_api: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
@@ -430,6 +450,9 @@ async fn reconcile(
     }
     // Pods: run the bound ones, finish graceful deletions; pods of a Node someone deleted go too
     // (what pod garbage collection does for pods bound to nodes that no longer exist).
+    let keys: HashSet<String> =
+        pods.iter().map(|p| format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any())).collect();
+    terminating_since.retain(|key, _| keys.contains(key));
     for pod in pods {
         let Some(node_name) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) else { continue };
         if let Some(state) = known.get(&node_name)
@@ -444,8 +467,12 @@ async fn reconcile(
         let api: Api<Pod> = Api::namespaced(client.clone(), &pod.namespace().unwrap_or_default());
         let key = format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any());
         if pod.metadata.deletion_timestamp.is_some() {
-            let _ = api.delete(&pod.name_any(), &DeleteParams::default().grace_period(0)).await;
-            bound_at.remove(&key);
+            let since = *terminating_since.entry(key.clone()).or_insert(now);
+            if stopped(pod, now.duration_since(since), jiff::Timestamp::now()) {
+                let _ = api.delete(&pod.name_any(), &DeleteParams::default().grace_period(0)).await;
+                bound_at.remove(&key);
+                terminating_since.remove(&key);
+            }
             continue;
         }
         let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("Pending");
@@ -496,4 +523,32 @@ async fn reconcile(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn terminating(shutdown: Option<&str>, grace_ends: jiff::Timestamp) -> Pod {
+        let mut pod = Pod::default();
+        if let Some(seconds) = shutdown {
+            pod.annotations_mut().insert(SHUTDOWN_SECONDS.into(), seconds.into());
+        }
+        pod.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(grace_ends));
+        pod
+    }
+
+    #[test]
+    fn a_terminating_pod_stops_after_its_shutdown_time_or_when_its_grace_ends_whichever_is_first() {
+        let now = jiff::Timestamp::UNIX_EPOCH + jiff::SignedDuration::from_secs(1_000);
+        let later = now + jiff::SignedDuration::from_secs(30);
+        let secs = Duration::from_secs;
+        assert!(stopped(&terminating(None, later), Duration::ZERO, now), "no shutdown time: gone at once");
+        let slow = terminating(Some("20"), later);
+        assert!(!stopped(&slow, secs(19), now), "still shutting down, grace left");
+        assert!(stopped(&slow, secs(20), now), "shut down by itself");
+        let cut = terminating(Some("20"), now);
+        assert!(stopped(&cut, secs(5), now), "killed when its (shortened) grace ends");
+        assert!(stopped(&terminating(Some("not a number"), later), Duration::ZERO, now), "unreadable: no delay");
+    }
 }

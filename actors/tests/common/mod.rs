@@ -15,6 +15,7 @@ use rafter::interruption::queue::{QueueConfig, SqsQueue};
 use rafter_actors::controller::Replica;
 use rafter_actors::world::{INFLATE, NODEPOOL_DEFAULT, World, WorldConfig};
 use rafter_sim::moto::{Moto, TEST_CREDENTIALS};
+use rafter_sim::nodes::SHUTDOWN_SECONDS;
 use serde_json::json;
 
 use http::{Request, Response};
@@ -149,6 +150,24 @@ pub async fn sqs_client(endpoint: &str) -> aws_sdk_sqs::Client {
 /// configure it).
 pub async fn harness(instance_type: &str, workers: usize) -> Harness {
     harness_with(instance_type, workers, INFLATE).await
+}
+
+/// `inflate` whose pods ask for `grace` seconds to shut down and would take `shutdown` seconds
+/// (the simulated kubelet keeps them Terminating that long, or until their grace ends).
+pub fn slow_inflate(grace: u32, shutdown: u32) -> String {
+    let inflate = INFLATE
+        .replace("terminationGracePeriodSeconds: 0", &format!("terminationGracePeriodSeconds: {grace}"))
+        .replace(
+            "      labels:\n        app: inflate\n",
+            &format!(
+                "      labels:\n        app: inflate\n      annotations:\n        {SHUTDOWN_SECONDS}: \"{shutdown}\"\n"
+            ),
+        );
+    assert!(
+        inflate.contains(SHUTDOWN_SECONDS) && inflate.contains(&format!("GracePeriodSeconds: {grace}")),
+        "{inflate}"
+    );
+    inflate
 }
 
 /// [`harness`] with another `inflate` Deployment.
