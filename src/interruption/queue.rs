@@ -241,6 +241,8 @@ struct Stored {
     sent_at: Timestamp,
     visible_at: tokio::time::Instant,
     receive_count: u32,
+    /// The latest delivery's receipt, the only one that deletes it (as in SQS).
+    receipt: String,
 }
 
 impl MemoryQueue {
@@ -262,6 +264,7 @@ impl MemoryQueue {
             sent_at: Timestamp::now(),
             visible_at: tokio::time::Instant::now(),
             receive_count: 0,
+            receipt: String::new(),
         };
         state.messages.insert(seq, stored);
         drop(state);
@@ -290,10 +293,10 @@ impl MemoryQueue {
         for (seq, stored) in state.messages.iter_mut().filter(|(_, m)| m.visible_at <= now).take(Self::BATCH) {
             stored.receive_count += 1;
             stored.visible_at = now + self.visibility;
+            stored.receipt = format!("{}#{}", Self::id(*seq), stored.receive_count);
             batch.push(QueueMessage {
                 id: Self::id(*seq),
-                // Each delivery has its own receipt; only the latest deletes, as in SQS.
-                receipt: format!("{}#{}", Self::id(*seq), stored.receive_count),
+                receipt: stored.receipt.clone(),
                 body: stored.body.clone(),
                 sent_at: Some(stored.sent_at),
                 receive_count: stored.receive_count,
@@ -328,17 +331,9 @@ impl MessageQueue for MemoryQueue {
 
     /// Like SQS, a stale receipt or a message already gone is not an error: nothing is deleted.
     async fn delete(&self, messages: &[QueueMessage]) -> Result<Vec<String>, QueueError> {
+        let receipts: std::collections::HashSet<&str> = messages.iter().map(|m| m.receipt.as_str()).collect();
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        for message in messages {
-            let Some((seq, count)) = message.receipt.split_once('#').and_then(|(id, count)| {
-                Some((id.strip_prefix("memory-")?.parse::<u64>().ok()?, count.parse::<u32>().ok()?))
-            }) else {
-                continue;
-            };
-            if state.messages.get(&seq).is_some_and(|m| m.receive_count == count) {
-                state.messages.remove(&seq);
-            }
-        }
+        state.messages.retain(|_, m| m.receipt.is_empty() || !receipts.contains(m.receipt.as_str()));
         Ok(Vec::new())
     }
 }

@@ -266,8 +266,8 @@ pub fn event(id: &str, detail_type: &str, time: Timestamp, detail: serde_json::V
 }
 
 pub fn spot(id: &str, instance: &str, time: Timestamp) -> String {
-    let detail = json!({"instance-id": instance, "instance-action": "terminate"});
-    event(id, "EC2 Spot Instance Interruption Warning", time, detail)
+    let warning = rafter::interruption::Envelope::spot_warning(id, "123456789012", REGION, instance, time);
+    serde_json::to_string(&warning).expect("a spot warning serialises")
 }
 
 pub fn state_change(id: &str, instance: &str, state: &str, time: Timestamp) -> String {
