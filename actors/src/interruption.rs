@@ -64,6 +64,9 @@ struct Progress {
     tainted: bool,
     /// Pods the last replacement plan could place nowhere (they do not hold up the drain).
     unplaceable: HashSet<String>,
+    /// This leader deleted the claim: the Terminator drains it. Until the cache shows the deletion,
+    /// the claim still looks live, and must not be planned for or drained (or counted) again.
+    drain_started: bool,
 }
 
 #[derive(Debug)]
@@ -311,6 +314,9 @@ impl InterruptionHandler {
     ) {
         let ctx = state.ctx.clone();
         let name = name_of(claim);
+        if state.progress.get(&name).is_some_and(|p| p.drain_started) {
+            return;
+        }
         let provider = claim.status.as_ref().and_then(|s| s.provider_id.clone());
         let nodes = ctx.caches.nodes.all();
         let node = node_of(provider.as_deref(), &nodes);
@@ -452,7 +458,7 @@ impl InterruptionHandler {
                             "Draining interrupted nodeclaim {name} before its replacement is ready: the deadline leaves no more time"
                         );
                     }
-                    state.progress.remove(&name);
+                    progress.drain_started = true;
                 }
                 Err(error) => tracing::debug!(%error, "cannot delete nodeclaim {name} yet; retrying"),
             }

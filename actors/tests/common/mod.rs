@@ -236,6 +236,26 @@ impl Harness {
         out.attributes().map(|a| a.values().filter_map(|v| v.parse::<u64>().ok()).sum()).unwrap_or(u64::MAX)
     }
 
+    /// Waits until the queue holds nothing, visible or in flight, and the replica has counted every
+    /// delivery it received as deleted. The queue empties when moto handles the last delete, a
+    /// moment before the worker that sent it counts the deletion, so both are waited for.
+    pub async fn drained(&self, within: Duration) -> Duration {
+        self.world
+            .wait_for("the queue drained and every delivery counted deleted", within, || async {
+                Ok(self.queued().await == 0
+                    && self.metric("rafter_interruption_deleted_total")
+                        == self.metric("rafter_interruption_received_total"))
+            })
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{e}: {} received, {} deleted",
+                    self.metric("rafter_interruption_received_total"),
+                    self.metric("rafter_interruption_deleted_total")
+                )
+            })
+    }
+
     pub fn metric(&self, name: &str) -> f64 {
         let text = self.replica.ctx.metrics.encode();
         text.lines()
