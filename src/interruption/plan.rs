@@ -3,7 +3,7 @@
 //! node's pods go instead, and when the drain must start and how much grace each pod keeps so the
 //! instance is gone before its deadline.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,9 +15,10 @@ use super::Message;
 use crate::api::labels;
 use crate::api::nodeclaim::NodeClaim;
 use crate::scheduling::instance_types::InstanceType;
-use crate::scheduling::solver::{Plan, solve};
+use crate::scheduling::resources::{Resources, pod_requests};
+use crate::scheduling::solver::{Plan, SchedulingInput, pod_key, solve};
 use crate::state::disruption::eviction_tier;
-use crate::state::{Snapshot, node_name, owned_by_daemonset, scheduling_input};
+use crate::state::{Snapshot, node_name, owned_by_daemonset, provisionable, scheduling_input};
 
 /// The NodeClaim annotation holding the interruption [`Record`]: written before the message is
 /// deleted, so a new leader (or a re-delivered message) finds the work already owned.
@@ -386,7 +387,8 @@ fn without(snapshot: Snapshot<'_>, node: &str) -> Without {
 }
 
 /// Where an affected node's pods would go: onto existing nodes and claims in flight (other
-/// replacements included, so a repeated solve buys nothing twice), else onto new claims.
+/// replacements included, so a repeated solve buys nothing twice) where pods already waiting do
+/// not need the room, else onto new claims.
 pub fn replacement(
     snapshot: Snapshot<'_>,
     node: &str,
@@ -397,7 +399,8 @@ pub fn replacement(
         return Plan::default();
     }
     let rest = Snapshot { pods: &w.pods, nodes: &w.nodes, claims: &w.claims, ..snapshot };
-    let (input, _) = scheduling_input(rest, w.pending, types);
+    let (mut input, _) = scheduling_input(rest, w.pending, types);
+    reserve_for_waiting(&mut input, &w.pods);
     solve(&input)
 }
 
@@ -410,8 +413,34 @@ pub fn replacement_ready(snapshot: Snapshot<'_>, node: &str, unplaceable: &HashS
     }
     let ready: Vec<Arc<Node>> = w.nodes.into_iter().filter(|n| ready_node(n)).collect();
     let rest = Snapshot { pods: &w.pods, nodes: &ready, claims: &[], pools: &[], daemonsets: snapshot.daemonsets };
-    let (input, _) = scheduling_input(rest, w.pending, |_| Vec::new());
+    let (mut input, _) = scheduling_input(rest, w.pending, |_| Vec::new());
+    reserve_for_waiting(&mut input, &w.pods);
     solve(&input).unplaced.iter().all(|u| unplaceable.contains(&u.pod))
+}
+
+/// Takes out of `input`'s nodes and claims in flight the room that pods already waiting for
+/// capacity will take. The provisioner bought (or is buying) that room for them, so an affected
+/// node's pods cannot count on it too: they would be left pending, and nothing bought for them.
+fn reserve_for_waiting(input: &mut SchedulingInput, pods: &[Arc<Pod>]) {
+    let waiting: Vec<Pod> = pods.iter().filter(|p| provisionable(p)).map(|p| p.as_ref().clone()).collect();
+    if waiting.is_empty() {
+        return;
+    }
+    // Placed where they fit now, nothing bought: what they cannot get is the provisioner's to buy.
+    let pools = std::mem::take(&mut input.pools);
+    let evacuees = std::mem::replace(&mut input.pods, waiting);
+    let taken = solve(input);
+    let waiting = std::mem::replace(&mut input.pods, evacuees);
+    input.pools = pools;
+    let requests: HashMap<String, Resources> =
+        waiting.iter().filter_map(|p| Some((pod_key(p), pod_requests(p.spec.as_ref()?).ok()?))).collect();
+    for placement in taken.placements {
+        if let (Some(requests), Some(node)) =
+            (requests.get(&placement.pod), input.nodes.iter_mut().find(|n| n.name == placement.node))
+        {
+            node.available.sub(requests);
+        }
+    }
 }
 
 /// Ready, registered and not going away.

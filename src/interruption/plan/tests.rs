@@ -285,3 +285,46 @@ fn a_replacement_is_planned_for_the_nodes_pods_and_ready_only_once_a_ready_node_
     assert!(replacement_ready(empty, "old", &HashSet::new()));
     assert!(replacement(empty, "old", types).claims.is_empty());
 }
+
+/// A pod the scheduler could not place, waiting for capacity the provisioner buys.
+fn waiting(name: &str) -> Pod {
+    let mut p = pod(name, None, None);
+    p.status = serde_json::from_value(json!({"phase": "Pending",
+        "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable"}]}))
+    .ok();
+    p
+}
+
+#[test]
+fn room_that_pods_already_waiting_will_take_is_neither_planned_on_nor_counted_as_ready() {
+    // The node's 6 pods, and 6 pods of another node waiting for capacity: each side fills most of
+    // an m5.xlarge (7 pods of 500m fit), both together do not.
+    let pods: Vec<Arc<Pod>> = (0..6)
+        .map(|i| Arc::new(pod(&format!("p{i}"), Some("old"), None)))
+        .chain((0..6).map(|i| Arc::new(waiting(&format!("w{i}")))))
+        .collect();
+    let nodes = vec![Arc::new(node("old", true, json!([])))];
+    let mut claims = vec![Arc::new(claim_of("old"))];
+    let mut in_flight = claim_of("bought-for-waiting");
+    in_flight.status.as_mut().expect("status").provider_id = None;
+    claims.push(Arc::new(in_flight));
+    let pools = vec![pool()];
+    let alone = Snapshot { pods: &pods[..6], nodes: &nodes, claims: &claims, pools: &pools, daemonsets: &[] };
+    assert!(replacement(alone, "old", types).claims.is_empty(), "with nobody waiting the claim in flight has room");
+
+    let s = Snapshot { pods: &pods, ..alone };
+    let plan = replacement(s, "old", types);
+    // The claim in flight is the waiting pods', but for one slot; a new claim takes the other five.
+    assert_eq!(plan.claims.len(), 1, "{plan:?}");
+    assert_eq!(plan.claims[0].pods.len(), 5, "{plan:?}");
+    assert_eq!(plan.placements.len(), 1, "{plan:?}");
+    assert_eq!(plan.placements[0].node, "claim-bought-for-waiting");
+    assert!(plan.placements[0].pod.starts_with("default/p"), "{plan:?}");
+
+    // The same for readiness: a Ready node the waiting pods will fill does not take the node's pods.
+    let mut ready = nodes.clone();
+    ready.push(Arc::new(node("new", true, json!([]))));
+    let unplaceable = unplaceable(&plan);
+    assert!(replacement_ready(Snapshot { nodes: &ready, pods: &pods[..6], ..s }, "old", &unplaceable));
+    assert!(!replacement_ready(Snapshot { nodes: &ready, ..s }, "old", &unplaceable));
+}
