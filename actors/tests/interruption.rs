@@ -195,18 +195,33 @@ async fn duplicate_and_reordered_messages_cause_one_replacement_each_and_are_all
     let (a_id, b_id) = (instance_id(a), instance_id(b));
     let now = Timestamp::now();
 
-    // Node A: the same spot warning three times (one re-sent by EventBridge with the same ID, one
-    // resent by hand with a new message), and a rebalance recommendation arriving after it.
-    // Node B: its state change to `terminated` overtakes the spot warning that preceded it: the
-    // claim is removed at once, whatever the warning asked.
+    // Node A: the same spot warning three times (as EventBridge and SQS may repeat it), a
+    // rebalance recommendation arriving after it, and a stale `running` state change.
     h.send(&[
         spot("dup-a", &a_id, now),
         spot("dup-a", &a_id, now),
         rebalance("late-rebalance-a", &a_id, now - jiff::SignedDuration::from_secs(30)),
-        state_change("b-terminated", &b_id, "terminated", now + jiff::SignedDuration::from_secs(5)),
         spot("dup-a", &a_id, now),
-        spot("b-spot", &b_id, now),
         state_change("a-running", &a_id, "running", now),
+    ])
+    .await;
+    // Node B: its state change to `terminated` overtakes the spot warning that preceded it: the
+    // claim is removed at once, whatever the warning asked. Sent once A's replacement is planned:
+    // B's warning and removal, handled concurrently, may buy B's pods capacity twice, and A's pods
+    // would rightly take the spare instead of a replacement of their own.
+    h.world
+        .wait_for("A's replacement planned", Duration::from_secs(30), || async {
+            Ok(h.replica
+                .ctx
+                .timeline
+                .first(|m| matches!(m, Mark::ReplacementPlanned { claim, .. } if *claim == a_name))
+                .is_some())
+        })
+        .await
+        .expect("A is replaced");
+    h.send(&[
+        state_change("b-terminated", &b_id, "terminated", now + jiff::SignedDuration::from_secs(5)),
+        spot("b-spot", &b_id, now),
     ])
     .await;
 
