@@ -438,10 +438,25 @@ impl InterruptionHandler {
         }
 
         // Drain once the replacement is ready, or once the deadline leaves only the drain's time.
-        let snapshot = Snapshot { pods: &pods, nodes: &nodes, claims, pools: &pools, daemonsets: &daemonsets };
         let bought_ready =
             !replacements.is_empty() && replacements.iter().all(|c| condition_true(c, conditions::INITIALIZED));
-        let ready = bought_ready || replacement_ready(snapshot, &node_name, &progress.unplaceable);
+        // Off the actor's thread, like the plan: with many pods waiting it is a solve of its own.
+        let ready = bought_ready || {
+            let (pods, nodes, daemonsets, node_name, unplaceable) =
+                (pods.clone(), nodes.clone(), daemonsets.clone(), node_name.clone(), progress.unplaceable.clone());
+            let check = move || {
+                let snapshot =
+                    Snapshot { pods: &pods, nodes: &nodes, claims: &[], pools: &[], daemonsets: &daemonsets };
+                replacement_ready(snapshot, &node_name, &unplaceable)
+            };
+            match tokio::task::spawn_blocking(check).await {
+                Ok(ready) => ready,
+                Err(error) => {
+                    tracing::error!(%error, "the readiness check failed; trying again");
+                    false
+                }
+            }
+        };
         let forced = record.deadline.is_some_and(|d| ctx.clock.now() >= latest_drain_start(d, &moving));
         if ready || forced {
             match delete_claim(&ctx, &name).await {
