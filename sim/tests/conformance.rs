@@ -538,3 +538,144 @@ async fn watches_send_bookmarks_and_end_at_their_timeout() {
         t.cleanup().await;
     }
 }
+
+async fn install_rafter_crds(t: &Target) {
+    let crds: Api<CustomResourceDefinition> = Api::all(t.client.clone());
+    for (_, crd) in rafter::api::crds::all() {
+        match crds.create(&PostParams::default(), &crd).await {
+            Ok(_) => {}
+            Err(e) if code(&e) == 409 => {}
+            Err(e) => panic!("CRD {} refused: {e}", crd.name_any()),
+        }
+    }
+    eventually("the CRDs serve their kinds", || {
+        let client = t.client.clone();
+        async move {
+            let pools: Api<rafter::api::nodepool::NodePool> = Api::all(client.clone());
+            let classes: Api<rafter::api::ec2nodeclass::EC2NodeClass> = Api::all(client);
+            pools.list(&ListParams::default()).await.is_ok() && classes.list(&ListParams::default()).await.is_ok()
+        }
+    })
+    .await;
+}
+
+fn example(kind: &str) -> Value {
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/examples/v1/nodepool-default.yaml"))
+            .expect("example");
+    let docs: Vec<Value> = serde_saphyr::from_multiple(&text).expect("parses");
+    docs.into_iter().find(|d| d["kind"] == json!(kind)).expect("the example has the kind")
+}
+
+/// The six mistakes the README lists, each with the `field: message` kube-apiserver answers.
+fn documented_mistakes() -> Vec<(&'static str, Value, &'static str)> {
+    let mut in_without_values = example("NodePool");
+    in_without_values["spec"]["template"]["spec"]["requirements"][0] =
+        json!({"key": "karpenter.sh/capacity-type", "operator": "In"});
+    let mut hostname = example("NodePool");
+    hostname["spec"]["template"]["spec"]["requirements"][0] =
+        json!({"key": "kubernetes.io/hostname", "operator": "In", "values": ["a"]});
+    let mut gt_not_integer = example("NodePool");
+    gt_not_integer["spec"]["template"]["spec"]["requirements"][3]["values"] = json!(["four"]);
+    let mut schedule_alone = example("NodePool");
+    schedule_alone["spec"]["disruption"]["budgets"] = json!([{"nodes": "0", "schedule": "0 9 * * mon-fri"}]);
+    let mut role_and_profile = example("EC2NodeClass");
+    role_and_profile["spec"]["instanceProfile"] = json!("KarpenterNodeInstanceProfile");
+    let mut owned_tag = example("EC2NodeClass");
+    owned_tag["spec"]["tags"] = json!({"kubernetes.io/cluster/demo": "owned"});
+    vec![
+        (
+            "nodepools",
+            in_without_values,
+            "spec.template.spec.requirements[0].values: Required value: operator In needs at least one value",
+        ),
+        (
+            "nodepools",
+            hostname,
+            "spec.template.spec.requirements[0].key: Invalid value: \"string\": kubernetes.io/hostname is chosen per node and cannot be required by a pool",
+        ),
+        (
+            "nodepools",
+            gt_not_integer,
+            "spec.template.spec.requirements[3].values: Invalid value: \"object\": operators Gt and Lt take exactly one non-negative integer value",
+        ),
+        (
+            "nodepools",
+            schedule_alone,
+            "spec.disruption.budgets[0].duration: Invalid value: \"object\": schedule and duration must be given together",
+        ),
+        (
+            "ec2nodeclasses",
+            role_and_profile,
+            "spec.role: Invalid value: \"object\": give exactly one of role and instanceProfile",
+        ),
+        (
+            "ec2nodeclasses",
+            owned_tag,
+            "spec.tags: Invalid value: \"object\": tags starting with kubernetes.io/cluster/ are set by Rafter",
+        ),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_documented_mistakes_are_refused_with_messages_that_name_their_fields() {
+    for t in targets("conf-mistakes").await {
+        install_rafter_crds(&t).await;
+        for (i, (plural, mut object, want)) in documented_mistakes().into_iter().enumerate() {
+            object["metadata"] = json!({"name": format!("{}-{i}", t.namespace)});
+            let group = if plural == "nodepools" { "karpenter.sh" } else { "karpenter.k8s.aws" };
+            let err = t
+                .client
+                .request::<Value>(
+                    http::Request::post(format!("/apis/{group}/v1/{plural}"))
+                        .header("content-type", "application/json")
+                        .body(serde_json::to_vec(&object).expect("bytes"))
+                        .expect("request"),
+                )
+                .await
+                .expect_err("the mistake is refused");
+            let kube::Error::Api(status) = &err else { panic!("expected an API error, got {err}") };
+            assert_eq!(status.code, 422, "{}", status.message);
+            assert!(status.message.contains(want), "case {i}: wanted {want:?} in {:?}", status.message);
+        }
+        t.cleanup().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crd_whose_rules_cost_too_much_is_refused_as_kube_apiserver_refuses_it() {
+    for t in targets("conf-cel-cost").await {
+        let crd: CustomResourceDefinition = serde_json::from_value(json!({
+            "metadata": {"name": "costlies.example.rafter.dev"},
+            "spec": {
+                "group": "example.rafter.dev",
+                "names": {"plural": "costlies", "singular": "costly", "kind": "Costly", "listKind": "CostlyList"},
+                "scope": "Cluster",
+                "versions": [{"name": "v1", "served": true, "storage": true, "schema": {"openAPIV3Schema": {
+                    "type": "object",
+                    "properties": {"spec": {"type": "object", "properties": {"items": {
+                        "type": "array",
+                        "items": {"type": "object", "required": ["key"], "properties": {
+                            "key": {"type": "string", "x-kubernetes-validations": [
+                                {"rule": "self.matches('^([^/]*\\\\.)?(kubernetes\\\\.io|k8s\\\\.io|karpenter\\\\.sh)/')", "message": "restricted"}
+                            ]}
+                        }}
+                    }}}}
+                }}}]
+            }
+        }))
+        .expect("a CRD");
+        let crds: Api<CustomResourceDefinition> = Api::all(t.client.clone());
+        let err = crds.create(&PostParams::default(), &crd).await.expect_err("an unbounded rule is refused");
+        let kube::Error::Api(status) = &err else { panic!("expected an API error, got {err}") };
+        assert_eq!(status.code, 422, "{}", status.message);
+        for want in [
+            "spec.validation.openAPIV3Schema.properties[spec].properties[items].items.properties[key].x-kubernetes-validations[0].rule: Forbidden: estimated rule cost exceeds budget by factor of more than 100x (try simplifying the rule, or adding maxItems, maxProperties, and maxLength where arrays, maps, and strings are declared)",
+            "spec.validation.openAPIV3Schema: Forbidden: x-kubernetes-validations estimated rule cost total for entire OpenAPIv3 schema exceeds budget by factor of more than 100x",
+        ] {
+            assert!(status.message.contains(want), "wanted {want:?} in {:?}", status.message);
+        }
+        assert!(crds.get_opt("costlies.example.rafter.dev").await.expect("reads").is_none(), "nothing stored");
+        t.cleanup().await;
+    }
+}

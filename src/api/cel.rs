@@ -3,7 +3,7 @@
 //! The API server enforces these on create and update; `validation` checks the same facts in Rust
 //! for objects that reached Rafter some other way (older CRDs, conversion, tests).
 
-use kube::core::{Message, Rule};
+use kube::core::{Message, Reason, Rule};
 
 use super::labels::{DOMAIN_EXCEPTIONS, HOSTNAME, NODEPOOL, RESTRICTED_DOMAINS, WELL_KNOWN_LABELS};
 
@@ -57,15 +57,21 @@ pub fn template_label_rules() -> Vec<Rule> {
 pub fn requirement_rules() -> Vec<Rule> {
     vec![
         Rule::new("self.operator != 'In' || (has(self.values) && size(self.values) > 0)")
-            .message("operator In needs at least one value"),
+            .message("operator In needs at least one value")
+            .field_path(".values")
+            .reason(Reason::FieldValueRequired),
         Rule::new("!(self.operator in ['Exists', 'DoesNotExist']) || !has(self.values) || size(self.values) == 0")
-            .message("operators Exists and DoesNotExist take no values"),
+            .message("operators Exists and DoesNotExist take no values")
+            .field_path(".values")
+            .reason(Reason::FieldValueForbidden),
         Rule::new(
             "!(self.operator in ['Gt', 'Lt']) || (has(self.values) && size(self.values) == 1 && self.values[0].matches('^[0-9]+$'))",
         )
-        .message("operators Gt and Lt take exactly one non-negative integer value"),
+        .message("operators Gt and Lt take exactly one non-negative integer value")
+        .field_path(".values"),
         Rule::new("!has(self.minValues) || self.operator != 'In' || (has(self.values) && size(self.values) >= self.minValues)")
-            .message("minValues is larger than the number of values given"),
+            .message("minValues is larger than the number of values given")
+            .field_path(".minValues"),
     ]
 }
 

@@ -1,6 +1,8 @@
 //! The CustomResourceDefinitions Rafter serves, generated from the Rust types so they cannot drift.
 
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    CustomResourceDefinition, JSONSchemaProps, JSONSchemaPropsOrArray, JSONSchemaPropsOrBool,
+};
 use kube::CustomResourceExt;
 
 use super::legacy::{AWSNodeTemplate, Provisioner};
@@ -8,13 +10,43 @@ use super::{EC2NodeClass, NodeClaim, NodePool};
 
 /// Every CRD: the v1 kinds, then the legacy kinds, with the file name each is kept under in `deploy/crds/`.
 pub fn all() -> Vec<(&'static str, CustomResourceDefinition)> {
-    vec![
+    let mut crds = vec![
         ("karpenter.sh_nodepools.yaml", NodePool::crd()),
         ("karpenter.sh_nodeclaims.yaml", NodeClaim::crd()),
         ("karpenter.k8s.aws_ec2nodeclasses.yaml", EC2NodeClass::crd()),
         ("karpenter.sh_provisioners.yaml", Provisioner::crd()),
         ("karpenter.k8s.aws_awsnodetemplates.yaml", AWSNodeTemplate::crd()),
-    ]
+    ];
+    for (_, crd) in &mut crds {
+        for version in &mut crd.spec.versions {
+            if let Some(status) = version
+                .schema
+                .as_mut()
+                .and_then(|s| s.open_api_v3_schema.as_mut())
+                .and_then(|s| s.properties.as_mut())
+                .and_then(|p| p.get_mut("status"))
+            {
+                strip_rules(status);
+            }
+        }
+    }
+    crds
+}
+
+/// Drops the CEL rules of a subtree. Status is written by Rafter, not users, and status types share
+/// spec types (an AMI's requirements): rules there only add to the CRD's estimated cost, which
+/// kube-apiserver caps, as Karpenter's own CRDs keep `status` free of rules.
+fn strip_rules(schema: &mut JSONSchemaProps) {
+    schema.x_kubernetes_validations = None;
+    for child in schema.properties.iter_mut().flat_map(|p| p.values_mut()) {
+        strip_rules(child);
+    }
+    if let Some(JSONSchemaPropsOrArray::Schema(items)) = schema.items.as_mut() {
+        strip_rules(items);
+    }
+    if let Some(JSONSchemaPropsOrBool::Schema(extra)) = schema.additional_properties.as_mut() {
+        strip_rules(extra);
+    }
 }
 
 /// One CRD as the YAML document `rafter crds` prints and `deploy/crds/` holds.

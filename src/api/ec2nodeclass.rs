@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::CustomResource;
-use kube::core::{Message, Rule};
+use kube::core::{Message, Reason, Rule};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -20,6 +20,14 @@ pub const RESTRICTED_TAG_PREFIXES: &[&str] = &[
     "karpenter.k8s.aws/ec2nodeclass",
     "eks:eks-cluster-name",
 ];
+
+/// Tags a class may give: EC2 allows 50 per resource and Rafter writes five of its own.
+pub const MAX_TAGS: usize = 45;
+/// EC2's longest tag key and value.
+pub const MAX_TAG_KEY_LENGTH: usize = 128;
+pub const MAX_TAG_VALUE_LENGTH: usize = 256;
+/// Eviction signals a kubelet knows are fewer than this; the bound keeps the CRD's CEL cost low.
+pub const MAX_EVICTION_SIGNALS: usize = 16;
 
 /// AWS launch settings shared by the NodePools that reference it.
 // kube's `printcolumn(...)` repeats `type_ = ...` by design; clippy reads that as a duplicate.
@@ -69,7 +77,7 @@ pub struct EC2NodeClassSpec {
     pub user_data: Option<String>,
     /// Tags put on instances, volumes and launch templates.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    #[schemars(transform = tags_transform)]
+    #[schemars(extend("maxProperties" = MAX_TAGS), transform = tags_transform)]
     pub tags: BTreeMap<String, String>,
     /// Kubelet settings of the nodes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -101,9 +109,12 @@ fn nodeclass_transform(schema: &mut schemars::Schema) {
         schema,
         vec![
             Rule::new("has(self.role) != has(self.instanceProfile)")
-                .message("give exactly one of role and instanceProfile"),
+                .message("give exactly one of role and instanceProfile")
+                .field_path(".role"),
             Rule::new("has(self.amiFamily) || self.amiSelectorTerms.exists(t, has(t.alias))")
-                .message("amiFamily is required unless amiSelectorTerms uses an alias"),
+                .message("amiFamily is required unless amiSelectorTerms uses an alias")
+                .field_path(".amiFamily")
+                .reason(Reason::FieldValueRequired),
         ],
     );
 }
@@ -119,6 +130,7 @@ fn ami_terms_transform(schema: &mut schemars::Schema) {
 }
 
 fn tags_transform(schema: &mut schemars::Schema) {
+    bound_map_values(schema, MAX_TAG_VALUE_LENGTH);
     // One rule per prefix keeps each rule's estimated cost small.
     let rules = RESTRICTED_TAG_PREFIXES
         .iter()
@@ -312,12 +324,15 @@ pub struct KubeletConfiguration {
     pub kube_reserved: BTreeMap<String, String>,
     /// Hard eviction thresholds (`memory.available: 100Mi`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = MAX_EVICTION_SIGNALS))]
     pub eviction_hard: BTreeMap<String, String>,
     /// Soft eviction thresholds; each needs a grace period.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = MAX_EVICTION_SIGNALS))]
     pub eviction_soft: BTreeMap<String, String>,
     /// Grace periods of the soft thresholds.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = MAX_EVICTION_SIGNALS))]
     pub eviction_soft_grace_period: BTreeMap<String, String>,
     /// Longest pod termination grace period honoured on soft eviction, in seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -340,9 +355,11 @@ fn kubelet_transform(schema: &mut schemars::Schema) {
         schema,
         vec![
             Rule::new("!has(self.imageGCHighThresholdPercent) || !has(self.imageGCLowThresholdPercent) || self.imageGCHighThresholdPercent > self.imageGCLowThresholdPercent")
-                .message("imageGCHighThresholdPercent must be greater than imageGCLowThresholdPercent"),
+                .message("imageGCHighThresholdPercent must be greater than imageGCLowThresholdPercent")
+                .field_path(".imageGCHighThresholdPercent"),
             Rule::new("!has(self.evictionSoft) || (has(self.evictionSoftGracePeriod) && self.evictionSoft.all(k, k in self.evictionSoftGracePeriod))")
-                .message("every evictionSoft threshold needs an evictionSoftGracePeriod"),
+                .message("every evictionSoft threshold needs an evictionSoftGracePeriod")
+                .field_path(".evictionSoftGracePeriod"),
         ],
     );
 }
@@ -527,4 +544,13 @@ pub mod conditions {
     pub const AMIS_READY: &str = "AMIsReady";
     /// The instance profile exists.
     pub const INSTANCE_PROFILE_READY: &str = "InstanceProfileReady";
+}
+
+/// Puts `maxLength` on a string map's values (a CRD schema cannot bound keys; `validation` does).
+fn bound_map_values(schema: &mut schemars::Schema, max: usize) {
+    if let Some(values) =
+        schema.as_object_mut().and_then(|m| m.get_mut("additionalProperties")).and_then(|v| v.as_object_mut())
+    {
+        values.insert("maxLength".into(), max.into());
+    }
 }

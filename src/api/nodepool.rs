@@ -152,7 +152,8 @@ fn budget_transform(schema: &mut schemars::Schema) {
         schema,
         vec![
             Rule::new("has(self.schedule) == has(self.duration)")
-                .message("schedule and duration must be given together"),
+                .message("schedule and duration must be given together")
+                .field_path(".duration"),
         ],
     );
 }

@@ -8,7 +8,10 @@ use std::fmt;
 use std::str::FromStr;
 
 use super::duration::{KubeDuration, NillableDuration, parse_duration};
-use super::ec2nodeclass::{AmiFamily, EC2NodeClassSpec, RESTRICTED_TAG_PREFIXES};
+use super::ec2nodeclass::{
+    AmiFamily, EC2NodeClassSpec, MAX_EVICTION_SIGNALS, MAX_TAG_KEY_LENGTH, MAX_TAG_VALUE_LENGTH, MAX_TAGS,
+    RESTRICTED_TAG_PREFIXES,
+};
 use super::labels::{HOSTNAME, NODEPOOL, label_key_error, label_value_error, restricted_label_reason};
 use super::nodeclaim::{NodeClaimSpec, NodeClaimTemplateSpec, Operator, ResourceList, Taint};
 use super::nodepool::{Budget, NodePoolSpec};
@@ -329,6 +332,20 @@ pub fn validate_ec2_node_class(spec: &EC2NodeClassSpec) -> Result<(), Invalid> {
         (None, None) => p.add("spec.role", "give exactly one of role and instanceProfile"),
         _ => {}
     }
+    if spec.tags.len() > MAX_TAGS {
+        p.add(
+            "spec.tags",
+            format!("{} tags given; at most {MAX_TAGS} (EC2 allows 50 and Rafter writes 5)", spec.tags.len()),
+        );
+    }
+    for (key, value) in &spec.tags {
+        if key.chars().count() > MAX_TAG_KEY_LENGTH {
+            p.add(format!("spec.tags[{key}]"), format!("tag keys are at most {MAX_TAG_KEY_LENGTH} characters"));
+        }
+        if value.chars().count() > MAX_TAG_VALUE_LENGTH {
+            p.add(format!("spec.tags[{key}]"), format!("tag values are at most {MAX_TAG_VALUE_LENGTH} characters"));
+        }
+    }
     for key in spec.tags.keys() {
         if let Some(prefix) = RESTRICTED_TAG_PREFIXES.iter().find(|pre| key.starts_with(*pre)) {
             p.add(format!("spec.tags[{key}]"), format!("tags starting with {prefix} are set by Rafter"));
@@ -351,6 +368,15 @@ pub fn validate_ec2_node_class(spec: &EC2NodeClassSpec) -> Result<(), Invalid> {
         for (field, value) in [("maxPods", k.max_pods), ("podsPerCore", k.pods_per_core)] {
             if value.is_some_and(|v| v < 0) {
                 p.add(format!("spec.kubelet.{field}"), "must not be negative");
+            }
+        }
+        for (field, map) in [
+            ("evictionHard", &k.eviction_hard),
+            ("evictionSoft", &k.eviction_soft),
+            ("evictionSoftGracePeriod", &k.eviction_soft_grace_period),
+        ] {
+            if map.len() > MAX_EVICTION_SIGNALS {
+                p.add(format!("spec.kubelet.{field}"), format!("at most {MAX_EVICTION_SIGNALS} eviction signals"));
             }
         }
         for key in k.eviction_soft.keys() {

@@ -140,6 +140,13 @@ pub fn validate(rt: &ResourceType, object: &mut Value, old: Option<&Value>) -> R
         }
     }
     let mut causes = Vec::new();
+    if rt.group == "apiextensions.k8s.io" && rt.plural == "customresourcedefinitions" {
+        let spec = object.get("spec").cloned().unwrap_or_default();
+        for (prefix, schema) in super::cel_cost::crd_schemas(&spec) {
+            unique_items(schema, &prefix, &mut causes);
+        }
+        causes.extend(super::cel_cost::crd_problems(&spec));
+    }
     if rt.group.is_empty() && rt.plural == "pods" {
         let containers = object.pointer("/spec/containers").and_then(Value::as_array);
         match containers {
@@ -161,6 +168,24 @@ pub fn validate(rt: &ResourceType, object: &mut Value, old: Option<&Value>) -> R
         return Err(ApiError::invalid(&rt.kind, &rt.group, &name, causes));
     }
     Ok(())
+}
+
+/// kube-apiserver forbids `uniqueItems: true` in CRD schemas (its check is quadratic).
+fn unique_items(schema: &Value, path: &str, causes: &mut Vec<(String, String)>) {
+    if schema.get("uniqueItems").and_then(Value::as_bool) == Some(true) {
+        causes.push((
+            format!("{path}.uniqueItems"),
+            "Forbidden: uniqueItems cannot be set to true since the runtime complexity becomes quadratic".into(),
+        ));
+    }
+    for (name, child) in schema.get("properties").and_then(Value::as_object).into_iter().flatten() {
+        unique_items(child, &format!("{path}.properties[{name}]"), causes);
+    }
+    for key in ["items", "additionalProperties"] {
+        if let Some(child) = schema.get(key).filter(|c| c.is_object()) {
+            unique_items(child, &format!("{path}.{key}"), causes);
+        }
+    }
 }
 
 /// The defaults kube-apiserver fills in that clients read back.

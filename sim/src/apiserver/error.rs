@@ -64,10 +64,12 @@ impl ApiError {
     pub fn invalid(kind: &str, group: &str, name: &str, causes: Vec<(String, String)>) -> Self {
         let summary: Vec<String> = causes.iter().map(|(field, message)| format!("{field}: {message}")).collect();
         let what = if group.is_empty() { kind.to_string() } else { format!("{kind}.{group}") };
-        let message = format!("{what} \"{name}\" is invalid: {}", summary.join(", "));
+        // kube-apiserver's aggregate: one error as it is, several in brackets.
+        let joined = if summary.len() == 1 { summary.join("") } else { format!("[{}]", summary.join(", ")) };
+        let message = format!("{what} \"{name}\" is invalid: {joined}");
         let causes: Vec<Value> = causes
             .into_iter()
-            .map(|(field, message)| json!({"reason": "FieldValueInvalid", "message": message, "field": field}))
+            .map(|(field, message)| json!({"reason": cause_reason(&message), "message": message, "field": field}))
             .collect();
         Self::new(422, "Invalid", message)
             .with_details(json!({"name": name, "group": group, "kind": kind, "causes": causes}))
@@ -126,4 +128,19 @@ impl ApiError {
         }
         status
     }
+}
+
+/// The `metav1.CauseType` kube-apiserver gives a field error, read from how its message starts.
+fn cause_reason(message: &str) -> &'static str {
+    const REASONS: [(&str, &str); 8] = [
+        ("Required value", "FieldValueRequired"),
+        ("Forbidden", "FieldValueForbidden"),
+        ("Unsupported value", "FieldValueNotSupported"),
+        ("Duplicate value", "FieldValueDuplicate"),
+        ("Too long", "FieldValueTooLong"),
+        ("Too many", "FieldValueTooMany"),
+        ("Not found", "FieldValueNotFound"),
+        ("Internal error", "InternalError"),
+    ];
+    REASONS.iter().find(|(prefix, _)| message.starts_with(prefix)).map(|(_, r)| *r).unwrap_or("FieldValueInvalid")
 }

@@ -1,6 +1,7 @@
 //! An in-memory Kubernetes API server speaking the REST and watch protocol kube-rs and kubectl use.
 
 pub mod admission;
+pub mod cel_cost;
 pub mod error;
 pub mod faults;
 pub mod patch;

@@ -4,7 +4,7 @@
 //! (with the exclusive forms), `minLength`/`maxLength`, `pattern`, `minItems`/`maxItems`,
 //! `minProperties`/`maxProperties`, `uniqueItems`, `items`, `properties`, `additionalProperties`, and every
 //! `x-kubernetes-validations` rule (through kube-cel). Not checked: `format`, `allOf`/`anyOf`/`oneOf`/`not`,
-//! `multipleOf`, and CEL cost limits.
+//! `multipleOf`. CEL cost limits are checked when the CRD is written (`cel_cost`).
 
 use std::collections::HashMap;
 
@@ -17,6 +17,8 @@ pub struct CrdSchema {
     schema: Value,
     cel: CompiledSchema,
     patterns: HashMap<String, Regex>,
+    /// The schema type of the node each rule is on, by rule text.
+    rule_types: HashMap<String, String>,
 }
 
 impl std::fmt::Debug for CrdSchema {
@@ -34,7 +36,9 @@ impl CrdSchema {
         if let Some(error) = cel.compilation_errors().first() {
             return Err(format!("x-kubernetes-validations: compilation failed: {error}"));
         }
-        Ok(Self { schema, cel, patterns })
+        let mut rule_types = HashMap::new();
+        collect_rule_types(&schema, &mut rule_types);
+        Ok(Self { schema, cel, patterns, rule_types })
     }
 
     /// Paths (field names, no indices) of lists with `x-kubernetes-list-type: map` and their keys.
@@ -76,7 +80,15 @@ impl CrdSchema {
             for failure in failures.into_vec() {
                 let field =
                     if failure.field_path.is_empty() { "<root>".to_string() } else { failure.field_path.clone() };
-                errors.push((field, format!("Invalid value: \"object\": {}", failure.message)));
+                // As kube-apiserver: the value shown is the type of the node the rule is on.
+                let ty = self.rule_types.get(&failure.rule).map(String::as_str).unwrap_or("object");
+                let message = match failure.reason.as_deref() {
+                    Some("FieldValueForbidden") => format!("Forbidden: {}", failure.message),
+                    Some("FieldValueRequired") => format!("Required value: {}", failure.message),
+                    Some("FieldValueDuplicate") => format!("Duplicate value: \"{ty}\""),
+                    _ => format!("Invalid value: \"{ty}\": {}", failure.message),
+                };
+                errors.push((field, message));
             }
         }
         errors
@@ -295,6 +307,23 @@ fn collect_patterns(schema: &Value, out: &mut HashMap<String, Regex>) -> Result<
             Ok(())
         }
         _ => Ok(()),
+    }
+}
+
+fn collect_rule_types(schema: &Value, out: &mut HashMap<String, String>) {
+    let ty = schema.get("type").and_then(Value::as_str).unwrap_or("object");
+    for rule in schema.get("x-kubernetes-validations").and_then(Value::as_array).into_iter().flatten() {
+        if let Some(text) = rule.get("rule").and_then(Value::as_str) {
+            out.entry(text.to_string()).or_insert_with(|| ty.to_string());
+        }
+    }
+    for child in schema.get("properties").and_then(Value::as_object).into_iter().flat_map(|p| p.values()) {
+        collect_rule_types(child, out);
+    }
+    for key in ["items", "additionalProperties"] {
+        if let Some(child) = schema.get(key).filter(|c| c.is_object()) {
+            collect_rule_types(child, out);
+        }
     }
 }
 

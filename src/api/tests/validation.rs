@@ -51,15 +51,20 @@ struct Case {
     /// Changes to the valid example: (JSON pointer, new value).
     edits: Vec<(&'static str, Value)>,
     /// The field `validate()` must name.
-    field: &'static str,
+    field: String,
     /// A fragment of `validate()`'s message.
     message: &'static str,
     /// A fragment of the CRD's CEL rule message, when the schema has a CEL rule for it.
     cel: Option<&'static str>,
 }
 
-fn case(rule: &'static str, edits: Vec<(&'static str, Value)>, field: &'static str, message: &'static str) -> Case {
-    Case { rule, edits, field, message, cel: None }
+fn case(
+    rule: &'static str,
+    edits: Vec<(&'static str, Value)>,
+    field: impl Into<String>,
+    message: &'static str,
+) -> Case {
+    Case { rule, edits, field: field.into(), message, cel: None }
 }
 
 impl Case {
@@ -383,6 +388,33 @@ fn class_cases() -> Vec<Case> {
             vec![("/spec/blockDeviceMappings", json!([{"ebs": {"volumeSize": "big"}}]))],
             "spec.blockDeviceMappings[0].ebs.volumeSize",
             "\"big\" is not a quantity",
+        ),
+        case(
+            "at most 45 tags",
+            vec![("/spec/tags", Value::Object((0..46).map(|i| (format!("team-{i}"), json!("x"))).collect()))],
+            "spec.tags",
+            "at most 45",
+        ),
+        case(
+            "tag keys within EC2's 128 characters",
+            vec![("/spec/tags", json!({"k".repeat(129): "x"}))],
+            format!("spec.tags[{}]", "k".repeat(129)),
+            "at most 128 characters",
+        ),
+        case(
+            "tag values within EC2's 256 characters",
+            vec![("/spec/tags", json!({"team": "v".repeat(257)}))],
+            "spec.tags[team]",
+            "at most 256 characters",
+        ),
+        case(
+            "at most 16 eviction signals",
+            vec![(
+                "/spec/kubelet",
+                json!({"evictionHard": Value::Object((0..17).map(|i| (format!("s{i}.available"), json!("1%"))).collect())}),
+            )],
+            "spec.kubelet.evictionHard",
+            "at most 16",
         ),
         case(
             "hop limit range",
