@@ -8,8 +8,9 @@ use std::sync::{Arc, RwLock};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::storage::v1::StorageClass;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Resource};
@@ -76,6 +77,10 @@ pub struct Caches {
     pub templates: Slot<AWSNodeTemplate>,
     pub daemonsets: Slot<DaemonSet>,
     pub pdbs: Slot<PodDisruptionBudget>,
+    /// Storage, for the zones pending pods' volumes confine them to.
+    pub pvcs: Slot<PersistentVolumeClaim>,
+    pub pvs: Slot<PersistentVolume>,
+    pub storage_classes: Slot<StorageClass>,
     /// Wakes the reconcilers when nodes or claims change.
     pub changed: tokio::sync::Notify,
 }
@@ -92,6 +97,9 @@ impl Caches {
             && self.templates.is_synced()
             && self.daemonsets.is_synced()
             && self.pdbs.is_synced()
+            && self.pvcs.is_synced()
+            && self.pvs.is_synced()
+            && self.storage_classes.is_synced()
     }
 
     /// [`Self::effective_pools`] by name.
@@ -200,6 +208,16 @@ impl Actor for ClusterState {
         );
         reflect(&mut tasks, Api::<DaemonSet>::all(c.clone()), "daemonsets", caches.clone(), |c| &c.daemonsets, |_| {});
         reflect(&mut tasks, Api::<PodDisruptionBudget>::all(c.clone()), "pdbs", caches.clone(), |c| &c.pdbs, |_| {});
+        reflect(&mut tasks, Api::<PersistentVolumeClaim>::all(c.clone()), "pvcs", caches.clone(), |c| &c.pvcs, |_| {});
+        reflect(&mut tasks, Api::<PersistentVolume>::all(c.clone()), "pvs", caches.clone(), |c| &c.pvs, |_| {});
+        reflect(
+            &mut tasks,
+            Api::<StorageClass>::all(c.clone()),
+            "storageclasses",
+            caches.clone(),
+            |c| &c.storage_classes,
+            |_| {},
+        );
         if served::<Provisioner>(&c).await {
             reflect(
                 &mut tasks,

@@ -170,7 +170,9 @@ pub async fn run(config: DemoConfig, say: impl Fn(&str)) -> Result<Summary, Worl
         }
     };
     let cloud_name = if aws.is_some() { "EC2 at the emulator" } else { "fake cloud" };
-    let mut world = World::start(WorldConfig { fake, aws, kubeconfig: config.kubeconfig.clone() }).await?;
+    let mut world =
+        World::start(WorldConfig { fake, aws, kubeconfig: config.kubeconfig.clone(), ..WorldConfig::default() })
+            .await?;
     note(
         format!("API server at {} (CRDs installed; simulated kubelets, scheduler, workloads; {cloud_name})", world.url),
         &mut events,

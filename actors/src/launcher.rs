@@ -326,8 +326,10 @@ async fn register(ctx: &Ctx, claim: &NodeClaim, node: &Node) -> Result<(), kube:
         .filter(|t| t.key != labels::UNREGISTERED_TAINT_KEY)
         .filter_map(|t| serde_json::to_value(t).ok())
         .collect();
+    // The taint list is replaced whole: the resourceVersion makes a list read before another writer's
+    // change (the lifecycle controller lifting `not-ready`) fail and be redone, not undo that change.
     let patch = json!({
-        "metadata": {"labels": node_labels, "ownerReferences": [owner(claim)]},
+        "metadata": {"labels": node_labels, "ownerReferences": [owner(claim)], "resourceVersion": node.metadata.resource_version},
         "spec": {"taints": taints}
     });
     Api::<Node>::all(ctx.client.clone()).patch(&node_name, &PatchParams::default(), &Patch::Merge(patch)).await?;
@@ -339,15 +341,6 @@ fn replaced_received_at(claim: &NodeClaim, claims: &[Arc<NodeClaim>]) -> Option<
     let replaced = claim.metadata.annotations.as_ref()?.get(rafter::interruption::plan::REPLACES_ANNOTATION)?;
     let old = claims.iter().find(|c| c.metadata.name.as_ref() == Some(replaced))?;
     rafter::interruption::plan::Record::of(old.metadata.annotations.as_ref()).map(|r| r.received_at)
-}
-
-/// Initialised: the node is Ready and none of the claim's startup taints (nor `unregistered`) remain.
-pub fn initialized(claim: &NodeClaim, node: &Node) -> bool {
-    let taints = node.spec.as_ref().and_then(|s| s.taints.as_ref());
-    let pending = taints.into_iter().flatten().any(|t| {
-        t.key == labels::UNREGISTERED_TAINT_KEY || claim.spec.template.startup_taints.iter().any(|s| s.key == t.key)
-    });
-    rafter::state::node_ready(node) && !pending
 }
 
 impl Launcher {
@@ -493,7 +486,7 @@ impl Launcher {
             }
             if !condition_true(claim, conditions::INITIALIZED)
                 && let Some(node) = node
-                && initialized(claim, node)
+                && rafter::state::not_initialized(claim, node).is_none()
             {
                 let node_name = node.metadata.name.clone().unwrap_or_default();
                 let label = json!({"metadata": {"labels": {labels::INITIALIZED: "true"}}});

@@ -213,6 +213,7 @@ fn sim_apiserver(port: u16, kubeconfig: Option<&Path>, api_only: bool, install_c
                 std::sync::Arc::new(rafter::cloud::fake::FakeCloud::new(rafter::cloud::fake::FakeConfig::default())?);
             components.push(rafter_sim::workloads::spawn(client.clone()));
             components.push(rafter_sim::scheduler::spawn(client.clone()));
+            components.push(rafter_sim::lifecycle::spawn(client.clone(), Default::default()));
             let feed = std::sync::Arc::new(rafter_sim::nodes::FakeFeed(cloud));
             components.push(rafter_sim::nodes::spawn(
                 client.clone(),

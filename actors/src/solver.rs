@@ -12,6 +12,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use rafter::scheduling::instance_types::InstanceType;
 use rafter::scheduling::solver::{Plan, solve};
+use rafter::state::volumes::{Storage, volume_zones};
 use rafter::state::{Snapshot, provisionable, scheduling_input};
 use tracing::Instrument;
 
@@ -98,6 +99,7 @@ impl Solver {
             tracing::info_span!(parent: &span, "solve", pods = pending.len(), claims = tracing::field::Empty);
         let started = StdInstant::now();
         let snapshot_pods = pods.clone();
+        let (pvcs, pvs, classes) = (ctx.caches.pvcs.all(), ctx.caches.pvs.all(), ctx.caches.storage_classes.all());
         let job = move || {
             let snapshot = Snapshot {
                 pods: &snapshot_pods,
@@ -107,9 +109,11 @@ impl Solver {
                 daemonsets: &daemonsets,
             };
             // Each pool's list is handed over, not copied: the catalog already made this copy.
-            let (input, problems) = scheduling_input(snapshot, pending, |pool| {
+            let (mut input, problems) = scheduling_input(snapshot, pending, |pool| {
                 types.remove(pool.metadata.name.as_deref().unwrap_or_default()).unwrap_or_default()
             });
+            let storage = Storage { claims: &pvcs, volumes: &pvs, classes: &classes };
+            input.volume_zones = volume_zones(&input.pods, storage);
             (solve(&input), problems, input.pods.len())
         };
         let result = {

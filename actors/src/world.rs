@@ -51,6 +51,8 @@ pub enum WorldError {
 #[derive(Debug, Clone)]
 pub struct WorldConfig {
     pub fake: FakeConfig,
+    /// The simulated kubelets' timings (how long a node takes to become Ready, …).
+    pub nodes: NodeSimConfig,
     /// Run on EC2 (an emulator such as moto) instead of the fake cloud: Rafter uses the EC2
     /// provider and the simulated kubelets follow DescribeInstances.
     pub aws: Option<rafter::cloud::aws::AwsConfig>,
@@ -60,7 +62,12 @@ pub struct WorldConfig {
 
 impl Default for WorldConfig {
     fn default() -> Self {
-        Self { fake: FakeConfig { cluster: "rafter-sim".into(), ..FakeConfig::default() }, aws: None, kubeconfig: None }
+        Self {
+            fake: FakeConfig { cluster: "rafter-sim".into(), ..FakeConfig::default() },
+            nodes: NodeSimConfig::default(),
+            aws: None,
+            kubeconfig: None,
+        }
     }
 }
 
@@ -137,11 +144,15 @@ impl World {
                 (rafter as Arc<dyn CloudProvider>, Arc::new(feed), cluster)
             }
         };
-        let components = vec![
+        let mut components = vec![
             workloads::spawn(client.clone()),
             scheduler::spawn(client.clone()),
-            nodes::spawn(client.clone(), feed, NodeSimConfig::default()),
+            nodes::spawn(client.clone(), feed, config.nodes.clone()),
         ];
+        // A real control plane's kube-controller-manager runs the node lifecycle controller itself.
+        if sim.is_some() {
+            components.push(rafter_sim::lifecycle::spawn(client.clone(), Default::default()));
+        }
         Ok(Self {
             sim,
             client,

@@ -21,7 +21,7 @@ use rafter_sim::FaultSpec;
 
 async fn world(boot_delay: Duration) -> World {
     let fake = FakeConfig { cluster: "rafter-sim".into(), boot_delay, ..FakeConfig::default() };
-    let world = World::start(WorldConfig { fake, aws: None, kubeconfig: None }).await.expect("world");
+    let world = World::start(WorldConfig { fake, ..WorldConfig::default() }).await.expect("world");
     world.apply(NODEPOOL_DEFAULT).await.expect("pool");
     world.apply(INFLATE).await.expect("inflate");
     world

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use rafter_actors::world::{INFLATE, NODEPOOL_DEFAULT, PROVISIONER_SPOT_DEFAULT, World, WorldConfig};
+use rafter_sim::nodes::NodeSimConfig;
 
 async fn scale_up_run_and_scale_down(pool_manifest: &str, consolidate_after: Duration) {
     let world = World::start(WorldConfig::default()).await.expect("world");
@@ -87,4 +88,160 @@ async fn inflate_scaled_to_100_runs_on_the_cheapest_nodes_and_empty_nodes_go_aft
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_legacy_provisioner_with_ttl_seconds_after_empty_30_provisions_and_removes_empty_nodes() {
     scale_up_run_and_scale_down(PROVISIONER_SPOT_DEFAULT, Duration::from_secs(30)).await;
+}
+
+/// A real cluster whose CNI is slow: every new Node keeps kube-apiserver's `not-ready` taint until
+/// its kubelet reports Ready. Rafter must neither call those nodes empty and remove them nor buy
+/// more for the pods waiting on them; Rafter's clock runs 90 s ahead, past the pool's
+/// `consolidateAfter` (1 m), while the nodes come up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_that_stay_not_ready_are_neither_removed_nor_bought_again() {
+    let nodes = NodeSimConfig { ready_delay: Duration::from_secs(20), ..NodeSimConfig::default() };
+    let world = World::start(WorldConfig { nodes, ..WorldConfig::default() }).await.expect("world");
+    world.apply(NODEPOOL_DEFAULT).await.expect("pool applied");
+    world.apply(INFLATE).await.expect("inflate applied");
+    let replica = world.replica(world.quick_config("rafter-0")).await.expect("replica");
+    world.wait_for("leadership", Duration::from_secs(10), || async { Ok(replica.is_leader()) }).await.expect("leads");
+    world.scale(20).await.expect("scaled");
+    world
+        .wait_for("the planned nodes registered", Duration::from_secs(15), || async {
+            let claims = world.claims().await?;
+            let registered = claims.iter().filter(|c| condition(c, "Registered")).count();
+            Ok(!claims.is_empty() && registered == claims.len() && world.nodes().await?.len() == claims.len())
+        })
+        .await
+        .expect("registered");
+    let bought = world.cloud.create_calls();
+    let planned: Vec<String> =
+        world.claims().await.expect("claims").iter().filter_map(|c| c.metadata.name.clone()).collect();
+    for node in world.nodes().await.expect("nodes") {
+        let taints = node.spec.as_ref().and_then(|s| s.taints.clone()).unwrap_or_default();
+        assert!(taints.iter().any(|t| t.key == "node.kubernetes.io/not-ready"), "kube-apiserver taints new nodes");
+    }
+    world.clock.advance(Duration::from_secs(90));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    let mut checks_while_coming_up = 0;
+    loop {
+        let running = world.running().await.expect("pods");
+        let claims = world.claims().await.expect("claims");
+        let names: Vec<String> = claims.iter().filter_map(|c| c.metadata.name.clone()).collect();
+        assert_eq!(names, planned, "no claim is removed or added while its node comes up");
+        assert!(claims.iter().all(|c| c.metadata.deletion_timestamp.is_none()), "none is being deleted");
+        assert_eq!(world.cloud.create_calls(), bought, "nothing is bought beyond the plan");
+        if running == 20 {
+            break;
+        }
+        let nodes = world.nodes().await.expect("nodes");
+        let tainted = nodes.iter().any(|n| {
+            n.spec
+                .as_ref()
+                .and_then(|s| s.taints.as_ref())
+                .is_some_and(|t| t.iter().any(|t| t.key == "node.kubernetes.io/not-ready"))
+        });
+        if tainted {
+            checks_while_coming_up += 1;
+            assert!(claims.iter().all(|c| !condition(c, "Initialized")), "a not-ready node is not initialized");
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the pods never ran");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(checks_while_coming_up > 20, "the nodes were watched while not ready ({checks_while_coming_up} checks)");
+    world
+        .wait_for("every claim initialized", Duration::from_secs(10), || async {
+            Ok(world.claims().await?.iter().all(|c| condition(c, "Initialized")))
+        })
+        .await
+        .expect("initialized once Ready");
+    assert_eq!(world.cloud.create_calls(), bought);
+    replica.shutdown().await;
+}
+
+fn condition(claim: &rafter::api::nodeclaim::NodeClaim, kind: &str) -> bool {
+    claim.status.as_ref().is_some_and(|s| s.conditions.iter().any(|c| c.type_ == kind && c.status == "True"))
+}
+
+/// Pods with zonal EBS volumes: one bound to a volume in us-east-1b, one whose claim waits for its
+/// first consumer in a class allowed only us-east-1c. Rafter plans each where its volume can attach.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_with_zonal_volumes_get_nodes_in_their_volumes_zones() {
+    let world = World::start(WorldConfig::default()).await.expect("world");
+    world.apply(NODEPOOL_DEFAULT).await.expect("pool applied");
+    world
+        .apply(
+            r#"
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata:
+  name: gp3-1c
+provisioner: ebs.csi.aws.com
+volumeBindingMode: WaitForFirstConsumer
+allowedTopologies:
+  - matchLabelExpressions:
+      - key: topology.kubernetes.io/zone
+        values: ["us-east-1c"]
+---
+apiVersion: v1
+kind: PersistentVolume
+metadata:
+  name: pv-1b
+spec:
+  capacity: {storage: 10Gi}
+  accessModes: ["ReadWriteOnce"]
+  csi: {driver: ebs.csi.aws.com, volumeHandle: vol-0123456789abcdef0}
+  nodeAffinity:
+    required:
+      nodeSelectorTerms:
+        - matchExpressions:
+            - {key: topology.ebs.csi.aws.com/zone, operator: In, values: ["us-east-1b"]}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: bound, namespace: default}
+spec:
+  accessModes: ["ReadWriteOnce"]
+  storageClassName: ""
+  volumeName: pv-1b
+  resources: {requests: {storage: 10Gi}}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: waiting, namespace: default}
+spec:
+  accessModes: ["ReadWriteOnce"]
+  storageClassName: gp3-1c
+  resources: {requests: {storage: 10Gi}}
+"#,
+        )
+        .await
+        .expect("storage applied");
+    for (pod, claim) in [("db-b", "bound"), ("db-c", "waiting")] {
+        world
+            .apply(&format!(
+                r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: {pod}, namespace: default}}
+spec:
+  containers:
+    - name: db
+      image: public.ecr.aws/eks-distro/kubernetes/pause:3.7
+      resources: {{requests: {{cpu: "1", memory: 1Gi}}}}
+  volumes:
+    - name: data
+      persistentVolumeClaim: {{claimName: {claim}}}
+"#
+            ))
+            .await
+            .expect("pod applied");
+    }
+    let replica = world.replica(world.quick_config("rafter-0")).await.expect("replica");
+    world.wait_for("leadership", Duration::from_secs(10), || async { Ok(replica.is_leader()) }).await.expect("leads");
+    world
+        .wait_for("two instances", Duration::from_secs(30), || async { Ok(world.cloud.running().len() == 2) })
+        .await
+        .expect("launched");
+    let mut zones: Vec<String> = world.cloud.running().iter().map(|i| i.zone.clone()).collect();
+    zones.sort();
+    assert_eq!(zones, ["us-east-1b", "us-east-1c"], "one node per volume zone");
+    replica.shutdown().await;
 }

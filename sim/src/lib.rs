@@ -4,6 +4,7 @@
 
 pub mod apiserver;
 pub mod components;
+pub mod lifecycle;
 pub mod moto;
 pub mod nodes;
 pub mod scheduler;

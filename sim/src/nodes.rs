@@ -28,6 +28,19 @@ use crate::components::{self, Component};
 /// Annotation on every Node NodeSim registered, so it only ever removes its own.
 pub const SIMULATED: &str = "sim.rafter.dev/node";
 
+/// Node annotation: `stopped` makes its kubelet stop renewing its Lease and posting status, as a
+/// kubelet cut off from the API server does; the node lifecycle controller then marks it Unknown.
+pub const HEARTBEAT: &str = "sim.rafter.dev/heartbeat";
+
+/// The kubelet's Ready condition: Ready, or not ready while the network plugin starts.
+fn ready_condition(ready: bool, now: &str) -> Value {
+    if ready {
+        json!({"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "kubelet is posting ready status", "lastHeartbeatTime": now, "lastTransitionTime": now})
+    } else {
+        json!({"type": "Ready", "status": "False", "reason": "KubeletNotReady", "message": "container runtime network not ready: NetworkReady=false reason:NetworkPluginNotReady message:Network plugin returns error: cni plugin not initialized", "lastHeartbeatTime": now, "lastTransitionTime": now})
+    }
+}
+
 /// Pod annotation: how many seconds the pod's containers take to stop after SIGTERM (default 0).
 /// Such a pod stays Terminating that long, or until its grace period ends and the kubelet kills it,
 /// whichever is first; so a drain that shortens grace periods shows in how long pods take to go.
@@ -129,6 +142,8 @@ pub struct NodeSimConfig {
     pub pod_start_delay: Duration,
     /// From registration until the startup taints are removed.
     pub startup_taint_delay: Duration,
+    /// From registration until the kubelet reports Ready (before: NotReady, as while a CNI starts).
+    pub ready_delay: Duration,
     /// How often the node Lease is renewed.
     pub heartbeat: Duration,
     /// The kubelet version the nodes report.
@@ -140,6 +155,7 @@ impl Default for NodeSimConfig {
         Self {
             pod_start_delay: Duration::ZERO,
             startup_taint_delay: Duration::ZERO,
+            ready_delay: Duration::ZERO,
             heartbeat: Duration::from_secs(10),
             kubelet_version: "v1.33.0-eks".into(),
         }
@@ -151,6 +167,7 @@ struct NodeState {
     registered_at: tokio::time::Instant,
     startup_taints: Vec<Value>,
     startup_cleared: bool,
+    ready: bool,
     last_heartbeat: tokio::time::Instant,
     last_status: tokio::time::Instant,
 }
@@ -269,7 +286,7 @@ fn node_object(
                 {"type": "MemoryPressure", "status": "False", "reason": "KubeletHasSufficientMemory", "message": "kubelet has sufficient memory available", "lastHeartbeatTime": now, "lastTransitionTime": now},
                 {"type": "DiskPressure", "status": "False", "reason": "KubeletHasNoDiskPressure", "message": "kubelet has no disk pressure", "lastHeartbeatTime": now, "lastTransitionTime": now},
                 {"type": "PIDPressure", "status": "False", "reason": "KubeletHasSufficientPID", "message": "kubelet has sufficient PID available", "lastHeartbeatTime": now, "lastTransitionTime": now},
-                {"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "kubelet is posting ready status", "lastHeartbeatTime": now, "lastTransitionTime": now}
+                ready_condition(config.ready_delay.is_zero(), &now)
             ],
             "addresses": [
                 {"type": "InternalIP", "address": instance.private_ip},
@@ -338,6 +355,7 @@ async fn reconcile(
                     registered_at: now,
                     startup_taints: Vec::new(),
                     startup_cleared: true,
+                    ready: config.ready_delay.is_zero(),
                     last_heartbeat: now,
                     last_status: now,
                 },
@@ -371,6 +389,7 @@ async fn reconcile(
                 registered_at: now,
                 startup_cleared: startup.is_empty(),
                 startup_taints: startup,
+                ready: config.ready_delay.is_zero(),
                 last_heartbeat: now,
                 last_status: now,
             },
@@ -436,6 +455,16 @@ async fn reconcile(
                 state.startup_cleared = true;
             }
         }
+        if node.annotations().get(HEARTBEAT).is_some_and(|v| v == "stopped") {
+            continue;
+        }
+        if !state.ready && now.duration_since(state.registered_at) >= config.ready_delay {
+            let ready = json!({"status": {"conditions": [ready_condition(true, &components::now())]}});
+            if node_api.patch_status(name, &PatchParams::default(), &Patch::Strategic(ready)).await.is_ok() {
+                state.ready = true;
+                state.last_status = now;
+            }
+        }
         if now.duration_since(state.last_heartbeat) >= config.heartbeat {
             let renew = json!({"spec": {"renewTime": components::now_micro()}});
             let _ = lease_api.patch(name, &PatchParams::default(), &Patch::Merge(renew)).await;
@@ -443,7 +472,11 @@ async fn reconcile(
         }
         // Like the kubelet's status report: the Ready condition's heartbeat, less often than the Lease.
         if now.duration_since(state.last_status) >= config.heartbeat * 6 {
-            let ready = json!({"status": {"conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "kubelet is posting ready status", "lastHeartbeatTime": components::now()}]}});
+            let mut condition = ready_condition(state.ready, &components::now());
+            if let Some(c) = condition.as_object_mut() {
+                c.remove("lastTransitionTime");
+            }
+            let ready = json!({"status": {"conditions": [condition]}});
             let _ = node_api.patch_status(name, &PatchParams::default(), &Patch::Strategic(ready)).await;
             state.last_status = now;
         }

@@ -105,6 +105,7 @@ async fn inflate_scaled_to_20_runs_on_nodes_launched_through_the_fake_cloud() {
     let _workloads = workloads::spawn(client.clone());
     let _scheduler = scheduler::spawn(client.clone());
     let _nodes = nodes::spawn(client.clone(), Arc::new(FakeFeed(cloud.clone())), NodeSimConfig::default());
+    let _lifecycle = rafter_sim::lifecycle::spawn(client.clone(), Default::default());
 
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
     deployments

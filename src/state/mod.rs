@@ -6,6 +6,7 @@
 //! given by the caller, so it is tested without a cluster, a cloud or a runtime.
 
 pub mod disruption;
+pub mod volumes;
 pub mod window;
 
 use std::collections::{BTreeMap, HashMap};
@@ -62,6 +63,51 @@ pub fn node_ready(node: &Node) -> bool {
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
         .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Taints a node carries only while it comes up, which Karpenter waits out rather than plans around:
+/// kube-apiserver's `not-ready` on every new Node, the lifecycle controller's `unreachable`, and the
+/// cloud provider's `uninitialized`.
+pub const EPHEMERAL_TAINTS: [&str; 3] = [
+    "node.kubernetes.io/not-ready",
+    "node.kubernetes.io/unreachable",
+    "node.cloudprovider.kubernetes.io/uninitialized",
+];
+
+/// Whether a taint on a claim's node goes away by itself as the node comes up: an ephemeral taint
+/// (`NoSchedule`), one of the claim's startup taints, or `karpenter.sh/unregistered`.
+pub fn comes_off(claim: &NodeClaim, taint: &k8s_openapi::api::core::v1::Taint) -> bool {
+    (taint.effect == "NoSchedule" && EPHEMERAL_TAINTS.contains(&taint.key.as_str()))
+        || taint.key == labels::UNREGISTERED_TAINT_KEY
+        || claim.spec.template.startup_taints.iter().any(|s| s.key == taint.key && s.effect.as_str() == taint.effect)
+}
+
+/// Why a claim's registered node is not yet initialized, or `None` once it is: as Karpenter, the
+/// Node is Ready, its ephemeral taints and the claim's startup taints are gone, and every resource
+/// the instance has (GPUs and other extended resources included) is registered in allocatable.
+pub fn not_initialized(claim: &NodeClaim, node: &Node) -> Option<String> {
+    if !node_ready(node) {
+        return Some("the node is not Ready".into());
+    }
+    let taints = node.spec.as_ref().and_then(|s| s.taints.as_ref());
+    if let Some(t) = taints.into_iter().flatten().find(|t| comes_off(claim, t)) {
+        return Some(format!("the node still has the taint {}:{}", t.key, t.effect));
+    }
+    let allocatable = node.status.as_ref().and_then(|s| s.allocatable.as_ref());
+    let capacity = claim.status.as_ref().map(|s| &s.capacity);
+    for (resource, quantity) in capacity.into_iter().flatten() {
+        if quantity.parse().unwrap_or(0) <= 0 {
+            continue;
+        }
+        let registered = allocatable
+            .and_then(|a| a.get(resource))
+            .and_then(|q| crate::api::quantity::parse_millis(&q.0).ok())
+            .is_some_and(|v| v > 0);
+        if !registered {
+            return Some(format!("the node has not registered {resource}"));
+        }
+    }
+    None
 }
 
 /// The node a pod is bound to, if any.
@@ -124,6 +170,14 @@ pub fn scheduling_input(
         bound_pods.push(pod.as_ref().clone());
     }
 
+    // A claim's node that has not initialized yet is planned as the claim would be: the taints that
+    // come off as it comes up do not keep pods away, so pods waiting for it buy nothing more.
+    let coming_up: HashMap<&str, &NodeClaim> = snapshot
+        .claims
+        .iter()
+        .filter(|c| !claim_initialized(c))
+        .filter_map(|c| Some((c.status.as_ref()?.provider_id.as_deref()?, c.as_ref())))
+        .collect();
     let mut in_use: HashMap<String, Resources> = HashMap::new();
     let mut existing = Vec::new();
     for node in snapshot.nodes {
@@ -147,6 +201,7 @@ pub fn scheduling_input(
         }
         let mut node_labels = node.metadata.labels.clone().unwrap_or_default();
         node_labels.entry(labels::HOSTNAME.to_string()).or_insert_with(|| name.clone());
+        let claim = node.spec.as_ref().and_then(|s| s.provider_id.as_deref()).and_then(|p| coming_up.get(p));
         let taints = node
             .spec
             .as_ref()
@@ -154,6 +209,7 @@ pub fn scheduling_input(
             .into_iter()
             .flatten()
             .filter(|t| t.key != labels::UNREGISTERED_TAINT_KEY)
+            .filter(|t| claim.is_none_or(|c| !comes_off(c, t)))
             .filter_map(taints::from_kube)
             .collect();
         existing.push(ExistingNode {
@@ -161,7 +217,7 @@ pub fn scheduling_input(
             requirements: Requirements::from_labels(&node_labels),
             taints,
             available,
-            initialized: true,
+            initialized: claim.is_none(),
         });
     }
 
@@ -235,6 +291,13 @@ pub fn scheduling_input(
         volume_zones: BTreeMap::new(),
     };
     (input, problems)
+}
+
+/// Whether a claim's status records it Initialized.
+pub fn claim_initialized(claim: &NodeClaim) -> bool {
+    claim.status.as_ref().is_some_and(|s| {
+        s.conditions.iter().any(|c| c.type_ == crate::api::nodeclaim::conditions::INITIALIZED && c.status == "True")
+    })
 }
 
 /// The instance type a claim launched as, from its label.

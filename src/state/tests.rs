@@ -118,3 +118,83 @@ fn a_registered_node_counts_against_the_pool_limit_and_offers_its_free_room() {
     assert_eq!(plan.placements.len(), 1, "{plan:?}");
     assert_eq!(plan.unplaced.len(), 1, "the 2-cpu pod exceeds what the limit leaves: {plan:?}");
 }
+
+fn claim_with_node(initialized: bool) -> NodeClaim {
+    let conditions = if initialized {
+        json!([{"type": "Initialized", "status": "True", "reason": "Initialized", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}])
+    } else {
+        json!([{"type": "Registered", "status": "True", "reason": "Registered", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}])
+    };
+    serde_json::from_value(json!({
+        "apiVersion": "karpenter.sh/v1", "kind": "NodeClaim",
+        "metadata": {"name": "default-abc", "labels": {"karpenter.sh/nodepool": "default"}},
+        "spec": {
+            "requirements": [], "nodeClassRef": {"group": "karpenter.k8s.aws", "kind": "EC2NodeClass", "name": "default"},
+            "startupTaints": [{"key": "example.com/agent-not-ready", "effect": "NoSchedule"}]
+        },
+        "status": {"providerID": "aws:///us-east-1a/i-1", "nodeName": "n1",
+            "capacity": {"cpu": "4", "memory": "8Gi", "pods": "110", "nvidia.com/gpu": "1"}, "conditions": conditions}
+    }))
+    .expect("claim")
+}
+
+fn coming_up_node(ready: bool, taints: serde_json::Value, gpus: &str) -> Node {
+    serde_json::from_value(json!({
+        "metadata": {"name": "n1", "labels": {"karpenter.sh/nodepool": "default", "kubernetes.io/arch": "amd64"}},
+        "spec": {"providerID": "aws:///us-east-1a/i-1", "taints": taints},
+        "status": {
+            "capacity": {"cpu": "4", "memory": "8Gi", "pods": "110", "nvidia.com/gpu": gpus},
+            "allocatable": {"cpu": "4", "memory": "8Gi", "pods": "110", "nvidia.com/gpu": gpus},
+            "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]
+        }
+    }))
+    .expect("node")
+}
+
+#[test]
+fn a_node_initializes_only_once_ready_untainted_and_with_its_extended_resources() {
+    let claim = claim_with_node(false);
+    let not_ready = json!([{"key": "node.kubernetes.io/not-ready", "effect": "NoSchedule"}]);
+    let startup = json!([{"key": "example.com/agent-not-ready", "effect": "NoSchedule"}]);
+    let cases = [
+        (coming_up_node(false, json!([]), "1"), Some("the node is not Ready")),
+        (
+            coming_up_node(true, not_ready, "1"),
+            Some("the node still has the taint node.kubernetes.io/not-ready:NoSchedule"),
+        ),
+        (
+            coming_up_node(true, startup, "1"),
+            Some("the node still has the taint example.com/agent-not-ready:NoSchedule"),
+        ),
+        (coming_up_node(true, json!([]), "0"), Some("the node has not registered nvidia.com/gpu")),
+        (coming_up_node(true, json!([{"key": "team", "value": "a", "effect": "NoSchedule"}]), "1"), None),
+    ];
+    for (node, want) in cases {
+        assert_eq!(not_initialized(&claim, &node).as_deref(), want);
+    }
+}
+
+#[test]
+fn pods_waiting_for_a_node_that_is_coming_up_buy_nothing_new() {
+    let taints = json!([
+        {"key": "node.kubernetes.io/not-ready", "effect": "NoSchedule"},
+        {"key": "example.com/agent-not-ready", "effect": "NoSchedule"}
+    ]);
+    let nodes = [Arc::new(coming_up_node(false, taints.clone(), "1"))];
+    let pools = [pool()];
+    let pods = vec![pending_pod("a", "1"), pending_pod("b", "1")];
+    for (initialized, buys) in [(false, false), (true, true)] {
+        let claims = [Arc::new(claim_with_node(initialized))];
+        let snapshot = Snapshot { pods: &[], nodes: &nodes, claims: &claims, pools: &pools, daemonsets: &[] };
+        let (input, _) = scheduling_input(snapshot, pods.clone(), types);
+        let plan = solve(&input);
+        if buys {
+            // Once initialized, a taint that stays is the node's own: pods that do not tolerate it go elsewhere.
+            assert!(!plan.claims.is_empty(), "{plan:?}");
+        } else {
+            assert!(plan.claims.is_empty(), "{plan:?}");
+            assert_eq!(plan.placements.len(), 2, "{plan:?}");
+            assert!(!input.nodes[0].initialized);
+        }
+    }
+}

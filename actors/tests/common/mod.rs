@@ -174,7 +174,7 @@ pub fn slow_inflate(grace: u32, shutdown: u32) -> String {
 pub async fn harness_with(instance_type: &str, workers: usize, inflate: &str) -> Harness {
     let fake =
         FakeConfig { cluster: "rafter-sim".into(), boot_delay: Duration::from_millis(500), ..FakeConfig::default() };
-    let mut world = World::start(WorldConfig { fake, aws: None, kubeconfig: None }).await.expect("world");
+    let mut world = World::start(WorldConfig { fake, ..WorldConfig::default() }).await.expect("world");
     world.apply(NODEPOOL_DEFAULT).await.expect("class");
     world.apply(&pool(instance_type)).await.expect("pool");
     world.apply(inflate).await.expect("inflate");

@@ -4,6 +4,9 @@
 use serde_json::{Value, json};
 
 use super::error::ApiError;
+
+/// The taint kube-apiserver puts on every new Node.
+pub const NOT_READY_TAINT: &str = "node.kubernetes.io/not-ready";
 use super::registry::ResourceType;
 
 fn is_dns_label(name: &str) -> bool {
@@ -189,7 +192,7 @@ fn unique_items(schema: &Value, path: &str, causes: &mut Vec<(String, String)>) 
 }
 
 /// The defaults kube-apiserver fills in that clients read back.
-fn default(rt: &ResourceType, object: &mut Value, _old: Option<&Value>) {
+fn default(rt: &ResourceType, object: &mut Value, old: Option<&Value>) {
     if !rt.group.is_empty() && rt.group != "apps" && rt.group != "apiextensions.k8s.io" {
         return;
     }
@@ -208,6 +211,19 @@ fn default(rt: &ResourceType, object: &mut Value, _old: Option<&Value>) {
             set(object, "/status/phase", json!("Pending"));
             let qos = qos_class(object);
             set(object, "/status/qosClass", json!(qos));
+        }
+        // kube-apiserver's TaintNodesByCondition admission: a new Node is not-ready until the node
+        // lifecycle controller sees it Ready.
+        ("", "nodes") if old.is_none() => {
+            ensure_object(object, "/spec");
+            if let Some(spec) = object.pointer_mut("/spec").and_then(Value::as_object_mut) {
+                let taints = spec.entry("taints").or_insert_with(|| json!([]));
+                if let Some(list) = taints.as_array_mut()
+                    && !list.iter().any(|t| t["key"] == NOT_READY_TAINT && t["effect"] == "NoSchedule")
+                {
+                    list.push(json!({"key": NOT_READY_TAINT, "effect": "NoSchedule"}));
+                }
+            }
         }
         ("", "namespaces") => {
             let name = object.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_string();

@@ -277,6 +277,17 @@ pub fn builtins() -> Vec<ResourceType> {
         }),
         builtin(Builtin {
             group: "v1",
+            kind: "PersistentVolume",
+            plural: "persistentvolumes",
+            namespaced: false,
+            short: &["pv"],
+            status: true,
+            fields: &[],
+            lists: Vec::new(),
+            typed: typed::<core::PersistentVolume>,
+        }),
+        builtin(Builtin {
+            group: "v1",
             kind: "ConfigMap",
             plural: "configmaps",
             namespaced: true,
