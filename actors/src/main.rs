@@ -123,6 +123,37 @@ enum SimCommand {
         #[arg(long)]
         install_crds: bool,
     },
+    /// Only the simulated kubelets, against any API server: a Node for every instance an EC2
+    /// emulator runs for the cluster (moto's server, shared with `rafter run --cloud aws`), its Lease
+    /// and status kept fresh and its pods run. With a real kube-scheduler and kube-controller-manager
+    /// (kind, a dev cluster), this is Rafter on your own cluster without EC2.
+    Kubelets {
+        /// kubeconfig of the API server to register the nodes with.
+        #[arg(long, env = "KUBECONFIG")]
+        kubeconfig: PathBuf,
+        /// The EC2 emulator whose instances become nodes (required: nothing here reaches AWS).
+        #[arg(long)]
+        aws_endpoint: String,
+        /// The cluster whose instances (tag kubernetes.io/cluster/NAME) become nodes.
+        #[arg(long, default_value = "demo")]
+        cluster_name: String,
+        /// Region of the emulator.
+        #[arg(long, default_value = "us-east-1")]
+        region: String,
+        /// How long a new node reports NotReady before Ready (a CNI starting).
+        #[arg(long, default_value = "0s", value_parser = config::parse_flag_duration)]
+        ready_delay: std::time::Duration,
+        /// How long the claim's startup taints stay on a new node.
+        #[arg(long, default_value = "0s", value_parser = config::parse_flag_duration)]
+        startup_taint_delay: std::time::Duration,
+        /// From a pod's binding until it runs.
+        #[arg(long, default_value = "0s", value_parser = config::parse_flag_duration)]
+        pod_start_delay: std::time::Duration,
+        /// First create in the emulator what an EKS cluster has (a VPC with a subnet per zone and a
+        /// security group tagged `karpenter.sh/discovery: CLUSTER`, the node role), as the demo does.
+        #[arg(long)]
+        seed: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -157,6 +188,25 @@ fn other(command: Command) -> anyhow::Result<()> {
         Command::Solve { input, catalog, spot_price_ratio } => solve(&input, &catalog, spot_price_ratio),
         Command::Sim(SimCommand::Apiserver { port, kubeconfig_out, api_only, install_crds }) => {
             sim_apiserver(port, kubeconfig_out.as_deref(), api_only, install_crds)
+        }
+        Command::Sim(SimCommand::Kubelets {
+            kubeconfig,
+            aws_endpoint,
+            cluster_name,
+            region,
+            ready_delay,
+            startup_taint_delay,
+            pod_start_delay,
+            seed,
+        }) => {
+            let nodes = rafter_sim::nodes::NodeSimConfig {
+                owner: format!("kubelets/{cluster_name}"),
+                ready_delay,
+                startup_taint_delay,
+                pod_start_delay,
+                ..rafter_sim::nodes::NodeSimConfig::default()
+            };
+            sim_kubelets(&kubeconfig, &aws_endpoint, &cluster_name, &region, seed, nodes)
         }
         Command::Version => {
             println!("rafter {}", env!("CARGO_PKG_VERSION"));
@@ -228,6 +278,48 @@ fn sim_apiserver(port: u16, kubeconfig: Option<&Path>, api_only: bool, install_c
         println!("{}", sim.url());
         tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
         drop(components);
+        Ok(())
+    })
+}
+
+fn sim_kubelets(
+    kubeconfig: &Path,
+    endpoint: &str,
+    cluster: &str,
+    region: &str,
+    seed: bool,
+    nodes: rafter_sim::nodes::NodeSimConfig,
+) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async move {
+        if seed {
+            rafter_sim::moto::seed(endpoint, None, cluster, "1.33")
+                .await
+                .with_context(|| format!("seeding the emulator at {endpoint}"))?;
+        }
+        let file = kube::config::Kubeconfig::read_from(kubeconfig)
+            .with_context(|| format!("reading the kubeconfig {}", kubeconfig.display()))?;
+        let mut config = kube::Config::from_custom_kubeconfig(file, &Default::default())
+            .await
+            .with_context(|| format!("using the kubeconfig {}", kubeconfig.display()))?;
+        config.default_retry = false;
+        let client = kube::Client::try_from(config).context("building the Kubernetes client")?;
+        let mut aws = rafter::cloud::aws::AwsConfig::new(cluster, region);
+        aws.endpoint = Some(endpoint.to_string());
+        // An emulator takes any keys; the environment's are used when set.
+        let key = std::env::var("AWS_ACCESS_KEY_ID").unwrap_or_else(|_| "testing".into());
+        let secret = std::env::var("AWS_SECRET_ACCESS_KEY").unwrap_or_else(|_| "testing".into());
+        aws.credentials = Some((key, secret));
+        let classes = std::sync::Arc::new(rafter_actors::nodeclass::WatchedNodeClasses::start(client.clone()));
+        let cloud = rafter::cloud::aws::AwsCloud::new(aws, classes).await;
+        let feed =
+            rafter_sim::nodes::PollingFeed::new(std::sync::Arc::new(cloud), std::time::Duration::from_millis(250))
+                .context("loading the shipped instance catalog")?;
+        let kubelets = rafter_sim::nodes::spawn(client, std::sync::Arc::new(feed), nodes);
+        tracing::info!(endpoint, cluster, "simulated kubelets following the cluster's instances");
+        println!("kubelets following {endpoint} for cluster {cluster}");
+        tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+        drop(kubelets);
         Ok(())
     })
 }

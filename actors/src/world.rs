@@ -218,27 +218,7 @@ impl World {
 
     /// Applies every document of a manifest (server-side apply, kinds found by discovery).
     pub async fn apply(&self, manifest: &str) -> Result<(), WorldError> {
-        for doc in manifest
-            .split("\n---")
-            .filter(|d| d.lines().any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#')))
-        {
-            let value: Value = serde_saphyr::from_str(doc).map_err(|e| WorldError::Manifest(e.to_string()))?;
-            let api_version = value["apiVersion"].as_str().unwrap_or_default();
-            let kind = value["kind"].as_str().unwrap_or_default();
-            let name = value["metadata"]["name"].as_str().unwrap_or_default().to_string();
-            let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
-            let gvk = GroupVersionKind::gvk(group, version, kind);
-            let (resource, caps) = kube::discovery::pinned_kind(&self.client, &gvk).await?;
-            let api: Api<DynamicObject> = match caps.scope {
-                kube::discovery::Scope::Namespaced => {
-                    let ns = value["metadata"]["namespace"].as_str().unwrap_or("default").to_string();
-                    Api::namespaced_with(self.client.clone(), &ns, &resource)
-                }
-                kube::discovery::Scope::Cluster => Api::all_with(self.client.clone(), &resource),
-            };
-            api.patch(&name, &PatchParams::apply("rafter-demo").force(), &Patch::Apply(&value)).await?;
-        }
-        Ok(())
+        apply(&self.client, manifest).await
     }
 
     /// Scales `inflate` in `default`.
@@ -298,4 +278,28 @@ impl World {
             c.stop();
         }
     }
+}
+
+/// Applies every document of a manifest (server-side apply, kinds found by discovery).
+pub async fn apply(client: &kube::Client, manifest: &str) -> Result<(), WorldError> {
+    for doc in
+        manifest.split("\n---").filter(|d| d.lines().any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#')))
+    {
+        let value: Value = serde_saphyr::from_str(doc).map_err(|e| WorldError::Manifest(e.to_string()))?;
+        let api_version = value["apiVersion"].as_str().unwrap_or_default();
+        let kind = value["kind"].as_str().unwrap_or_default();
+        let name = value["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+        let gvk = GroupVersionKind::gvk(group, version, kind);
+        let (resource, caps) = kube::discovery::pinned_kind(client, &gvk).await?;
+        let api: Api<DynamicObject> = match caps.scope {
+            kube::discovery::Scope::Namespaced => {
+                let ns = value["metadata"]["namespace"].as_str().unwrap_or("default").to_string();
+                Api::namespaced_with(client.clone(), &ns, &resource)
+            }
+            kube::discovery::Scope::Cluster => Api::all_with(client.clone(), &resource),
+        };
+        api.patch(&name, &PatchParams::apply("rafter-demo").force(), &Patch::Apply(&value)).await?;
+    }
+    Ok(())
 }

@@ -246,3 +246,145 @@ fn the_demo_scales_up_fails_over_survives_a_spot_interruption_and_scales_down() 
     let positions: Vec<usize> = order.iter().map(|n| position(n)).collect();
     assert!(positions.windows(2).all(|w| w[0] < w[1]), "out of order: {order:?} at {positions:?} in\n{timeline}");
 }
+
+/// A `rafter` process, killed (and its output kept for the failure message) when the test ends.
+struct Process {
+    child: std::process::Child,
+    log: PathBuf,
+}
+
+impl Process {
+    fn start(args: &[&str], log: PathBuf) -> Self {
+        let file = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_rafter"))
+            .args(args)
+            .env_remove("KUBECONFIG")
+            .env("AWS_ACCESS_KEY_ID", rafter_sim::moto::TEST_CREDENTIALS.0)
+            .env("AWS_SECRET_ACCESS_KEY", rafter_sim::moto::TEST_CREDENTIALS.1)
+            .env("RUST_LOG", "info,rafter_sim=debug")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log file"))
+            .stderr(file)
+            .spawn()
+            .expect("the rafter binary starts");
+        Self { child, log }
+    }
+
+    fn output(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Three processes and an emulator, as a user would run them beside a real control plane: the API
+/// server (with its scheduler, workload and node lifecycle controllers), `rafter sim kubelets`
+/// following moto's instances, and `rafter run` launching into the same moto. The inflate pods run
+/// on nodes the separate kubelets registered for the instances the separate controller launched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sim_kubelets_runs_the_nodes_a_separate_rafter_run_launches_on_moto() {
+    use k8s_openapi::api::core::v1::{Node, Pod};
+    use kube::api::{Api, ListParams, Patch, PatchParams};
+
+    let moto = rafter_sim::moto::Moto::start().expect("moto");
+    rafter_sim::moto::seed(&moto.endpoint, Some(&moto), "demo", "1.33").await.expect("seed");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let kubeconfig = dir.path().join("kubeconfig");
+    let kc = kubeconfig.display().to_string();
+    let apiserver = Process::start(
+        &["sim", "apiserver", "--kubeconfig-out", &kc, "--install-crds"],
+        dir.path().join("apiserver.log"),
+    );
+    let started = std::time::Instant::now();
+    while !kubeconfig.exists() {
+        assert!(started.elapsed() < std::time::Duration::from_secs(30), "{}", apiserver.output());
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let kubelets = Process::start(
+        &["sim", "kubelets", "--kubeconfig", &kc, "--aws-endpoint", &moto.endpoint, "--cluster-name", "demo"],
+        dir.path().join("kubelets.log"),
+    );
+    let file = kube::config::Kubeconfig::read_from(&kubeconfig).expect("kubeconfig");
+    let config = kube::Config::from_custom_kubeconfig(file, &Default::default()).await.expect("config");
+    let client = kube::Client::try_from(config).expect("client");
+    let namespace = r#"{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "karpenter"}}"#;
+    rafter_actors::world::apply(&client, namespace).await.expect("namespace");
+    // moto prices spot at $0.00001, so on-demand keeps the plan like production's.
+    let pool =
+        rafter_actors::world::NODEPOOL_DEFAULT.replace(r#"values: ["spot", "on-demand"]"#, r#"values: ["on-demand"]"#);
+    rafter_actors::world::apply(&client, &pool).await.expect("pool and class");
+    rafter_actors::world::apply(&client, rafter_actors::world::INFLATE).await.expect("inflate");
+    let controller = Process::start(
+        &[
+            "run",
+            "--kubeconfig",
+            &kc,
+            "--cloud",
+            "aws",
+            "--aws-endpoint",
+            &moto.endpoint,
+            "--region",
+            "us-east-1",
+            "--cluster-name",
+            "demo",
+            "--cluster-endpoint",
+            "https://demo.example",
+            "--identity",
+            "rafter-a",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--batch-idle",
+            "300ms",
+        ],
+        dir.path().join("run.log"),
+    );
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> = Api::namespaced(client.clone(), "default");
+    deployments
+        .patch("inflate", &PatchParams::default(), &Patch::Merge(serde_json::json!({"spec": {"replicas": 5}})))
+        .await
+        .expect("scaled");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let started = std::time::Instant::now();
+    loop {
+        let list = pods.list(&ListParams::default().labels("app=inflate")).await.expect("pods").items;
+        let running =
+            list.iter().filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")).count();
+        if running == 5 {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(150),
+            "{running} of 5 running\n--- run\n{}\n--- kubelets\n{}\n--- apiserver\n{}",
+            controller.output(),
+            kubelets.output(),
+            apiserver.output()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    let nodes = Api::<Node>::all(client.clone()).list(&ListParams::default()).await.expect("nodes").items;
+    let claims =
+        Api::<rafter::api::NodeClaim>::all(client.clone()).list(&ListParams::default()).await.expect("claims").items;
+    assert!(!nodes.is_empty());
+    assert_eq!(nodes.len(), claims.len(), "one node per claim");
+    for node in &nodes {
+        let provider = node.spec.as_ref().and_then(|s| s.provider_id.clone()).unwrap_or_default();
+        assert!(
+            kube::ResourceExt::annotations(node).contains_key(rafter_sim::nodes::SIMULATED),
+            "a simulated kubelet registered it"
+        );
+        assert!(
+            claims.iter().any(|c| c.status.as_ref().and_then(|s| s.provider_id.as_deref()) == Some(provider.as_str())),
+            "{provider} is the instance of a claim"
+        );
+    }
+    let calls = moto.calls().await.expect("moto's call counts");
+    assert!(calls.get("CreateFleet").copied().unwrap_or(0) >= 1, "rafter run launched into moto: {calls:?}");
+    assert!(calls.get("DescribeInstances").copied().unwrap_or(0) >= 1, "the kubelets followed moto: {calls:?}");
+}

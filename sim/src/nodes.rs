@@ -25,7 +25,8 @@ use tokio::sync::Notify;
 
 use crate::components::{self, Component};
 
-/// Annotation on every Node NodeSim registered, so it only ever removes its own.
+/// Annotation on every Node NodeSim registered, whose value names the NodeSim (its `owner`), so each
+/// only ever removes its own: several can serve one API server, each following its own cloud.
 pub const SIMULATED: &str = "sim.rafter.dev/node";
 
 /// Node annotation: `stopped` makes its kubelet stop renewing its Lease and posting status, as a
@@ -148,6 +149,8 @@ pub struct NodeSimConfig {
     pub heartbeat: Duration,
     /// The kubelet version the nodes report.
     pub kubelet_version: String,
+    /// This NodeSim's name, the value of [`SIMULATED`] on the Nodes it registers.
+    pub owner: String,
 }
 
 impl Default for NodeSimConfig {
@@ -158,6 +161,7 @@ impl Default for NodeSimConfig {
             ready_delay: Duration::ZERO,
             heartbeat: Duration::from_secs(10),
             kubelet_version: "v1.33.0-eks".into(),
+            owner: "rafter-sim".into(),
         }
     }
 }
@@ -278,7 +282,7 @@ fn node_object(
     let now = components::now();
     let node = json!({
         "apiVersion": "v1", "kind": "Node",
-        "metadata": {"name": name, "labels": node_labels, "annotations": {SIMULATED: "true", "node.alpha.kubernetes.io/ttl": "0"}},
+        "metadata": {"name": name, "labels": node_labels, "annotations": {SIMULATED: config.owner, "node.alpha.kubernetes.io/ttl": "0"}},
         "spec": {"providerID": instance.provider_id, "taints": taints},
         "status": {
             "capacity": capacity, "allocatable": allocatable,
@@ -329,6 +333,10 @@ async fn reconcile(
             continue;
         }
         if let Some(existing) = nodes.iter().find(|n| n.name_any() == name) {
+            if existing.annotations().get(SIMULATED).is_some_and(|o| *o != config.owner) {
+                // Another NodeSim's node (its cloud runs an instance of the same name).
+                continue;
+            }
             if !existing.annotations().contains_key(SIMULATED) {
                 // Someone created the Node before the kubelet started (direct binding): the kubelet
                 // registers into it, adding its labels and reporting its status.
@@ -396,7 +404,7 @@ async fn reconcile(
         );
     }
     // Nodes whose instance is gone: the cloud node controller removes them, pod GC their pods.
-    for node in nodes.iter().filter(|n| n.annotations().contains_key(SIMULATED)) {
+    for node in nodes.iter().filter(|n| n.annotations().get(SIMULATED) == Some(&config.owner)) {
         let id = node
             .spec
             .as_ref()
