@@ -679,3 +679,64 @@ async fn a_crd_whose_rules_cost_too_much_is_refused_as_kube_apiserver_refuses_it
         t.cleanup().await;
     }
 }
+
+/// Sends a raw request and returns the status, the `Warning` headers and the body.
+async fn send(client: &Client, method: &str, uri: &str, body: &Value) -> (u16, Vec<String>, Value) {
+    let request = http::Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("content-type", "application/json")
+        .body(kube::client::Body::from(serde_json::to_vec(body).expect("bytes")))
+        .expect("request");
+    let response = client.send(request).await.expect("a response");
+    let status = response.status().as_u16();
+    let warnings =
+        response.headers().get_all("warning").iter().filter_map(|v| v.to_str().ok().map(str::to_string)).collect();
+    let bytes = http_body_util::BodyExt::collect(response.into_body()).await.expect("body").to_bytes();
+    (status, warnings, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_fields_are_refused_dropped_with_a_warning_or_dropped_as_field_validation_asks() {
+    for t in targets("conf-fields").await {
+        let ns = &t.namespace;
+        let with_unknown = |name: &str| json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": {"k": "v"}, "spec": {"x": 1}});
+        let base = format!("/api/v1/namespaces/{ns}/configmaps");
+        let (code, _, body) =
+            send(&t.client, "POST", &format!("{base}?fieldValidation=Strict"), &with_unknown("strict")).await;
+        assert_eq!(code, 400, "{body}");
+        let message = body["message"].as_str().unwrap_or_default();
+        assert!(message.contains("strict decoding error: unknown field \"spec\""), "{message}");
+        let (code, warnings, body) =
+            send(&t.client, "POST", &format!("{base}?fieldValidation=Warn"), &with_unknown("warn")).await;
+        assert_eq!(code, 201, "{body}");
+        assert!(warnings.iter().any(|w| w.contains("unknown field \\\"spec\\\"")), "{warnings:?}");
+        assert!(body.get("spec").is_none(), "the unknown field is dropped: {body}");
+        assert_eq!(body["data"]["k"], "v");
+        let (code, warnings, body) =
+            send(&t.client, "POST", &format!("{base}?fieldValidation=Ignore"), &with_unknown("ignore")).await;
+        assert_eq!(code, 201, "{body}");
+        assert!(warnings.iter().all(|w| !w.contains("unknown field")), "{warnings:?}");
+        assert!(body.get("spec").is_none(), "{body}");
+        let (code, warnings, _) = send(&t.client, "POST", &base, &with_unknown("default")).await;
+        assert_eq!(code, 201);
+        assert!(warnings.iter().any(|w| w.contains("unknown field")), "kube-apiserver warns by default: {warnings:?}");
+        t.cleanup().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_field_in_a_custom_resource_is_refused_under_strict_validation() {
+    for t in targets("conf-crd-fields").await {
+        install_rafter_crds(&t).await;
+        let mut pool = example("NodePool");
+        pool["metadata"] = json!({"name": format!("{}-strict", t.namespace)});
+        pool["spec"]["template"]["spec"]["colour"] = json!("blue");
+        let (code, _, body) =
+            send(&t.client, "POST", "/apis/karpenter.sh/v1/nodepools?fieldValidation=Strict", &pool).await;
+        assert_eq!(code, 400, "{body}");
+        let message = body["message"].as_str().unwrap_or_default();
+        assert!(message.contains("unknown field \"spec.template.spec.colour\""), "{message}");
+        t.cleanup().await;
+    }
+}

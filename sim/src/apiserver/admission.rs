@@ -125,6 +125,74 @@ fn check_kind(rt: &ResourceType, map: &mut serde_json::Map<String, Value>) -> Re
     Ok(())
 }
 
+/// Applies `fieldValidation` to an object about to be written: the fields its type does not declare
+/// are refused (Strict) or dropped (built-ins here; CRD schemas prune them on admission), and
+/// returned for the `Warning` header (Warn).
+pub fn check_unknown_fields(
+    rt: &ResourceType,
+    object: &mut Value,
+    mode: super::request::FieldValidation,
+) -> Result<Vec<String>, ApiError> {
+    use super::request::FieldValidation;
+    let mut unknown = Vec::new();
+    if let Some(schema) = &rt.schema {
+        unknown = schema.unknown_fields(object);
+        if let Some(meta) = object.get("metadata")
+            && let Ok(found) = super::registry::object_meta_unknown(meta)
+        {
+            unknown.extend(found.into_iter().map(|f| format!("metadata.{f}")));
+        }
+    } else if let Some(check) = rt.typed
+        && let Ok(found) = check(object)
+    {
+        unknown = found;
+        for path in &unknown {
+            remove_path(object, path);
+        }
+    }
+    if unknown.is_empty() || mode == FieldValidation::Ignore {
+        return Ok(Vec::new());
+    }
+    let listed: Vec<String> = unknown.iter().map(|f| format!("unknown field {f:?}")).collect();
+    if mode == FieldValidation::Strict {
+        return Err(ApiError::bad_request(format!(
+            "{} in version \"{}\" cannot be handled as a {}: strict decoding error: {}",
+            rt.kind,
+            rt.version,
+            rt.kind,
+            listed.join(", ")
+        )));
+    }
+    Ok(listed)
+}
+
+/// Removes the field at a path such as `spec.containers[0].foo`.
+fn remove_path(object: &mut Value, path: &str) {
+    let mut steps: Vec<String> = Vec::new();
+    for part in path.split('.') {
+        let (name, rest) = part.split_once('[').unwrap_or((part, ""));
+        steps.push(name.to_string());
+        for index in rest.split('[').filter(|i| !i.is_empty()) {
+            steps.push(format!("[{}", index.trim_end_matches(']')));
+        }
+    }
+    let Some((last, parents)) = steps.split_last() else { return };
+    let mut at = object;
+    for step in parents {
+        let next = match step.strip_prefix('[') {
+            Some(i) => i.parse::<usize>().ok().and_then(|i| at.get_mut(i)),
+            None => at.get_mut(step.as_str()),
+        };
+        match next {
+            Some(n) => at = n,
+            None => return,
+        }
+    }
+    if let Some(map) = at.as_object_mut() {
+        map.remove(last);
+    }
+}
+
 /// Type checks (built-ins decode through k8s-openapi) and schema checks (CRDs), then kind-specific rules.
 pub fn validate(rt: &ResourceType, object: &mut Value, old: Option<&Value>) -> Result<(), ApiError> {
     let name = object.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_string();

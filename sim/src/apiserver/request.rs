@@ -93,6 +93,19 @@ pub struct Query {
     pub dry_run: bool,
     pub propagation_policy: Option<String>,
     pub grace_period_seconds: Option<i64>,
+    pub field_validation: FieldValidation,
+}
+
+/// What a write does about fields the object's type does not declare (`?fieldValidation=`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum FieldValidation {
+    /// Drop them silently.
+    Ignore,
+    /// Drop them and say so in a `Warning` header: kube-apiserver's default.
+    #[default]
+    Warn,
+    /// Refuse the write (400), as kubectl asks since 1.27.
+    Strict,
 }
 
 /// A decoded request.
@@ -129,6 +142,18 @@ pub fn parse_query(raw: Option<&str>) -> Result<Query, ApiError> {
         let value = value.into_owned();
         match key.as_ref() {
             "labelSelector" => q.label_selector = Some(value),
+            "fieldValidation" => {
+                q.field_validation = match value.as_str() {
+                    "Ignore" => FieldValidation::Ignore,
+                    "Warn" | "" => FieldValidation::Warn,
+                    "Strict" => FieldValidation::Strict,
+                    other => {
+                        return Err(ApiError::bad_request(format!(
+                            "fieldValidation: unsupported value {other:?}: valid values are \"Ignore\", \"Warn\" and \"Strict\""
+                        )));
+                    }
+                }
+            }
             "fieldSelector" => q.field_selector = Some(value),
             "limit" => q.limit = Some(parse_number::<i64>("limit", &value)?.max(0) as usize).filter(|l| *l > 0),
             "continue" => q.continue_token = Some(value).filter(|v| !v.is_empty()),

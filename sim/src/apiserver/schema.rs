@@ -68,9 +68,16 @@ impl CrdSchema {
         out
     }
 
+    /// The fields of `object` the schema does not declare (what pruning would drop), as field paths.
+    pub fn unknown_fields(&self, object: &Value) -> Vec<String> {
+        let mut removed = Vec::new();
+        prune(&self.schema, &mut object.clone(), true, "", &mut removed);
+        removed
+    }
+
     /// Prunes unknown fields, applies defaults, and returns every violation as (field, message).
     pub fn admit(&self, object: &mut Value, old: Option<&Value>) -> Vec<(String, String)> {
-        prune(&self.schema, object, true);
+        prune(&self.schema, object, true, "", &mut Vec::new());
         *object = kube::core::cel::apply_defaults(&self.schema, object);
         let mut errors = Vec::new();
         self.check(&self.schema, object, "", &mut errors, true);
@@ -342,8 +349,9 @@ fn walk_lists(schema: &Value, path: &str, visit: &mut impl FnMut(&str, &Value)) 
     }
 }
 
-/// Drops fields the schema does not declare, unless it preserves unknown fields there.
-fn prune(schema: &Value, value: &mut Value, root: bool) {
+/// Drops fields the schema does not declare, unless it preserves unknown fields there; `removed`
+/// collects the paths of what was dropped.
+fn prune(schema: &Value, value: &mut Value, root: bool, path: &str, removed: &mut Vec<String>) {
     if schema.get("x-kubernetes-preserve-unknown-fields").and_then(Value::as_bool) == Some(true)
         && schema.get("properties").is_none()
     {
@@ -360,22 +368,29 @@ fn prune(schema: &Value, value: &mut Value, root: bool) {
                     || additional.is_some_and(|a| a.is_object() || a.as_bool() == Some(true))
                     || preserve
             };
-            map.retain(|name, _| keep(name, properties));
+            map.retain(|name, _| {
+                let kept = keep(name, properties);
+                if !kept {
+                    removed.push(join(path, name));
+                }
+                kept
+            });
             for (name, child) in map.iter_mut() {
                 if root && name == "metadata" {
                     continue;
                 }
+                let at = join(path, name);
                 if let Some(child_schema) = properties.and_then(|p| p.get(name)) {
-                    prune(child_schema, child, false);
+                    prune(child_schema, child, false, &at, removed);
                 } else if let Some(extra) = additional.filter(|a| a.is_object()) {
-                    prune(extra, child, false);
+                    prune(extra, child, false, &at, removed);
                 }
             }
         }
         Value::Array(items) => {
             if let Some(item_schema) = schema.get("items") {
-                for item in items {
-                    prune(item_schema, item, false);
+                for (i, item) in items.iter_mut().enumerate() {
+                    prune(item_schema, item, false, &format!("{path}[{i}]"), removed);
                 }
             }
         }

@@ -146,6 +146,17 @@ fn respond(code: u16, body: Bytes) -> Response<Body> {
     response
 }
 
+/// Adds kube-apiserver's `Warning: 299 - "…"` header for each warning.
+fn warn(mut response: Response<Body>, warnings: &[String]) -> Response<Body> {
+    for warning in warnings {
+        let text = format!("299 - {}", serde_json::Value::String(warning.clone()));
+        if let Ok(value) = HeaderValue::from_str(&text) {
+            response.headers_mut().append(header::WARNING, value);
+        }
+    }
+    response
+}
+
 fn respond_json(code: u16, value: &Value) -> Response<Body> {
     respond(code, Bytes::from(serde_json::to_vec(value).unwrap_or_default()))
 }
@@ -576,7 +587,8 @@ async fn resource(
                 Some("eviction") => return evict(state, &rt, &key, &objkey, &body).await,
                 _ => {}
             }
-            let body = if view.storage.is_some() { event_to_core(&body) } else { body };
+            let mut body = if view.storage.is_some() { event_to_core(&body) } else { body };
+            let warnings = admission::check_unknown_fields(&rt, &mut body, req.query.field_validation)?;
             let object = admission::prepare_create(&rt, body, path.namespace.as_deref())?;
             let name = object.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_string();
             let is_crd = rt.group == "apiextensions.k8s.io" && rt.plural == "customresourcedefinitions";
@@ -586,25 +598,26 @@ async fn resource(
                 })?;
             }
             if req.query.dry_run {
-                return Ok(respond_json(201, &object));
+                return Ok(warn(respond_json(201, &object), &warnings));
             }
             let stored = state.store.create(&key, rt.namespaced, object, &rt.plural, &rt.group)?;
             if is_crd && let Err(e) = state.sync_crd(&name, Some(&stored.value)) {
                 let _ = state.store.delete(&key, &(String::new(), name.clone()), &DeleteOptions::default(), not_found);
                 return Err(e);
             }
-            Ok(respond(201, render(view, &stored)))
+            Ok(warn(respond(201, render(view, &stored)), &warnings))
         }
         Verb::Update => {
             let body = req.body.clone().unwrap_or_default();
-            let body = if view.storage.is_some() { event_to_core(&body) } else { body };
+            let mut body = if view.storage.is_some() { event_to_core(&body) } else { body };
+            let warnings = admission::check_unknown_fields(&rt, &mut body, req.query.field_validation)?;
             let written = state.store.modify(&key, &objkey, not_found, |current| {
                 let mut next = admission::prepare_update(&rt, &current.value, body, sub)?;
                 patch::record_update(&rt, &current.value, &mut next, &manager, &store::now(), sub.unwrap_or_default());
                 Ok(if req.query.dry_run { Outcome::Keep } else { Outcome::Replace(next) })
             })?;
             after_write(state, &rt, &written)?;
-            Ok(respond(200, render(view, written.object())))
+            Ok(warn(respond(200, render(view, written.object())), &warnings))
         }
         Verb::Patch => {
             let body = req.body.clone().unwrap_or_default();
@@ -623,6 +636,7 @@ async fn resource(
                 ));
             }
             let exists = state.store.get(&key, &objkey).is_some();
+            let mut warnings = Vec::new();
             if kind == PatchType::Apply && !exists && sub.is_none() {
                 let applied = patch::apply(&rt, None, &body, &manager, req.query.force, &store::now(), "")
                     .map_err(|c| ApiError::conflict(&rt.plural, &rt.group, &objkey.1, &c.message()))?;
@@ -630,13 +644,14 @@ async fn resource(
                 if let Some(meta) = applied.get_mut("metadata").and_then(Value::as_object_mut) {
                     meta.insert("name".into(), json!(objkey.1));
                 }
+                warnings = admission::check_unknown_fields(&rt, &mut applied, req.query.field_validation)?;
                 let object = admission::prepare_create(&rt, applied, path.namespace.as_deref())?;
                 match state.store.create(&key, rt.namespaced, object, &rt.plural, &rt.group) {
                     Ok(stored) => {
                         if rt.plural == "customresourcedefinitions" {
                             state.sync_crd(&objkey.1, Some(&stored.value))?;
                         }
-                        return Ok(respond(201, render(view, &stored)));
+                        return Ok(warn(respond(201, render(view, &stored)), &warnings));
                     }
                     Err(e) if e.reason == "AlreadyExists" => {}
                     Err(e) => return Err(e),
@@ -665,6 +680,7 @@ async fn resource(
                         .map_err(|c| ApiError::conflict(&rt.plural, &rt.group, name, &c.message()))?;
                     }
                 }
+                warnings = admission::check_unknown_fields(&rt, &mut next, req.query.field_validation)?;
                 let mut next = admission::prepare_update(&rt, &current.value, next, sub)?;
                 if kind != PatchType::Apply {
                     patch::record_update(&rt, &current.value, &mut next, &manager, &now, sub.unwrap_or_default());
@@ -672,7 +688,7 @@ async fn resource(
                 Ok(if req.query.dry_run { Outcome::Keep } else { Outcome::Replace(next) })
             })?;
             after_write(state, &rt, &written)?;
-            Ok(respond(200, render(view, written.object())))
+            Ok(warn(respond(200, render(view, written.object())), &warnings))
         }
         Verb::Delete => {
             let options = delete_options(&req);
