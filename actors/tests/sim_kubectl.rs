@@ -96,4 +96,17 @@ fn kubectl_gets_and_describes_against_the_standalone_server() {
     assert!(ok && out.contains("default"), "{out}");
     let (ok, out) = kubectl(&kubeconfig, &["get", "pod", "missing"]);
     assert!(!ok && out.contains("NotFound"), "{out}");
+
+    // OpenAPI v3 from the CRD schemas, as kube-apiserver serves it.
+    let (ok, out) = kubectl(&kubeconfig, &["explain", "nodepool.spec.disruption"]);
+    assert!(ok && out.contains("consolidationPolicy") && out.contains("WhenEmptyOrUnderutilized"), "{out}");
+    // kubectl asks for Strict field validation; a typo is refused, naming the field.
+    let typo = std::fs::read_to_string(pool)
+        .expect("pool")
+        .replace("consolidateAfter: 1m", "consolidateAftr: 1m")
+        .replace("name: default", "name: typo");
+    let typo_file = dir.path().join("typo.yaml");
+    std::fs::write(&typo_file, typo).expect("typo manifest");
+    let (ok, out) = kubectl(&kubeconfig, &["apply", "-f", typo_file.to_str().expect("utf-8 path")]);
+    assert!(!ok && out.contains(r#"strict decoding error: unknown field "spec.disruption.consolidateAftr""#), "{out}");
 }

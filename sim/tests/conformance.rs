@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -138,18 +137,23 @@ async fn create_get_and_list_with_selectors_and_pages() {
 async fn a_reflector_converges_through_relists_dropped_watches_and_410s() {
     for t in targets("conf-reflector").await {
         let api: Api<ConfigMap> = Api::namespaced(t.client.clone(), &t.namespace);
+        // Only this test's maps: a real namespace also holds kube-controller-manager's kube-root-ca.crt.
+        let mine = [("suite", "reflector")];
         for i in 0..5 {
-            api.create(&PostParams::default(), &config_map(&format!("before-{i}"), &[])).await.expect("created");
+            api.create(&PostParams::default(), &config_map(&format!("before-{i}"), &mine)).await.expect("created");
         }
         let (reader, writer) = reflector::store();
-        let stream = reflector(writer, watcher(api.clone(), watcher::Config::default().page_size(2))).applied_objects();
+        let config = watcher::Config::default().page_size(2).labels("suite=reflector");
+        let stream = reflector(writer, watcher(api.clone(), config)).applied_objects();
         let task = tokio::spawn(stream.for_each(|_| async {}));
         reader.wait_until_ready().await.expect("cache syncs");
         assert_eq!(reader.len(), 5);
         let mut expected = 5;
         for round in 0..3 {
             for i in 0..4 {
-                api.create(&PostParams::default(), &config_map(&format!("r{round}-{i}"), &[])).await.expect("created");
+                api.create(&PostParams::default(), &config_map(&format!("r{round}-{i}"), &mine))
+                    .await
+                    .expect("created");
             }
             expected += 4;
             api.delete(&format!("r{round}-0"), &DeleteParams::default()).await.expect("deleted");
@@ -173,8 +177,8 @@ async fn a_reflector_converges_through_relists_dropped_watches_and_410s() {
             .await;
         }
         let mut cached: Vec<String> = reader.state().iter().map(|c| c.name_any()).collect();
-        let mut live: Vec<String> =
-            api.list(&ListParams::default()).await.expect("lists").items.iter().map(|c| c.name_any()).collect();
+        let live = api.list(&ListParams::default().labels("suite=reflector")).await.expect("lists");
+        let mut live: Vec<String> = live.items.iter().map(|c| c.name_any()).collect();
         cached.sort();
         live.sort();
         assert_eq!(cached, live);
@@ -397,23 +401,20 @@ async fn status_changes_only_through_the_status_subresource() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_an_owner_collects_its_dependents() {
     for t in targets("conf-gc").await {
-        let sets: Api<ReplicaSet> = Api::namespaced(t.client.clone(), &t.namespace);
+        // The owner is a kind no controller manages: on a real cluster a ReplicaSet's controller
+        // would release pods its selector does not match before the garbage collector saw them.
+        let maps: Api<ConfigMap> = Api::namespaced(t.client.clone(), &t.namespace);
         let pods: Api<Pod> = Api::namespaced(t.client.clone(), &t.namespace);
-        let rs: ReplicaSet = serde_json::from_value(json!({
-            "metadata": {"name": "rs"},
-            "spec": {"replicas": 0, "selector": {"matchLabels": {"app": "gc"}}, "template": {"metadata": {"labels": {"app": "gc"}}, "spec": {"containers": [{"name": "c", "image": "i:1"}]}}}
-        }))
-        .expect("rs");
-        let rs = sets.create(&PostParams::default(), &rs).await.expect("created");
+        let owner = maps.create(&PostParams::default(), &config_map("owner", &[])).await.expect("created");
         let owner =
-            json!([{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "rs", "uid": rs.uid(), "controller": true}]);
+            json!([{"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": owner.uid(), "controller": true}]);
         for name in ["owned-1", "owned-2"] {
             let mut p = pod(name, json!({"app": "gc-owned"}));
             p.metadata.owner_references = serde_json::from_value(owner.clone()).expect("refs");
             pods.create(&PostParams::default(), &p).await.expect("created");
         }
         pods.create(&PostParams::default(), &pod("free", json!({"app": "gc-owned"}))).await.expect("created");
-        sets.delete("rs", &DeleteParams::background()).await.expect("deleted");
+        maps.delete("owner", &DeleteParams::background()).await.expect("deleted");
         eventually("the owned pods are collected", || {
             let pods = pods.clone();
             async move {
@@ -739,4 +740,53 @@ async fn an_unknown_field_in_a_custom_resource_is_refused_under_strict_validatio
         assert!(message.contains("unknown field \"spec.template.spec.colour\""), "{message}");
         t.cleanup().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_v3_describes_custom_resources_and_declares_field_validation() {
+    for t in targets("conf-openapi").await {
+        install_rafter_crds(&t).await;
+        let root: Value = t
+            .client
+            .request(http::Request::get("/openapi/v3").body(Vec::new()).expect("request"))
+            .await
+            .expect("the root document");
+        let url = root["paths"]["apis/karpenter.sh/v1"]["serverRelativeURL"].as_str().expect("karpenter.sh/v1 listed");
+        let doc: Value =
+            t.client.request(http::Request::get(url).body(Vec::new()).expect("request")).await.expect("the document");
+        let schemas = doc["components"]["schemas"].as_object().expect("schemas");
+        let pool = schemas
+            .values()
+            .find(|s| {
+                s["x-kubernetes-group-version-kind"].as_array().is_some_and(|g| {
+                    g.iter().any(|g| g["group"] == "karpenter.sh" && g["version"] == "v1" && g["kind"] == "NodePool")
+                })
+            })
+            .expect("the NodePool schema");
+        let policy = &pool["properties"]["spec"]["properties"]["disruption"]["properties"]["consolidationPolicy"];
+        assert!(policy["enum"].as_array().is_some_and(|e| e.contains(&json!("WhenEmpty"))), "{policy}");
+        let patch = doc["paths"]
+            .as_object()
+            .expect("paths")
+            .values()
+            .filter_map(|p| p.get("patch"))
+            .find(|op| op["x-kubernetes-group-version-kind"]["kind"] == "NodePool")
+            .expect("NodePool's PATCH operation");
+        let params = patch["parameters"].as_array().expect("parameters");
+        assert!(params.iter().any(|p| p["name"] == "fieldValidation" && p["in"] == "query"), "{params:?}");
+        t.cleanup().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_protobuf_body_is_refused_with_a_message_that_says_so() {
+    let sim = Simulator::start().await.expect("simulator");
+    let request = http::Request::post("/api/v1/namespaces")
+        .header("content-type", "application/vnd.kubernetes.protobuf")
+        .body(b"k8s\x00\x0a\x0f\x0a\x02v1\x12\x09Namespace".to_vec())
+        .expect("request");
+    let err = sim.client().request::<Value>(request).await.expect_err("refused");
+    let kube::Error::Api(status) = &err else { panic!("expected an API error, got {err}") };
+    assert_eq!((status.code, status.reason.as_str()), (415, "UnsupportedMediaType"));
+    assert!(status.message.contains("protobuf") && status.message.contains("kubectl apply -f"), "{}", status.message);
 }

@@ -4,6 +4,7 @@ pub mod admission;
 pub mod cel_cost;
 pub mod error;
 pub mod faults;
+pub mod openapi;
 pub mod patch;
 pub mod registry;
 pub mod request;

@@ -118,7 +118,7 @@ pub struct ApiRequest {
     pub body: Option<Value>,
     /// The client wants a `meta.k8s.io` Table (kubectl get).
     pub table: bool,
-    /// For `/openapi/…`: the version asked for.
+    /// For `/openapi/…`: what follows `/openapi/` (`v2`, `v3`, `v3/apis/karpenter.sh/v1`).
     pub openapi_version: Option<String>,
     /// The client accepts protobuf (kubectl asks for the OpenAPI document so).
     pub protobuf: bool,
@@ -268,6 +268,14 @@ pub fn decode(
 ) -> Result<ApiRequest, ApiError> {
     let route = parse_route(path)?;
     let query = parse_query(query)?;
+    if content_type.starts_with("application/vnd.kubernetes.protobuf") && !body.is_empty() {
+        // kube-apiserver decodes protobuf bodies of built-in kinds; the simulator does not.
+        return Err(ApiError::new(
+            415,
+            "UnsupportedMediaType",
+            "the simulator accepts JSON and YAML bodies only; this client sent protobuf (kube-apiserver accepts it for built-in kinds). Use `kubectl apply -f` (which sends JSON) instead of typed commands such as `kubectl create namespace`",
+        ));
+    }
     let table = accept.contains("as=Table");
     let named = matches!(&route, Route::Resource(p) if p.name.is_some());
     let (verb, patch, body) = match (method, &route) {
@@ -300,7 +308,10 @@ pub fn decode(
         return Err(ApiError::bad_request("the body of the request must be a JSON object"));
     }
     let openapi_version = match route {
-        Route::OpenApi => path.trim_end_matches('/').rsplit('/').next().map(str::to_string),
+        // `v2`, `v3`, or `v3/apis/{group}/{version}` (`v3/api/v1` for the core group).
+        Route::OpenApi => {
+            Some(path.trim_start_matches('/').trim_start_matches("openapi/").trim_end_matches('/').to_string())
+        }
         _ => None,
     };
     let protobuf = accept.contains("protobuf");

@@ -41,6 +41,11 @@ impl CrdSchema {
         Ok(Self { schema, cel, patterns, rule_types })
     }
 
+    /// The schema as the CRD gives it.
+    pub fn schema(&self) -> &Value {
+        &self.schema
+    }
+
     /// Paths (field names, no indices) of lists with `x-kubernetes-list-type: map` and their keys.
     pub fn map_lists(&self) -> Vec<(String, Vec<String>)> {
         let mut out = Vec::new();

@@ -20,6 +20,7 @@ use tokio::task::JoinSet;
 use super::admission::{self, event_from_core, event_to_core};
 use super::error::ApiError;
 use super::faults::{Decision, Faults};
+use super::openapi;
 use super::patch;
 use super::registry::{self, ResourceType};
 use super::request::{self, ApiRequest, PatchType, ResourcePath, Route, Verb};
@@ -339,8 +340,8 @@ async fn serve(state: &Arc<ServerState>, req: ApiRequest, manager_default: &str)
         )),
         Route::Healthz => Ok(respond(200, Bytes::from_static(b"ok"))),
         // kubectl's client-side validation downloads the v2 document; an empty one (no definitions)
-        // leaves validation to the server, which checks every write anyway. v3 is not served, so
-        // kubectl falls back to v2.
+        // leaves validation to the server, which checks every write anyway. v3 describes the kinds
+        // (`kubectl explain`) and declares `fieldValidation`, so kubectl validates on the server.
         Route::OpenApi if req.verb == Verb::List && openapi_v2(&req) => {
             if req.protobuf {
                 // gnostic's openapi_v2.Document with only `swagger: "2.0"` (field 1, a string).
@@ -355,6 +356,14 @@ async fn serve(state: &Arc<ServerState>, req: ApiRequest, manager_default: &str)
                 200,
                 &json!({"swagger": "2.0", "info": {"title": "Kubernetes", "version": "v1.33.0"}, "paths": {}, "definitions": {}}),
             ))
+        }
+        Route::OpenApi if req.verb == Verb::List && req.openapi_version.as_deref() == Some("v3") => {
+            Ok(respond_json(200, &openapi::root(&state.types())))
+        }
+        Route::OpenApi if req.verb == Verb::List => {
+            let gv = req.openapi_version.as_deref().and_then(|p| p.strip_prefix("v3/")).unwrap_or_default();
+            let doc = openapi::group_version(&state.types(), gv).ok_or_else(ApiError::path_not_found)?;
+            Ok(respond_json(200, &doc))
         }
         Route::OpenApi => Err(ApiError::path_not_found()),
         Route::Admin(path) => admin(state, path, req.body.as_ref()),
