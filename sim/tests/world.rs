@@ -92,8 +92,76 @@ async fn autoscale(client: &Client, cloud: &FakeCloud, launched: &mut u32, last_
         }
     }))
     .expect("claim");
+    launch(&claims, cloud, claim).await;
+}
+
+async fn launch(claims: &Api<NodeClaim>, cloud: &FakeCloud, claim: NodeClaim) {
     let claim = claims.create(&PostParams::default(), &claim).await.expect("claim created");
     cloud.create(&claim).await.expect("instance launched");
+}
+
+fn condition(node: &Node, kind: &str) -> Option<String> {
+    node.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == kind).map(|c| c.status.clone())
+}
+
+fn tainted(node: &Node, key: &str) -> bool {
+    node.spec.as_ref().and_then(|s| s.taints.as_ref()).is_some_and(|t| t.iter().any(|t| t.key == key))
+}
+
+async fn until_node(nodes: &Api<Node>, what: &str, check: impl Fn(&Node) -> bool) -> Node {
+    let started = Instant::now();
+    loop {
+        if let Some(node) = nodes.list(&ListParams::default()).await.expect("nodes").items.into_iter().find(&check) {
+            return node;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A real cluster's node lifecycle: kube-apiserver taints a new Node not-ready, the lifecycle
+/// controller lifts the taint once the kubelet reports Ready, and marks the Node Unknown and
+/// unreachable when its kubelet goes silent for the grace period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_is_not_ready_until_its_kubelet_says_so_and_unreachable_once_it_goes_silent() {
+    let sim = Simulator::start().await.expect("simulator");
+    let client = sim.client();
+    install_crds(&client).await;
+    let cloud = Arc::new(FakeCloud::new(FakeConfig::default()).expect("fake cloud"));
+    let kubelets = NodeSimConfig {
+        ready_delay: Duration::from_secs(2),
+        heartbeat: Duration::from_millis(300),
+        ..NodeSimConfig::default()
+    };
+    let _nodes = nodes::spawn(client.clone(), Arc::new(FakeFeed(cloud.clone())), kubelets);
+    let lifecycle =
+        rafter_sim::lifecycle::LifecycleConfig { grace: Duration::from_secs(3), period: Duration::from_millis(200) };
+    let _lifecycle = rafter_sim::lifecycle::spawn(client.clone(), lifecycle);
+    let claim: NodeClaim = serde_json::from_value(json!({
+        "apiVersion": "karpenter.sh/v1", "kind": "NodeClaim",
+        "metadata": {"name": "default-1", "labels": {"karpenter.sh/nodepool": "default"}},
+        "spec": {
+            "requirements": [{"key": "node.kubernetes.io/instance-type", "operator": "In", "values": ["m5.large"]}],
+            "nodeClassRef": {"group": "karpenter.k8s.aws", "kind": "EC2NodeClass", "name": "default"}
+        }
+    }))
+    .expect("claim");
+    launch(&Api::all(client.clone()), &cloud, claim).await;
+    let nodes: Api<Node> = Api::all(client.clone());
+    let node = until_node(&nodes, "the node registers", |_| true).await;
+    assert_eq!(condition(&node, "Ready").as_deref(), Some("False"), "the CNI is not up yet");
+    assert!(tainted(&node, "node.kubernetes.io/not-ready"), "kube-apiserver taints a new node");
+    let node = until_node(&nodes, "the node is Ready and untainted", |n| {
+        condition(n, "Ready").as_deref() == Some("True") && !tainted(n, "node.kubernetes.io/not-ready")
+    })
+    .await;
+    let silence = json!({"metadata": {"annotations": {rafter_sim::nodes::HEARTBEAT: "stopped"}}});
+    nodes.patch(&node.name_any(), &PatchParams::default(), &Patch::Merge(silence)).await.expect("annotated");
+    let node = until_node(&nodes, "the silent node is Unknown and unreachable", |n| {
+        condition(n, "Ready").as_deref() == Some("Unknown") && tainted(n, "node.kubernetes.io/unreachable")
+    })
+    .await;
+    assert!(!tainted(&node, "node.kubernetes.io/not-ready"), "unreachable replaces not-ready");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
