@@ -102,6 +102,11 @@ impl Caches {
             && self.storage_classes.is_synced()
     }
 
+    /// The storage objects now, owned, for a solve off the actor's thread.
+    pub fn volumes(&self) -> Volumes {
+        Volumes { claims: self.pvcs.all(), volumes: self.pvs.all(), classes: self.storage_classes.all() }
+    }
+
     /// [`Self::effective_pools`] by name.
     pub fn pools_by_name(&self) -> std::collections::HashMap<String, NodePool> {
         self.effective_pools().into_iter().map(|p| (p.metadata.name.clone().unwrap_or_default(), p)).collect()
@@ -295,5 +300,20 @@ impl Actor for PodWatcher {
     async fn post_stop(&self, _: ActorRef<Self::Msg>, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
         state.tasks.abort_all();
         Ok(())
+    }
+}
+
+/// PersistentVolumeClaims, PersistentVolumes and StorageClasses as the caches held them.
+#[derive(Debug, Clone, Default)]
+pub struct Volumes {
+    pub claims: Vec<Arc<PersistentVolumeClaim>>,
+    pub volumes: Vec<Arc<PersistentVolume>>,
+    pub classes: Vec<Arc<StorageClass>>,
+}
+
+impl Volumes {
+    /// The borrowed form the core's decisions take.
+    pub fn view(&self) -> rafter::state::volumes::Storage<'_> {
+        rafter::state::volumes::Storage { claims: &self.claims, volumes: &self.volumes, classes: &self.classes }
     }
 }

@@ -368,6 +368,7 @@ impl InterruptionHandler {
                     daemonsets.clone(),
                     node_name.clone(),
                 );
+                let volumes = ctx.caches.volumes();
                 move || {
                     let snapshot = Snapshot {
                         pods: &pods,
@@ -375,6 +376,7 @@ impl InterruptionHandler {
                         claims: &claims,
                         pools: &pools,
                         daemonsets: &daemonsets,
+                        storage: volumes.view(),
                     };
                     replacement(snapshot, &node_name, |p| {
                         types.remove(p.metadata.name.as_deref().unwrap_or_default()).unwrap_or_default()
@@ -444,9 +446,15 @@ impl InterruptionHandler {
         let ready = bought_ready || {
             let (pods, nodes, daemonsets, node_name, unplaceable) =
                 (pods.clone(), nodes.clone(), daemonsets.clone(), node_name.clone(), progress.unplaceable.clone());
+            let volumes = ctx.caches.volumes();
             let check = move || {
-                let snapshot =
-                    Snapshot { pods: &pods, nodes: &nodes, claims: &[], pools: &[], daemonsets: &daemonsets };
+                let snapshot = Snapshot {
+                    pods: &pods,
+                    nodes: &nodes,
+                    daemonsets: &daemonsets,
+                    storage: volumes.view(),
+                    ..Snapshot::default()
+                };
                 replacement_ready(snapshot, &node_name, &unplaceable)
             };
             match tokio::task::spawn_blocking(check).await {

@@ -12,7 +12,6 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use rafter::scheduling::instance_types::InstanceType;
 use rafter::scheduling::solver::{Plan, solve};
-use rafter::state::volumes::{Storage, volume_zones};
 use rafter::state::{Snapshot, provisionable, scheduling_input};
 use tracing::Instrument;
 
@@ -99,7 +98,7 @@ impl Solver {
             tracing::info_span!(parent: &span, "solve", pods = pending.len(), claims = tracing::field::Empty);
         let started = StdInstant::now();
         let snapshot_pods = pods.clone();
-        let (pvcs, pvs, classes) = (ctx.caches.pvcs.all(), ctx.caches.pvs.all(), ctx.caches.storage_classes.all());
+        let volumes = ctx.caches.volumes();
         let job = move || {
             let snapshot = Snapshot {
                 pods: &snapshot_pods,
@@ -107,13 +106,12 @@ impl Solver {
                 claims: &claims,
                 pools: &pools,
                 daemonsets: &daemonsets,
+                storage: volumes.view(),
             };
             // Each pool's list is handed over, not copied: the catalog already made this copy.
-            let (mut input, problems) = scheduling_input(snapshot, pending, |pool| {
+            let (input, problems) = scheduling_input(snapshot, pending, |pool| {
                 types.remove(pool.metadata.name.as_deref().unwrap_or_default()).unwrap_or_default()
             });
-            let storage = Storage { claims: &pvcs, volumes: &pvs, classes: &classes };
-            input.volume_zones = volume_zones(&input.pods, storage);
             (solve(&input), problems, input.pods.len())
         };
         let result = {

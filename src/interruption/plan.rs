@@ -412,7 +412,7 @@ pub fn replacement_ready(snapshot: Snapshot<'_>, node: &str, unplaceable: &HashS
         return true;
     }
     let ready: Vec<Arc<Node>> = w.nodes.into_iter().filter(|n| ready_node(n)).collect();
-    let rest = Snapshot { pods: &w.pods, nodes: &ready, claims: &[], pools: &[], daemonsets: snapshot.daemonsets };
+    let rest = Snapshot { pods: &w.pods, nodes: &ready, claims: &[], pools: &[], ..snapshot };
     let (mut input, _) = scheduling_input(rest, w.pending, |_| Vec::new());
     reserve_for_waiting(&mut input, &w.pods);
     solve(&input).unplaced.iter().all(|u| unplaceable.contains(&u.pod))

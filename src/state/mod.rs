@@ -121,7 +121,7 @@ pub fn pool_of(labels: Option<&BTreeMap<String, String>>) -> Option<&str> {
 }
 
 /// What the watches hold, borrowed for one computation.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct Snapshot<'a> {
     pub pods: &'a [Arc<Pod>],
     pub nodes: &'a [Arc<Node>],
@@ -129,6 +129,8 @@ pub struct Snapshot<'a> {
     /// NodePools, legacy Provisioners already converted.
     pub pools: &'a [NodePool],
     pub daemonsets: &'a [Arc<DaemonSet>],
+    /// Claims, volumes and classes, for the zones pending pods' volumes confine them to.
+    pub storage: volumes::Storage<'a>,
 }
 
 /// A pool that could not be used for this solve, and why (it gets a status condition).
@@ -282,14 +284,8 @@ pub fn scheduling_input(
     }
     pools.sort_by(|a, b| a.name.cmp(&b.name));
     let daemonsets = snapshot.daemonsets.iter().filter_map(|d| d.spec.as_ref()?.template.spec.clone()).collect();
-    let input = SchedulingInput {
-        pods: pending,
-        pools,
-        nodes: existing,
-        daemonsets,
-        bound_pods,
-        volume_zones: BTreeMap::new(),
-    };
+    let volume_zones = volumes::volume_zones(&pending, snapshot.storage);
+    let input = SchedulingInput { pods: pending, pools, nodes: existing, daemonsets, bound_pods, volume_zones };
     (input, problems)
 }
 

@@ -66,7 +66,7 @@ fn only_unschedulable_unbound_workload_pods_are_provisionable() {
 fn pods_covered_by_in_flight_claims_buy_nothing_new() {
     let pods: Vec<Pod> = (0..10).map(|i| pending_pod(&format!("p{i}"), "500m")).collect();
     let pools = [pool()];
-    let empty = Snapshot { pods: &[], nodes: &[], claims: &[], pools: &pools, daemonsets: &[] };
+    let empty = Snapshot { pods: &[], nodes: &[], claims: &[], pools: &pools, ..Snapshot::default() };
     let (input, problems) = scheduling_input(empty, pods.clone(), types);
     assert!(problems.is_empty());
     let plan = solve(&input);
@@ -87,7 +87,7 @@ fn pods_covered_by_in_flight_claims_buy_nothing_new() {
             Arc::new(claim)
         })
         .collect();
-    let snapshot = Snapshot { pods: &[], nodes: &[], claims: &claims, pools: &pools, daemonsets: &[] };
+    let snapshot = Snapshot { pods: &[], nodes: &[], claims: &claims, pools: &pools, ..Snapshot::default() };
     let (input, _) = scheduling_input(snapshot, pods, types);
     let again = solve(&input);
     assert!(again.claims.is_empty(), "{again:?}");
@@ -108,7 +108,7 @@ fn a_registered_node_counts_against_the_pool_limit_and_offers_its_free_room() {
     let nodes = [Arc::new(node)];
     let bound = [Arc::new(running)];
     let pools = [pool()];
-    let snapshot = Snapshot { pods: &bound, nodes: &nodes, claims: &[], pools: &pools, daemonsets: &[] };
+    let snapshot = Snapshot { pods: &bound, nodes: &nodes, claims: &[], pools: &pools, ..Snapshot::default() };
     let (input, _) = scheduling_input(snapshot, vec![pending_pod("small", "500m"), pending_pod("big", "2")], types);
     assert_eq!(input.nodes.len(), 1);
     assert_eq!(input.nodes[0].available.cpu, 1000);
@@ -185,7 +185,7 @@ fn pods_waiting_for_a_node_that_is_coming_up_buy_nothing_new() {
     let pods = vec![pending_pod("a", "1"), pending_pod("b", "1")];
     for (initialized, buys) in [(false, false), (true, true)] {
         let claims = [Arc::new(claim_with_node(initialized))];
-        let snapshot = Snapshot { pods: &[], nodes: &nodes, claims: &claims, pools: &pools, daemonsets: &[] };
+        let snapshot = Snapshot { pods: &[], nodes: &nodes, claims: &claims, pools: &pools, ..Snapshot::default() };
         let (input, _) = scheduling_input(snapshot, pods.clone(), types);
         let plan = solve(&input);
         if buys {
@@ -197,4 +197,37 @@ fn pods_waiting_for_a_node_that_is_coming_up_buy_nothing_new() {
             assert!(!input.nodes[0].initialized);
         }
     }
+}
+
+#[test]
+fn the_solver_input_carries_the_zones_pending_pods_volumes_allow() {
+    let mut pod = pending_pod("db-0", "1");
+    pod.spec.as_mut().expect("spec").volumes = Some(vec![
+        serde_json::from_value(json!({"name": "data", "persistentVolumeClaim": {"claimName": "data"}}))
+            .expect("volume"),
+    ]);
+    let claims = [Arc::new(
+        serde_json::from_value(
+            json!({"metadata": {"name": "data", "namespace": "default"}, "spec": {"volumeName": "pv-1"}}),
+        )
+        .expect("pvc"),
+    )];
+    let volumes = [Arc::new(
+        serde_json::from_value(
+            json!({"metadata": {"name": "pv-1", "labels": {"topology.kubernetes.io/zone": "us-east-1b"}}, "spec": {}}),
+        )
+        .expect("pv"),
+    )];
+    let pools = [pool()];
+    let storage = volumes::Storage { claims: &claims, volumes: &volumes, classes: &[] };
+    let snapshot = Snapshot { pools: &pools, storage, ..Snapshot::default() };
+    let (input, _) = scheduling_input(snapshot, vec![pod], types);
+    assert_eq!(input.volume_zones.get("default/db-0"), Some(&vec!["us-east-1b".to_string()]));
+    let plan = solve(&input);
+    let zone = plan.claims[0]
+        .requirements
+        .iter()
+        .find(|r| r.key == "topology.kubernetes.io/zone")
+        .expect("a zone requirement");
+    assert_eq!(zone.values, ["us-east-1b"]);
 }

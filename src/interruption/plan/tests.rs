@@ -244,7 +244,7 @@ fn a_replacement_is_planned_for_the_nodes_pods_and_ready_only_once_a_ready_node_
     let nodes = vec![Arc::new(node("old", true, json!([]))), Arc::new(node("other", true, json!([])))];
     let claims = vec![Arc::new(claim_of("old")), Arc::new(claim_of("other"))];
     let pools = vec![pool()];
-    let snapshot = Snapshot { pods: &pods, nodes: &nodes, claims: &claims, pools: &pools, daemonsets: &[] };
+    let snapshot = Snapshot { pods: &pods, nodes: &nodes, claims: &claims, pools: &pools, ..Snapshot::default() };
     assert_eq!(evacuees(&pods, "old").len(), 6);
 
     // "other" is nearly full and "old" (and its own claim) cannot count: one new m5.xlarge.
@@ -309,7 +309,7 @@ fn room_that_pods_already_waiting_will_take_is_neither_planned_on_nor_counted_as
     in_flight.status.as_mut().expect("status").provider_id = None;
     claims.push(Arc::new(in_flight));
     let pools = vec![pool()];
-    let alone = Snapshot { pods: &pods[..6], nodes: &nodes, claims: &claims, pools: &pools, daemonsets: &[] };
+    let alone = Snapshot { pods: &pods[..6], nodes: &nodes, claims: &claims, pools: &pools, ..Snapshot::default() };
     assert!(replacement(alone, "old", types).claims.is_empty(), "with nobody waiting the claim in flight has room");
 
     let s = Snapshot { pods: &pods, ..alone };
