@@ -435,13 +435,7 @@ async fn deleting_an_owner_collects_its_dependents() {
 async fn crds_install_and_serve_rafters_kinds_with_validation() {
     for t in targets("conf-crd").await {
         let crds: Api<CustomResourceDefinition> = Api::all(t.client.clone());
-        for (_, crd) in rafter::api::crds::all() {
-            match crds.create(&PostParams::default(), &crd).await {
-                Ok(_) => {}
-                Err(e) if code(&e) == 409 => {}
-                Err(e) => panic!("CRD {} refused: {e}", crd.name_any()),
-            }
-        }
+        install_rafter_crds(&t).await;
         eventually("the CRDs are established", || {
             let crds = crds.clone();
             async move {
