@@ -4,6 +4,7 @@
 use serde_json::{Value, json};
 
 use super::error::ApiError;
+use super::request::FieldValidation;
 
 /// The taint kube-apiserver puts on every new Node.
 pub const NOT_READY_TAINT: &str = "node.kubernetes.io/not-ready";
@@ -47,7 +48,18 @@ pub fn check_path_name(name: &str) -> Result<(), ApiError> {
 }
 
 /// Prepares a new object: apiVersion/kind, namespace, name, type and schema checks, and defaults.
-pub fn prepare_create(rt: &ResourceType, mut object: Value, namespace: Option<&str>) -> Result<Value, ApiError> {
+pub fn prepare_create(rt: &ResourceType, object: Value, namespace: Option<&str>) -> Result<Value, ApiError> {
+    prepare_create_with(rt, object, namespace, FieldValidation::Ignore).map(|(object, _)| object)
+}
+
+/// [`prepare_create`] under a `fieldValidation` directive; also returns the warnings it calls for.
+pub fn prepare_create_with(
+    rt: &ResourceType,
+    mut object: Value,
+    namespace: Option<&str>,
+    fields: FieldValidation,
+) -> Result<(Value, Vec<String>), ApiError> {
+    let warnings = check_unknown_fields(rt, &mut object, fields)?;
     let Some(map) = object.as_object_mut() else {
         return Err(ApiError::bad_request("the body of the request must be a JSON object"));
     };
@@ -96,7 +108,7 @@ pub fn prepare_create(rt: &ResourceType, mut object: Value, namespace: Option<&s
     }
     default(rt, &mut object, None);
     validate(rt, &mut object, None)?;
-    Ok(object)
+    Ok((object, warnings))
 }
 
 fn check_kind(rt: &ResourceType, map: &mut serde_json::Map<String, Value>) -> Result<(), ApiError> {
@@ -128,12 +140,7 @@ fn check_kind(rt: &ResourceType, map: &mut serde_json::Map<String, Value>) -> Re
 /// Applies `fieldValidation` to an object about to be written: the fields its type does not declare
 /// are refused (Strict) or dropped (built-ins here; CRD schemas prune them on admission), and
 /// returned for the `Warning` header (Warn).
-pub fn check_unknown_fields(
-    rt: &ResourceType,
-    object: &mut Value,
-    mode: super::request::FieldValidation,
-) -> Result<Vec<String>, ApiError> {
-    use super::request::FieldValidation;
+fn check_unknown_fields(rt: &ResourceType, object: &mut Value, mode: FieldValidation) -> Result<Vec<String>, ApiError> {
     let mut unknown = Vec::new();
     if let Some(schema) = &rt.schema {
         unknown = schema.unknown_fields(object);
@@ -142,10 +149,10 @@ pub fn check_unknown_fields(
         {
             unknown.extend(found.into_iter().map(|f| format!("metadata.{f}")));
         }
-    } else if let Some(check) = rt.typed
-        && let Ok(found) = check(object)
-    {
-        unknown = found;
+    } else if let Some(check) = rt.typed {
+        // The one decode of a built-in write: its type errors are refused here, as kube-apiserver's
+        // decoder refuses them, and `validate` does not decode again.
+        unknown = check(object).map_err(|e| decode_error(rt, &e))?;
         for path in &unknown {
             remove_path(object, path);
         }
@@ -164,6 +171,13 @@ pub fn check_unknown_fields(
         )));
     }
     Ok(listed)
+}
+
+fn decode_error(rt: &ResourceType, error: &str) -> ApiError {
+    ApiError::bad_request(format!(
+        "{} in version \"{}\" cannot be handled as a {}: {error}",
+        rt.kind, rt.version, rt.kind
+    ))
 }
 
 /// Removes the field at a path such as `spec.containers[0].foo`.
@@ -193,17 +207,9 @@ fn remove_path(object: &mut Value, path: &str) {
     }
 }
 
-/// Type checks (built-ins decode through k8s-openapi) and schema checks (CRDs), then kind-specific rules.
+/// Schema checks (CRDs; built-ins were decoded by `check_unknown_fields`), then kind-specific rules.
 pub fn validate(rt: &ResourceType, object: &mut Value, old: Option<&Value>) -> Result<(), ApiError> {
     let name = object.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_string();
-    if let Some(check) = rt.typed
-        && let Err(e) = check(object)
-    {
-        return Err(ApiError::bad_request(format!(
-            "{} in version \"{}\" cannot be handled as a {}: {e}",
-            rt.kind, rt.version, rt.kind
-        )));
-    }
     if let Some(schema) = &rt.schema {
         let errors = schema.admit(object, old);
         if !errors.is_empty() {
@@ -436,9 +442,21 @@ fn mutable_pod_spec(spec: &Value) -> Value {
 pub fn prepare_update(
     rt: &ResourceType,
     old: &Value,
-    mut new: Value,
+    new: Value,
     subresource: Option<&str>,
 ) -> Result<Value, ApiError> {
+    prepare_update_with(rt, old, new, subresource, FieldValidation::Ignore).map(|(object, _)| object)
+}
+
+/// [`prepare_update`] under a `fieldValidation` directive; also returns the warnings it calls for.
+pub fn prepare_update_with(
+    rt: &ResourceType,
+    old: &Value,
+    mut new: Value,
+    subresource: Option<&str>,
+    fields: FieldValidation,
+) -> Result<(Value, Vec<String>), ApiError> {
+    let warnings = check_unknown_fields(rt, &mut new, fields)?;
     let name = old.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_string();
     let Some(map) = new.as_object_mut() else {
         return Err(ApiError::bad_request("the body of the request must be a JSON object"));
@@ -556,7 +574,7 @@ pub fn prepare_update(
         meta.insert("generation".into(), json!(generation));
     }
     validate(rt, &mut result, Some(old))?;
-    Ok(result)
+    Ok((result, warnings))
 }
 
 /// Fields of events.k8s.io/v1 Event and the core/v1 Event fields they are stored as.

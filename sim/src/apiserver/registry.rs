@@ -11,43 +11,31 @@ use super::schema::CrdSchema;
 /// Decodes an object into its typed k8s-openapi form, so type errors read like the API server's.
 pub type TypedCheck = fn(&Value) -> Result<Vec<String>, String>;
 
-/// Decodes a built-in object as kube-apiserver does and returns the fields its type does not have
-/// (which kube-apiserver drops, warns about or refuses, as `fieldValidation` asks).
-fn typed<T: DeserializeOwned + serde::Serialize>(value: &Value) -> Result<Vec<String>, String> {
-    let decoded = T::deserialize(value).map_err(|e| e.to_string())?;
-    let known = serde_json::to_value(&decoded).map_err(|e| e.to_string())?;
+/// Decodes a built-in object as kube-apiserver does (one pass) and returns the fields its type does
+/// not have, which kube-apiserver drops, warns about or refuses, as `fieldValidation` asks.
+fn typed<T: DeserializeOwned>(value: &Value) -> Result<Vec<String>, String> {
     let mut unknown = Vec::new();
-    unknown_keys(value, &known, "", &mut unknown);
+    serde_ignored::deserialize::<_, _, T>(value, |path| unknown.push(render(&path))).map_err(|e| e.to_string())?;
     Ok(unknown)
+}
+
+/// A path as kube-apiserver names fields: `spec.containers[0].foo`.
+fn render(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", render(parent)),
+        Path::Map { parent, key } => match render(parent) {
+            p if p.is_empty() => key.clone(),
+            p => format!("{p}.{key}"),
+        },
+        Path::Some { parent } | Path::NewtypeStruct { parent } | Path::NewtypeVariant { parent } => render(parent),
+    }
 }
 
 /// The fields of an object's `metadata` that `ObjectMeta` does not have.
 pub fn object_meta_unknown(meta: &Value) -> Result<Vec<String>, String> {
     typed::<k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>(meta)
-}
-
-/// Paths present in `given` (and not null) but absent from `known`.
-pub fn unknown_keys(given: &Value, known: &Value, path: &str, out: &mut Vec<String>) {
-    match (given, known) {
-        (Value::Object(given), Value::Object(known)) => {
-            for (key, value) in given {
-                if value.is_null() {
-                    continue;
-                }
-                let at = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
-                match known.get(key) {
-                    Some(k) => unknown_keys(value, k, &at, out),
-                    None => out.push(at),
-                }
-            }
-        }
-        (Value::Array(given), Value::Array(known)) => {
-            for (i, (g, k)) in given.iter().zip(known).enumerate() {
-                unknown_keys(g, k, &format!("{path}[{i}]"), out);
-            }
-        }
-        _ => {}
-    }
 }
 
 /// One served resource (a group, version and plural) and how it behaves.

@@ -596,9 +596,9 @@ async fn resource(
                 Some("eviction") => return evict(state, &rt, &key, &objkey, &body).await,
                 _ => {}
             }
-            let mut body = if view.storage.is_some() { event_to_core(&body) } else { body };
-            let warnings = admission::check_unknown_fields(&rt, &mut body, req.query.field_validation)?;
-            let object = admission::prepare_create(&rt, body, path.namespace.as_deref())?;
+            let body = if view.storage.is_some() { event_to_core(&body) } else { body };
+            let fields = req.query.field_validation;
+            let (object, warnings) = admission::prepare_create_with(&rt, body, path.namespace.as_deref(), fields)?;
             let name = object.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_string();
             let is_crd = rt.group == "apiextensions.k8s.io" && rt.plural == "customresourcedefinitions";
             if is_crd {
@@ -618,10 +618,12 @@ async fn resource(
         }
         Verb::Update => {
             let body = req.body.clone().unwrap_or_default();
-            let mut body = if view.storage.is_some() { event_to_core(&body) } else { body };
-            let warnings = admission::check_unknown_fields(&rt, &mut body, req.query.field_validation)?;
+            let body = if view.storage.is_some() { event_to_core(&body) } else { body };
+            let mut warnings = Vec::new();
             let written = state.store.modify(&key, &objkey, not_found, |current| {
-                let mut next = admission::prepare_update(&rt, &current.value, body, sub)?;
+                let fields = req.query.field_validation;
+                let (mut next, found) = admission::prepare_update_with(&rt, &current.value, body, sub, fields)?;
+                warnings = found;
                 patch::record_update(&rt, &current.value, &mut next, &manager, &store::now(), sub.unwrap_or_default());
                 Ok(if req.query.dry_run { Outcome::Keep } else { Outcome::Replace(next) })
             })?;
@@ -653,8 +655,9 @@ async fn resource(
                 if let Some(meta) = applied.get_mut("metadata").and_then(Value::as_object_mut) {
                     meta.insert("name".into(), json!(objkey.1));
                 }
-                warnings = admission::check_unknown_fields(&rt, &mut applied, req.query.field_validation)?;
-                let object = admission::prepare_create(&rt, applied, path.namespace.as_deref())?;
+                let fields = req.query.field_validation;
+                let (object, found) = admission::prepare_create_with(&rt, applied, path.namespace.as_deref(), fields)?;
+                warnings = found;
                 match state.store.create(&key, rt.namespaced, object, &rt.plural, &rt.group) {
                     Ok(stored) => {
                         if rt.plural == "customresourcedefinitions" {
@@ -689,8 +692,9 @@ async fn resource(
                         .map_err(|c| ApiError::conflict(&rt.plural, &rt.group, name, &c.message()))?;
                     }
                 }
-                warnings = admission::check_unknown_fields(&rt, &mut next, req.query.field_validation)?;
-                let mut next = admission::prepare_update(&rt, &current.value, next, sub)?;
+                let fields = req.query.field_validation;
+                let (mut next, found) = admission::prepare_update_with(&rt, &current.value, next, sub, fields)?;
+                warnings = found;
                 if kind != PatchType::Apply {
                     patch::record_update(&rt, &current.value, &mut next, &manager, &now, sub.unwrap_or_default());
                 }
