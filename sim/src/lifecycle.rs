@@ -77,8 +77,11 @@ pub struct Decision {
 pub fn decide(node: &Node, heartbeat: Option<jiff::Timestamp>, now: jiff::Timestamp, grace: Duration) -> Decision {
     let conditions = node.status.as_ref().and_then(|s| s.conditions.clone()).unwrap_or_default();
     let ready = conditions.iter().find(|c| c.type_ == "Ready");
-    let silent = heartbeat.is_some_and(|h| now.duration_since(h).unsigned_abs() > grace)
-        && ready.is_some_and(|c| c.status != "Unknown");
+    // A heartbeat stamped ahead of this clock (skew) counts as fresh.
+    let silent = heartbeat.is_some_and(|h| {
+        let elapsed = now.duration_since(h);
+        elapsed.is_positive() && elapsed.unsigned_abs() > grace
+    }) && ready.is_some_and(|c| c.status != "Unknown");
     let mut wanted: Vec<&str> = conditions
         .iter()
         .filter_map(|c| {
@@ -211,5 +214,10 @@ mod tests {
         assert_eq!(keys(&d), [UNREACHABLE]);
         let d = decide(&node("Unknown", json!([{"key": UNREACHABLE, "effect": "NoSchedule"}])), Some(then), now, GRACE);
         assert_eq!(d, Decision { mark_unknown: false, taints: None });
+        let ahead = now + jiff::SignedDuration::from_secs(3600);
+        assert!(
+            !decide(&node("True", json!([])), Some(ahead), now, GRACE).mark_unknown,
+            "a skewed clock is not silence"
+        );
     }
 }
