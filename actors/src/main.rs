@@ -297,18 +297,14 @@ fn sim_kubelets(
                 .await
                 .with_context(|| format!("seeding the emulator at {endpoint}"))?;
         }
-        let file = kube::config::Kubeconfig::read_from(kubeconfig)
-            .with_context(|| format!("reading the kubeconfig {}", kubeconfig.display()))?;
-        let mut config = kube::Config::from_custom_kubeconfig(file, &Default::default())
-            .await
-            .with_context(|| format!("using the kubeconfig {}", kubeconfig.display()))?;
-        config.default_retry = false;
+        let config = rafter_actors::world::kubeconfig(kubeconfig, None).await?;
         let client = kube::Client::try_from(config).context("building the Kubernetes client")?;
         let mut aws = rafter::cloud::aws::AwsConfig::new(cluster, region);
         aws.endpoint = Some(endpoint.to_string());
         // An emulator takes any keys; the environment's are used when set.
-        let key = std::env::var("AWS_ACCESS_KEY_ID").unwrap_or_else(|_| "testing".into());
-        let secret = std::env::var("AWS_SECRET_ACCESS_KEY").unwrap_or_else(|_| "testing".into());
+        let (test_key, test_secret) = rafter_sim::moto::TEST_CREDENTIALS;
+        let key = std::env::var("AWS_ACCESS_KEY_ID").unwrap_or_else(|_| test_key.into());
+        let secret = std::env::var("AWS_SECRET_ACCESS_KEY").unwrap_or_else(|_| test_secret.into());
         aws.credentials = Some((key, secret));
         let classes = std::sync::Arc::new(rafter_actors::nodeclass::WatchedNodeClasses::start(client.clone()));
         let cloud = rafter::cloud::aws::AwsCloud::new(aws, classes).await;
@@ -504,21 +500,16 @@ fn run(args: RunArgs, json: bool) -> anyhow::Result<()> {
 
 async fn connect(args: &RunArgs) -> anyhow::Result<kube::Client> {
     let config = match &args.kubeconfig {
-        Some(path) => {
-            let kubeconfig = kube::config::Kubeconfig::read_from(path)
-                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
-            let options = kube::config::KubeConfigOptions { context: args.context.clone(), ..Default::default() };
-            kube::Config::from_custom_kubeconfig(kubeconfig, &options)
+        Some(path) => rafter_actors::world::kubeconfig(path, args.context.clone()).await?,
+        None => {
+            let mut config = kube::Config::infer()
                 .await
-                .with_context(|| format!("using kubeconfig {}", path.display()))?
+                .context("no kubeconfig given and no in-cluster configuration found; pass --kubeconfig")?;
+            // Rafter retries on its own terms (evictions refused by a PDB answer 429).
+            config.default_retry = false;
+            config
         }
-        None => kube::Config::infer()
-            .await
-            .context("no kubeconfig given and no in-cluster configuration found; pass --kubeconfig")?,
     };
-    let mut config = config;
-    // Rafter retries on its own terms (evictions refused by a PDB answer 429).
-    config.default_retry = false;
     kube::Client::try_from(config).context("building the Kubernetes client")
 }
 

@@ -104,12 +104,7 @@ impl World {
                 (Some(sim), client, url)
             }
             Some(path) => {
-                let kubeconfig = kube::config::Kubeconfig::read_from(path)
-                    .map_err(|e| WorldError::Manifest(format!("kubeconfig {}: {e}", path.display())))?;
-                let mut cfg = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-                    .await
-                    .map_err(|e| WorldError::Manifest(format!("kubeconfig {}: {e}", path.display())))?;
-                cfg.default_retry = false;
+                let cfg = kubeconfig(path, None).await?;
                 let url = cfg.cluster_url.to_string();
                 (None, kube::Client::try_from(cfg)?, url)
             }
@@ -278,6 +273,18 @@ impl World {
             c.stop();
         }
     }
+}
+
+/// The client configuration a kubeconfig file gives (its current context, or `context`), with kube's
+/// retry layer off: it retries every 429, which turns a PodDisruptionBudget's refusal into minutes,
+/// and every caller here retries on its own terms.
+pub async fn kubeconfig(path: &std::path::Path, context: Option<String>) -> Result<kube::Config, WorldError> {
+    let invalid = |e: &dyn std::fmt::Display| WorldError::Manifest(format!("kubeconfig {}: {e}", path.display()));
+    let file = kube::config::Kubeconfig::read_from(path).map_err(|e| invalid(&e))?;
+    let options = kube::config::KubeConfigOptions { context, ..Default::default() };
+    let mut config = kube::Config::from_custom_kubeconfig(file, &options).await.map_err(|e| invalid(&e))?;
+    config.default_retry = false;
+    Ok(config)
 }
 
 /// Applies every document of a manifest (server-side apply, kinds found by discovery).

@@ -311,8 +311,7 @@ async fn sim_kubelets_runs_the_nodes_a_separate_rafter_run_launches_on_moto() {
         &["sim", "kubelets", "--kubeconfig", &kc, "--aws-endpoint", &moto.endpoint, "--cluster-name", "demo"],
         dir.path().join("kubelets.log"),
     );
-    let file = kube::config::Kubeconfig::read_from(&kubeconfig).expect("kubeconfig");
-    let config = kube::Config::from_custom_kubeconfig(file, &Default::default()).await.expect("config");
+    let config = rafter_actors::world::kubeconfig(&kubeconfig, None).await.expect("kubeconfig");
     let client = kube::Client::try_from(config).expect("client");
     let namespace = r#"{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "karpenter"}}"#;
     rafter_actors::world::apply(&client, namespace).await.expect("namespace");

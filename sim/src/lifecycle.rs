@@ -22,8 +22,7 @@ use tokio::sync::Notify;
 
 use crate::components::{self, Component};
 
-pub const NOT_READY: &str = "node.kubernetes.io/not-ready";
-pub const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
+pub use rafter::api::labels::{NOT_READY_TAINT_KEY as NOT_READY, UNREACHABLE_TAINT_KEY as UNREACHABLE};
 pub const UNSCHEDULABLE: &str = "node.kubernetes.io/unschedulable";
 
 /// The controller's timings.

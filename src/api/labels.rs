@@ -74,6 +74,12 @@ pub const DISRUPTED_TAINT_KEY: &str = "karpenter.sh/disrupted";
 pub const DO_NOT_DISRUPT: &str = "karpenter.sh/do-not-disrupt";
 /// Startup taint Rafter expects the node to remove once it is ready for pods.
 pub const UNREGISTERED_TAINT_KEY: &str = "karpenter.sh/unregistered";
+/// Kubernetes' taint on a Node that is not Ready (kube-apiserver puts it on every new Node).
+pub const NOT_READY_TAINT_KEY: &str = "node.kubernetes.io/not-ready";
+/// Kubernetes' taint on a Node whose kubelet stopped reporting.
+pub const UNREACHABLE_TAINT_KEY: &str = "node.kubernetes.io/unreachable";
+/// The cloud provider's taint on a Node its controller has not initialized yet.
+pub const UNINITIALIZED_TAINT_KEY: &str = "node.cloudprovider.kubernetes.io/uninitialized";
 
 /// Capacity type values.
 pub const CAPACITY_TYPE_SPOT: &str = "spot";

@@ -68,11 +68,8 @@ pub fn node_ready(node: &Node) -> bool {
 /// Taints a node carries only while it comes up, which Karpenter waits out rather than plans around:
 /// kube-apiserver's `not-ready` on every new Node, the lifecycle controller's `unreachable`, and the
 /// cloud provider's `uninitialized`.
-pub const EPHEMERAL_TAINTS: [&str; 3] = [
-    "node.kubernetes.io/not-ready",
-    "node.kubernetes.io/unreachable",
-    "node.cloudprovider.kubernetes.io/uninitialized",
-];
+pub const EPHEMERAL_TAINTS: [&str; 3] =
+    [labels::NOT_READY_TAINT_KEY, labels::UNREACHABLE_TAINT_KEY, labels::UNINITIALIZED_TAINT_KEY];
 
 /// Whether a taint on a claim's node goes away by itself as the node comes up: an ephemeral taint
 /// (`NoSchedule`), one of the claim's startup taints, or `karpenter.sh/unregistered`.
@@ -177,7 +174,7 @@ pub fn scheduling_input(
     let coming_up: HashMap<&str, &NodeClaim> = snapshot
         .claims
         .iter()
-        .filter(|c| !claim_initialized(c))
+        .filter(|c| !condition_true(c, crate::api::nodeclaim::conditions::INITIALIZED))
         .filter_map(|c| Some((c.status.as_ref()?.provider_id.as_deref()?, c.as_ref())))
         .collect();
     let mut in_use: HashMap<String, Resources> = HashMap::new();
@@ -289,11 +286,9 @@ pub fn scheduling_input(
     (input, problems)
 }
 
-/// Whether a claim's status records it Initialized.
-pub fn claim_initialized(claim: &NodeClaim) -> bool {
-    claim.status.as_ref().is_some_and(|s| {
-        s.conditions.iter().any(|c| c.type_ == crate::api::nodeclaim::conditions::INITIALIZED && c.status == "True")
-    })
+/// Whether a claim's status has the condition `type_` True.
+pub fn condition_true(claim: &NodeClaim, type_: &str) -> bool {
+    claim.status.as_ref().is_some_and(|s| s.conditions.iter().any(|c| c.type_ == type_ && c.status == "True"))
 }
 
 /// The instance type a claim launched as, from its label.

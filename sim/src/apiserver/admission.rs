@@ -3,11 +3,11 @@
 
 use serde_json::{Value, json};
 
+use rafter::api::labels::NOT_READY_TAINT_KEY;
+
 use super::error::ApiError;
 use super::request::FieldValidation;
 
-/// The taint kube-apiserver puts on every new Node.
-pub const NOT_READY_TAINT: &str = "node.kubernetes.io/not-ready";
 use super::registry::ResourceType;
 
 fn is_dns_label(name: &str) -> bool {
@@ -141,22 +141,28 @@ fn check_kind(rt: &ResourceType, map: &mut serde_json::Map<String, Value>) -> Re
 /// are refused (Strict) or dropped (built-ins here; CRD schemas prune them on admission), and
 /// returned for the `Warning` header (Warn).
 fn check_unknown_fields(rt: &ResourceType, object: &mut Value, mode: FieldValidation) -> Result<Vec<String>, ApiError> {
-    let mut unknown = Vec::new();
-    if let Some(schema) = &rt.schema {
-        unknown = schema.unknown_fields(object);
-        if let Some(meta) = object.get("metadata")
-            && let Ok(found) = super::registry::object_meta_unknown(meta)
+    let unknown: Vec<String> = if let Some(schema) = &rt.schema {
+        let mut found = schema.prune_unknown(object);
+        if let Some(meta) = object.get_mut("metadata")
+            && let Ok(paths) = super::registry::object_meta_unknown(meta)
         {
-            unknown.extend(found.into_iter().map(|f| format!("metadata.{f}")));
+            for path in paths {
+                path.remove_from(meta);
+                found.push(format!("metadata.{path}"));
+            }
         }
+        found
     } else if let Some(check) = rt.typed {
         // The one decode of a built-in write: its type errors are refused here, as kube-apiserver's
         // decoder refuses them, and `validate` does not decode again.
-        unknown = check(object).map_err(|e| decode_error(rt, &e))?;
-        for path in &unknown {
-            remove_path(object, path);
+        let paths = check(object).map_err(|e| decode_error(rt, &e))?;
+        for path in &paths {
+            path.remove_from(object);
         }
-    }
+        paths.iter().map(ToString::to_string).collect()
+    } else {
+        Vec::new()
+    };
     if unknown.is_empty() || mode == FieldValidation::Ignore {
         return Ok(Vec::new());
     }
@@ -178,33 +184,6 @@ fn decode_error(rt: &ResourceType, error: &str) -> ApiError {
         "{} in version \"{}\" cannot be handled as a {}: {error}",
         rt.kind, rt.version, rt.kind
     ))
-}
-
-/// Removes the field at a path such as `spec.containers[0].foo`.
-fn remove_path(object: &mut Value, path: &str) {
-    let mut steps: Vec<String> = Vec::new();
-    for part in path.split('.') {
-        let (name, rest) = part.split_once('[').unwrap_or((part, ""));
-        steps.push(name.to_string());
-        for index in rest.split('[').filter(|i| !i.is_empty()) {
-            steps.push(format!("[{}", index.trim_end_matches(']')));
-        }
-    }
-    let Some((last, parents)) = steps.split_last() else { return };
-    let mut at = object;
-    for step in parents {
-        let next = match step.strip_prefix('[') {
-            Some(i) => i.parse::<usize>().ok().and_then(|i| at.get_mut(i)),
-            None => at.get_mut(step.as_str()),
-        };
-        match next {
-            Some(n) => at = n,
-            None => return,
-        }
-    }
-    if let Some(map) = at.as_object_mut() {
-        map.remove(last);
-    }
 }
 
 /// Schema checks (CRDs; built-ins were decoded by `check_unknown_fields`), then kind-specific rules.
@@ -249,20 +228,14 @@ pub fn validate(rt: &ResourceType, object: &mut Value, old: Option<&Value>) -> R
 
 /// kube-apiserver forbids `uniqueItems: true` in CRD schemas (its check is quadratic).
 fn unique_items(schema: &Value, path: &str, causes: &mut Vec<(String, String)>) {
-    if schema.get("uniqueItems").and_then(Value::as_bool) == Some(true) {
-        causes.push((
-            format!("{path}.uniqueItems"),
-            "Forbidden: uniqueItems cannot be set to true since the runtime complexity becomes quadratic".into(),
-        ));
-    }
-    for (name, child) in schema.get("properties").and_then(Value::as_object).into_iter().flatten() {
-        unique_items(child, &format!("{path}.properties[{name}]"), causes);
-    }
-    for key in ["items", "additionalProperties"] {
-        if let Some(child) = schema.get(key).filter(|c| c.is_object()) {
-            unique_items(child, &format!("{path}.{key}"), causes);
+    super::schema::visit_nodes(schema, path, &mut |node, at| {
+        if node.get("uniqueItems").and_then(Value::as_bool) == Some(true) {
+            causes.push((
+                format!("{at}.uniqueItems"),
+                "Forbidden: uniqueItems cannot be set to true since the runtime complexity becomes quadratic".into(),
+            ));
         }
-    }
+    });
 }
 
 /// The defaults kube-apiserver fills in that clients read back.
@@ -293,9 +266,9 @@ fn default(rt: &ResourceType, object: &mut Value, old: Option<&Value>) {
             if let Some(spec) = object.pointer_mut("/spec").and_then(Value::as_object_mut) {
                 let taints = spec.entry("taints").or_insert_with(|| json!([]));
                 if let Some(list) = taints.as_array_mut()
-                    && !list.iter().any(|t| t["key"] == NOT_READY_TAINT && t["effect"] == "NoSchedule")
+                    && !list.iter().any(|t| t["key"] == NOT_READY_TAINT_KEY && t["effect"] == "NoSchedule")
                 {
-                    list.push(json!({"key": NOT_READY_TAINT, "effect": "NoSchedule"}));
+                    list.push(json!({"key": NOT_READY_TAINT_KEY, "effect": "NoSchedule"}));
                 }
             }
         }

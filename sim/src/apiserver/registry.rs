@@ -9,32 +9,86 @@ use serde_json::Value;
 use super::schema::CrdSchema;
 
 /// Decodes an object into its typed k8s-openapi form, so type errors read like the API server's.
-pub type TypedCheck = fn(&Value) -> Result<Vec<String>, String>;
+pub type TypedCheck = fn(&Value) -> Result<Vec<FieldPath>, String>;
 
 /// Decodes a built-in object as kube-apiserver does (one pass) and returns the fields its type does
 /// not have, which kube-apiserver drops, warns about or refuses, as `fieldValidation` asks.
-fn typed<T: DeserializeOwned>(value: &Value) -> Result<Vec<String>, String> {
+fn typed<T: DeserializeOwned>(value: &Value) -> Result<Vec<FieldPath>, String> {
     let mut unknown = Vec::new();
-    serde_ignored::deserialize::<_, _, T>(value, |path| unknown.push(render(&path))).map_err(|e| e.to_string())?;
+    serde_ignored::deserialize::<_, _, T>(value, |path| unknown.push(FieldPath::of(&path)))
+        .map_err(|e| e.to_string())?;
     Ok(unknown)
 }
 
-/// A path as kube-apiserver names fields: `spec.containers[0].foo`.
-fn render(path: &serde_ignored::Path<'_>) -> String {
-    use serde_ignored::Path;
-    match path {
-        Path::Root => String::new(),
-        Path::Seq { parent, index } => format!("{}[{index}]", render(parent)),
-        Path::Map { parent, key } => match render(parent) {
-            p if p.is_empty() => key.clone(),
-            p => format!("{p}.{key}"),
-        },
-        Path::Some { parent } | Path::NewtypeStruct { parent } | Path::NewtypeVariant { parent } => render(parent),
+/// One step into an object: a field or a list index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    Field(String),
+    Index(usize),
+}
+
+/// Where a field is in an object; shown as kube-apiserver names fields (`spec.containers[0].foo`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldPath(pub Vec<Step>);
+
+impl FieldPath {
+    fn of(path: &serde_ignored::Path<'_>) -> Self {
+        use serde_ignored::Path;
+        let mut steps = Vec::new();
+        let mut at = path;
+        loop {
+            at = match at {
+                Path::Root => break,
+                Path::Seq { parent, index } => {
+                    steps.push(Step::Index(*index));
+                    parent
+                }
+                Path::Map { parent, key } => {
+                    steps.push(Step::Field(key.clone()));
+                    parent
+                }
+                Path::Some { parent } | Path::NewtypeStruct { parent } | Path::NewtypeVariant { parent } => parent,
+            };
+        }
+        steps.reverse();
+        Self(steps)
+    }
+
+    /// Removes the field this path names from `object`, if it is there.
+    pub fn remove_from(&self, object: &mut Value) {
+        let Some((Step::Field(last), parents)) = self.0.split_last() else { return };
+        let mut at = object;
+        for step in parents {
+            let next = match step {
+                Step::Field(name) => at.get_mut(name.as_str()),
+                Step::Index(i) => at.get_mut(*i),
+            };
+            match next {
+                Some(n) => at = n,
+                None => return,
+            }
+        }
+        if let Some(map) = at.as_object_mut() {
+            map.remove(last);
+        }
+    }
+}
+
+impl std::fmt::Display for FieldPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, step) in self.0.iter().enumerate() {
+            match step {
+                Step::Field(name) if i == 0 => write!(f, "{name}")?,
+                Step::Field(name) => write!(f, ".{name}")?,
+                Step::Index(index) => write!(f, "[{index}]")?,
+            }
+        }
+        Ok(())
     }
 }
 
 /// The fields of an object's `metadata` that `ObjectMeta` does not have.
-pub fn object_meta_unknown(meta: &Value) -> Result<Vec<String>, String> {
+pub fn object_meta_unknown(meta: &Value) -> Result<Vec<FieldPath>, String> {
     typed::<k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>(meta)
 }
 

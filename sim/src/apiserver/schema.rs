@@ -73,10 +73,10 @@ impl CrdSchema {
         out
     }
 
-    /// The fields of `object` the schema does not declare (what pruning would drop), as field paths.
-    pub fn unknown_fields(&self, object: &Value) -> Vec<String> {
+    /// Drops the fields of `object` the schema does not declare and returns their paths.
+    pub fn prune_unknown(&self, object: &mut Value) -> Vec<String> {
         let mut removed = Vec::new();
-        prune(&self.schema, &mut object.clone(), true, "", &mut removed);
+        prune(&self.schema, object, true, "", &mut removed);
         removed
     }
 
@@ -323,18 +323,26 @@ fn collect_patterns(schema: &Value, out: &mut HashMap<String, Regex>) -> Result<
 }
 
 fn collect_rule_types(schema: &Value, out: &mut HashMap<String, String>) {
-    let ty = schema.get("type").and_then(Value::as_str).unwrap_or("object");
-    for rule in schema.get("x-kubernetes-validations").and_then(Value::as_array).into_iter().flatten() {
-        if let Some(text) = rule.get("rule").and_then(Value::as_str) {
-            out.entry(text.to_string()).or_insert_with(|| ty.to_string());
+    visit_nodes(schema, "", &mut |node, _| {
+        let ty = node.get("type").and_then(Value::as_str).unwrap_or("object");
+        for rule in node.get("x-kubernetes-validations").and_then(Value::as_array).into_iter().flatten() {
+            if let Some(text) = rule.get("rule").and_then(Value::as_str) {
+                out.entry(text.to_string()).or_insert_with(|| ty.to_string());
+            }
         }
-    }
-    for child in schema.get("properties").and_then(Value::as_object).into_iter().flat_map(|p| p.values()) {
-        collect_rule_types(child, out);
+    });
+}
+
+/// Calls `visit` on every node of a schema with its path as kube-apiserver names schema fields
+/// (`….properties[spec].items.additionalProperties`), parents first.
+pub fn visit_nodes(schema: &Value, path: &str, visit: &mut impl FnMut(&Value, &str)) {
+    visit(schema, path);
+    for (name, child) in schema.get("properties").and_then(Value::as_object).into_iter().flatten() {
+        visit_nodes(child, &format!("{path}.properties[{name}]"), visit);
     }
     for key in ["items", "additionalProperties"] {
         if let Some(child) = schema.get(key).filter(|c| c.is_object()) {
-            collect_rule_types(child, out);
+            visit_nodes(child, &format!("{path}.{key}"), visit);
         }
     }
 }
