@@ -150,9 +150,7 @@ pub fn set_condition(
     });
 }
 
-pub fn condition_true(claim: &NodeClaim, type_: &str) -> bool {
-    claim.status.as_ref().is_some_and(|s| s.conditions.iter().any(|c| c.type_ == type_ && c.status == "True"))
-}
+pub use rafter::state::condition_true;
 
 fn name_of(claim: &NodeClaim) -> String {
     claim.metadata.name.clone().unwrap_or_default()
@@ -317,22 +315,31 @@ async fn register(ctx: &Ctx, claim: &NodeClaim, node: &Node) -> Result<(), kube:
     let node_name = node.metadata.name.clone().unwrap_or_default();
     let mut node_labels: BTreeMap<String, String> = claim.metadata.labels.clone().unwrap_or_default();
     node_labels.insert(labels::REGISTERED.into(), "true".into());
-    let taints: Vec<Value> = node
-        .spec
-        .as_ref()
-        .and_then(|s| s.taints.as_ref())
-        .into_iter()
-        .flatten()
-        .filter(|t| t.key != labels::UNREGISTERED_TAINT_KEY)
-        .filter_map(|t| serde_json::to_value(t).ok())
-        .collect();
+    let api = Api::<Node>::all(ctx.client.clone());
+    let mut current = node.clone();
     // The taint list is replaced whole: the resourceVersion makes a list read before another writer's
-    // change (the lifecycle controller lifting `not-ready`) fail and be redone, not undo that change.
-    let patch = json!({
-        "metadata": {"labels": node_labels, "ownerReferences": [owner(claim)], "resourceVersion": node.metadata.resource_version},
-        "spec": {"taints": taints}
-    });
-    Api::<Node>::all(ctx.client.clone()).patch(&node_name, &PatchParams::default(), &Patch::Merge(patch)).await?;
+    // change (the lifecycle controller lifting `not-ready`) fail; the node is read again and the
+    // write redone at once, within this registration.
+    for attempt in 1.. {
+        let taints: Vec<Value> = current
+            .spec
+            .as_ref()
+            .and_then(|s| s.taints.as_ref())
+            .into_iter()
+            .flatten()
+            .filter(|t| t.key != labels::UNREGISTERED_TAINT_KEY)
+            .filter_map(|t| serde_json::to_value(t).ok())
+            .collect();
+        let patch = json!({
+            "metadata": {"labels": node_labels, "ownerReferences": [owner(claim)], "resourceVersion": current.metadata.resource_version},
+            "spec": {"taints": taints}
+        });
+        match api.patch(&node_name, &PatchParams::default(), &Patch::Merge(patch)).await {
+            Ok(_) => break,
+            Err(kube::Error::Api(s)) if s.code == 409 && attempt < 5 => current = api.get(&node_name).await?,
+            Err(e) => return Err(e),
+        }
+    }
     patch_status(ctx, claim, json!({"nodeName": node_name}), &[(conditions::REGISTERED, true, "Registered", "")]).await
 }
 
