@@ -1,11 +1,13 @@
-//! Garbage collection: instances tagged for this cluster with no NodeClaim (past a grace period)
-//! are terminated; NodeClaims whose instance is gone are deleted.
+//! Garbage collection: instances tagged for this cluster that no NodeClaim owns, past a grace
+//! counted from their launch time (so a leader change does not start it over), are terminated;
+//! NodeClaims whose instance is gone are deleted.
 
 use std::collections::{HashMap, HashSet};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use rafter::api::nodeclaim::{NodeClaim, NodeClaimSpec, NodeClaimStatus, NodeClaimTemplateSpec, NodeClassReference};
 use rafter::cloud::{CloudError, InstanceState};
+use rafter::state::orphans::{Claims, Ownership, collectable, launched_ago, past_grace};
 use tokio::time::Instant;
 
 use crate::context::Ctx;
@@ -22,7 +24,8 @@ pub enum GarbageCollectorMessage {
 #[derive(Debug)]
 pub struct GarbageCollectorState {
     ctx: Ctx,
-    /// Instance id → when it was first seen without a claim.
+    /// Instance id → when this leader first saw it without a claim (the grace's fallback where a
+    /// launch time cannot be read).
     orphans: HashMap<String, Instant>,
 }
 
@@ -64,21 +67,17 @@ impl GarbageCollector {
         };
         let cluster_tag = format!("kubernetes.io/cluster/{}", ctx.config.cluster_name);
         let claims = ctx.caches.claims.all();
-        let names: HashSet<&str> = claims.iter().filter_map(|c| c.metadata.name.as_deref()).collect();
+        let owners = Claims::new(claims.iter().map(|c| c.as_ref()));
         let now = Instant::now();
+        let wall = ctx.clock.now();
         let mut seen = HashSet::new();
         for instance in &instances {
-            if !instance.tags.contains_key(&cluster_tag)
-                || matches!(instance.state, InstanceState::Terminated | InstanceState::ShuttingDown)
-            {
-                continue;
-            }
-            if instance.node_claim().is_some_and(|c| names.contains(c)) {
+            if !collectable(instance, &cluster_tag) || owners.ownership(instance) != Ownership::Orphan {
                 continue;
             }
             seen.insert(instance.id.clone());
             let first = *state.orphans.entry(instance.id.clone()).or_insert(now);
-            if now.duration_since(first) < ctx.config.gc_grace {
+            if !past_grace(launched_ago(instance, wall), now.duration_since(first), ctx.config.gc_grace) {
                 continue;
             }
             let stub = orphan_claim(instance.node_claim().unwrap_or("orphan"), &instance.provider_id);

@@ -77,15 +77,24 @@ fn claim_name(pool: &str) -> String {
     format!("{pool}-{}", rafter::mix::name_suffix(rafter::mix::splitmix64(seed), 5))
 }
 
-/// The NodeClaim for a planned machine: the pool's template with the plan's requirements, and the
-/// claim it replaces, if any.
-pub fn build_claim(pool: &NodePool, planned: &NewClaim, replaces: Option<&str>) -> NodeClaim {
+/// A fresh launch group: the claims of one plan share it, and may share launch calls.
+fn launch_group() -> String {
+    let seed = NAMES.fetch_add(1, Ordering::Relaxed)
+        ^ (jiff::Timestamp::now().as_nanosecond() as u64).rotate_left(17)
+        ^ (std::process::id() as u64).rotate_left(40);
+    format!("{:016x}", rafter::mix::splitmix64(seed))
+}
+
+/// The NodeClaim for a planned machine: the pool's template with the plan's requirements, its
+/// launch group, and the claim it replaces, if any.
+pub fn build_claim(pool: &NodePool, planned: &NewClaim, replaces: Option<&str>, group: &str) -> NodeClaim {
     let pool_name = pool.metadata.name.clone().unwrap_or_default();
     let template = &pool.spec.template;
     let mut claim_labels: BTreeMap<String, String> =
         template.metadata.as_ref().map(|m| m.labels.clone()).unwrap_or_default();
     claim_labels.insert(labels::NODEPOOL.into(), pool_name.clone());
     let mut annotations = template.metadata.as_ref().map(|m| m.annotations.clone()).unwrap_or_default();
+    annotations.insert(rafter::cloud::LAUNCH_GROUP.into(), group.into());
     if let Some(replaced) = replaces {
         annotations.insert(rafter::interruption::plan::REPLACES_ANNOTATION.into(), replaced.into());
     }
@@ -106,7 +115,7 @@ pub fn build_claim(pool: &NodePool, planned: &NewClaim, replaces: Option<&str>) 
         },
     );
     claim.metadata.labels = Some(claim_labels);
-    claim.metadata.annotations = (!annotations.is_empty()).then_some(annotations);
+    claim.metadata.annotations = Some(annotations);
     claim.metadata.finalizers = Some(vec![labels::TERMINATION_FINALIZER.into()]);
     claim.metadata.owner_references = pool.metadata.uid.clone().map(|uid| {
         vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
@@ -360,17 +369,21 @@ impl Launcher {
     ) {
         let ctx = state.ctx.clone();
         let pools = ctx.caches.pools_by_name();
+        // Recorded on each claim before any cloud call: what lets the next leader find instances
+        // a merged launch made if this one dies before tagging them.
+        let group = launch_group();
         let results: Vec<(Option<String>, tracing::Span, Result<(), LaunchError>)> = futures::stream::iter(planned)
             .map(|planned| {
                 let ctx = ctx.clone();
                 let launch_span = tracing::info_span!(parent: &span, "launch", nodeclaim = tracing::field::Empty, pool = %planned.node_pool, instance_type = tracing::field::Empty);
                 let pool = pools.get(&planned.node_pool).cloned();
                 let replaces = replaces.clone();
+                let group = group.clone();
                 async move {
                     let Some(pool) = pool else {
                         return (None, launch_span, Err(LaunchError::PoolGone(planned.node_pool.clone())));
                     };
-                    let claim = build_claim(&pool, &planned, replaces.as_deref());
+                    let claim = build_claim(&pool, &planned, replaces.as_deref(), &group);
                     let created = match Api::<NodeClaim>::all(ctx.client.clone()).create(&PostParams::default(), &claim).await {
                         Ok(c) => c,
                         Err(e) => return (None, launch_span, Err(LaunchError::Kube(e))),

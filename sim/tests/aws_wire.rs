@@ -2,6 +2,7 @@
 //! free loopback port), seeded like an EKS cluster.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rafter::api::{EC2NodeClass, NodeClaim, NodePool};
@@ -259,4 +260,138 @@ async fn throttling_is_retried_and_authorization_errors_stop_launches_and_show_o
         !ready.ok && ready.reason == "LaunchConfigurationError" && ready.message.contains("UnauthorizedOperation"),
         "{ready:?}"
     );
+}
+
+/// A leader that dies right after its `kill_at`-th launch-path EC2 call took effect: that call's
+/// answer never arrives (EC2 acted on it), and every later call of the leader fails before it is
+/// sent. The catalog and discovery reads (`Describe*` but `DescribeInstances`) are not counted:
+/// dying during one leaves nothing behind, and counting their pages would only slow the test.
+#[derive(Debug, Clone)]
+struct DiesAfter {
+    kill_at: u64,
+    calls: Arc<AtomicU64>,
+    dead: Arc<AtomicBool>,
+}
+
+impl aws_sdk_ec2::config::Intercept for DiesAfter {
+    fn name(&self) -> &'static str {
+        "DiesAfter"
+    }
+
+    fn read_before_execution(
+        &self,
+        _: &aws_sdk_ec2::config::interceptors::BeforeSerializationInterceptorContextRef<'_>,
+        _: &mut aws_sdk_ec2::config::ConfigBag,
+    ) -> Result<(), aws_sdk_ec2::error::BoxError> {
+        if self.dead.load(Ordering::SeqCst) {
+            return Err("the leader is dead".into());
+        }
+        Ok(())
+    }
+
+    fn read_after_execution(
+        &self,
+        _: &aws_sdk_ec2::config::interceptors::FinalizerInterceptorContextRef<'_>,
+        _: &aws_sdk_ec2::config::RuntimeComponents,
+        cfg: &mut aws_sdk_ec2::config::ConfigBag,
+    ) -> Result<(), aws_sdk_ec2::error::BoxError> {
+        let operation = cfg.load::<aws_smithy_runtime_api::client::orchestrator::Metadata>().map(|m| m.name());
+        if operation.is_some_and(|op| op.starts_with("Describe") && op != "DescribeInstances") {
+            return Ok(());
+        }
+        let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        if n == self.kill_at {
+            self.dead.store(true, Ordering::SeqCst);
+            return Err("the leader died before this answer arrived".into());
+        }
+        Ok(())
+    }
+}
+
+fn grouped_claim(name: &str, uid: &str, group: &str) -> NodeClaim {
+    let mut claim = claim(name, uid, m5_large_spot());
+    claim.metadata.annotations =
+        Some(std::collections::BTreeMap::from([(rafter::cloud::LAUNCH_GROUP.to_string(), group.to_string())]));
+    claim
+}
+
+/// One leader's attempt at launching the claims together (as one plan does), dying after its
+/// `kill_at`-th EC2 call (never, for `u64::MAX`); the EC2 calls it made and what each launch gave.
+async fn leader_launches(
+    env: &Env,
+    cluster: &str,
+    kill_at: u64,
+    claims: &[NodeClaim],
+) -> (u64, Vec<Result<rafter::cloud::Instance, CloudError>>) {
+    let dies = DiesAfter { kill_at, calls: Default::default(), dead: Default::default() };
+    let mut config = env.config();
+    config.cluster = cluster.into();
+    config.ec2_interceptors = vec![aws_sdk_ec2::config::SharedInterceptor::new(dies.clone())];
+    let cloud = Arc::new(AwsCloud::new(config, env.classes.clone()).await);
+    let launches: Vec<_> = claims
+        .iter()
+        .cloned()
+        .map(|c| {
+            let cloud = cloud.clone();
+            tokio::spawn(async move { cloud.create(&c).await })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for l in launches {
+        results.push(l.await.expect("task"));
+    }
+    (dies.calls.load(Ordering::SeqCst), results)
+}
+
+/// The instances of a cluster EC2 runs, by the claim each is tagged for (`None`: untagged).
+async fn live_by_claim(env: &Env, cluster: &str) -> Vec<(String, Option<String>)> {
+    let mut config = env.config();
+    config.cluster = cluster.into();
+    let cloud = AwsCloud::new(config, env.classes.clone()).await;
+    let mut live: Vec<(String, Option<String>)> = cloud
+        .list()
+        .await
+        .expect("list")
+        .into_iter()
+        .filter(|i| matches!(i.state, rafter::cloud::InstanceState::Pending | rafter::cloud::InstanceState::Running))
+        .map(|i| (i.id.clone(), i.node_claim().map(str::to_string)))
+        .collect();
+    live.sort();
+    live
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_killed_after_any_cloud_call_of_a_merged_launch_leaves_no_instance_without_its_claim() {
+    let env = Env::new().await;
+    let claims: Vec<NodeClaim> =
+        (0..3).map(|i| grouped_claim(&format!("c{i}"), &format!("uid-{i}"), "plan-1")).collect();
+    // How many launch-path EC2 calls one undisturbed leader makes for the three claims (lookups,
+    // the launch template, the merged fleet, its claim tags, the describe after it).
+    let (steps, results) = leader_launches(&env, "undisturbed", u64::MAX, &claims).await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert_eq!(live_by_claim(&env, "undisturbed").await.len(), 3);
+    assert!(env.calls("CreateFleet").await == 1, "the three claims share one fleet call");
+    assert!(steps >= 5, "{steps} EC2 calls");
+
+    // At each step, kill a leader there and the next one there too, then let a third finish; and
+    // one chain of a leader change after every step in turn.
+    let chains: Vec<Vec<u64>> = (1..=steps).map(|k| vec![k, k]).chain([(1..=steps).collect()]).collect();
+    for kills in chains {
+        let cluster = format!("kill-{}", kills.iter().map(u64::to_string).collect::<Vec<_>>().join("-"));
+        {
+            for &kill_at in &kills {
+                leader_launches(&env, &cluster, kill_at, &claims).await;
+            }
+            let (_, last) = leader_launches(&env, &cluster, u64::MAX, &claims).await;
+            let ids: Vec<String> = last.into_iter().map(|r| r.expect("the last leader launches").id).collect();
+            let live = live_by_claim(&env, &cluster).await;
+            assert_eq!(live.len(), 3, "leaders killed after calls {kills:?}: {live:?} (the last leader got {ids:?})");
+            for (i, id) in ids.iter().enumerate() {
+                assert!(
+                    live.contains(&(id.clone(), Some(format!("c{i}")))),
+                    "leaders killed after calls {kills:?}: c{i} has {id}, tagged for it ({live:?})"
+                );
+            }
+        }
+    }
 }

@@ -68,6 +68,24 @@ impl Instance {
 pub const TAG_NODECLAIM: &str = "karpenter.sh/nodeclaim";
 /// Tag naming the NodePool.
 pub const TAG_NODEPOOL: &str = "karpenter.sh/nodepool";
+/// The launch group of a claim (an annotation, written with the claim before any cloud call) and
+/// of the instances launched for it (a tag, set by the launch call itself). Claims of one group
+/// may share one launch call; an instance of the group that no claim is tagged on yet belongs to
+/// a claim of that group whose launch outlived its caller, and the next leader adopts it instead of
+/// buying again.
+pub const LAUNCH_GROUP: &str = "rafter.sh/launch-group";
+
+impl Instance {
+    /// The launch group this instance was launched for, from its tag.
+    pub fn launch_group(&self) -> Option<&str> {
+        self.tags.get(LAUNCH_GROUP).map(String::as_str)
+    }
+}
+
+/// A claim's launch group, from its annotation.
+pub fn launch_group(claim: &NodeClaim) -> Option<&str> {
+    claim.metadata.annotations.as_ref()?.get(LAUNCH_GROUP).map(String::as_str).filter(|g| !g.is_empty())
+}
 
 /// One way to buy a type: the unit the insufficient-capacity cache works in.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -6,6 +6,7 @@
 //! given by the caller, so it is tested without a cluster, a cloud or a runtime.
 
 pub mod disruption;
+pub mod orphans;
 pub mod volumes;
 pub mod window;
 

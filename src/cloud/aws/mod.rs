@@ -28,8 +28,8 @@ use self::launch::{Candidate, FleetErrorKind, SelectError};
 use self::nodeclass::Resolved;
 use self::userdata::Bootstrap;
 use super::{
-    CloudError, CloudProvider, DriftReason, Instance, InstanceState, NodeClassCheck, NodeClassReport, OfferingKey,
-    TAG_NODECLAIM, TAG_NODEPOOL, parse_provider_id,
+    CloudError, CloudProvider, DriftReason, Instance, InstanceState, LAUNCH_GROUP, NodeClassCheck, NodeClassReport,
+    OfferingKey, TAG_NODECLAIM, TAG_NODEPOOL, launch_group, parse_provider_id,
 };
 use crate::api::EC2NodeClass;
 use crate::api::ec2nodeclass::{AmiFamily, HttpTokens, Toggle};
@@ -65,6 +65,9 @@ pub struct AwsConfig {
     pub batch_max: Duration,
     /// How long an offering EC2 had no capacity for is avoided.
     pub unavailable_ttl: Duration,
+    /// Extra EC2 interceptors, after Rafter's own: fault injection for tests (a response lost
+    /// after EC2 acted on the call), request logging.
+    pub ec2_interceptors: Vec<aws_sdk_ec2::config::SharedInterceptor>,
 }
 
 impl AwsConfig {
@@ -81,6 +84,7 @@ impl AwsConfig {
             batch_idle: Duration::from_millis(35),
             batch_max: Duration::from_secs(1),
             unavailable_ttl: Duration::from_secs(180),
+            ec2_interceptors: Vec::new(),
         }
     }
 
@@ -174,7 +178,11 @@ impl Clients {
             .build();
         let shared =
             sdk_config(&config.region, config.endpoint.as_deref(), config.credentials.as_ref(), retry, timeouts).await;
-        let ec2 = aws_sdk_ec2::config::Builder::from(&shared).interceptor(CountCalls(calls.clone())).build();
+        let mut ec2 = aws_sdk_ec2::config::Builder::from(&shared).interceptor(CountCalls(calls.clone()));
+        for extra in &config.ec2_interceptors {
+            ec2.push_interceptor(extra.clone());
+        }
+        let ec2 = ec2.build();
         // The Pricing API lives in a few regions only; us-east-1 answers for every region.
         let pricing_region = if config.endpoint.is_some() { config.region.clone() } else { "us-east-1".into() };
         Self {
@@ -377,12 +385,17 @@ struct Inner {
     state: Mutex<State>,
     /// One refresh at a time: a burst of launches waits for one DescribeInstanceTypes.
     refreshing: tokio::sync::Mutex<()>,
+    /// One adoption at a time, so two claims of a group never take the same instance.
+    adopting: tokio::sync::Mutex<()>,
 }
 
 /// One fleet call's shape: requests with equal shapes are merged.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct FleetShape {
     class: String,
+    /// Only claims of one launch group share a call: the group tag is set at launch, and is what
+    /// lets the next leader find instances whose claim tags were never written.
+    group: String,
     capacity_type: CapacityType,
     /// (launch template, type, subnet, zone).
     overrides: Vec<(String, String, String, String)>,
@@ -423,8 +436,13 @@ impl AwsCloud {
             .unwrap_or_default();
         let state = State { on_demand: Some((Instant::now(), Arc::new(static_prices))), ..State::default() };
         let (idle, max) = (config.batch_idle, config.batch_max);
-        let inner =
-            Arc::new(Inner { config, clients, state: Mutex::new(state), refreshing: tokio::sync::Mutex::new(()) });
+        let inner = Arc::new(Inner {
+            config,
+            clients,
+            state: Mutex::new(state),
+            refreshing: tokio::sync::Mutex::new(()),
+            adopting: tokio::sync::Mutex::new(()),
+        });
         let fleet_inner = inner.clone();
         let lookup_inner = inner.clone();
         let term_inner = inner.clone();
@@ -1267,6 +1285,56 @@ impl Inner {
             .collect()
     }
 
+    /// Takes over an instance of the claim's launch group that no claim is tagged on (its launch
+    /// outlived the leader that made it) and that fits the claim: tagged with the claim, it is
+    /// the claim's instance from now on. Instances are taken lowest id first, one adoption at a
+    /// time, so two claims never share one.
+    async fn adopt(&self, claim: &NodeClaim, group: &str) -> Result<Option<Instance>, CloudError> {
+        let _one = self.adopting.lock().await;
+        let mut filters = self.live_filters();
+        filters.push(Filter::builder().name(format!("tag:{LAUNCH_GROUP}")).values(group).build());
+        let found = self.describe(Vec::new(), filters).await.map_err(|e| e.to_cloud())?;
+        let Ok(requirements) = Requirements::from_api(&claim.spec.template.requirements) else { return Ok(None) };
+        let fits = |i: &Instance| {
+            [
+                (labels::INSTANCE_TYPE, i.instance_type.as_str()),
+                (labels::ZONE, i.zone.as_str()),
+                (labels::CAPACITY_TYPE, i.capacity_type.as_str()),
+            ]
+            .iter()
+            .all(|(key, value)| requirements.get(key).is_none_or(|r| r.allows(Some(value))))
+        };
+        let mut orphans: Vec<Instance> = found
+            .iter()
+            .filter_map(|i| self.to_instance(i, None))
+            .filter(|i| {
+                matches!(i.state, InstanceState::Pending | InstanceState::Running)
+                    && i.node_claim().is_none()
+                    && fits(i)
+            })
+            .collect();
+        orphans.sort_by(|a, b| a.id.cmp(&b.id));
+        let Some(mut chosen) = orphans.into_iter().next() else { return Ok(None) };
+        let name = claim.metadata.name.clone().unwrap_or_default();
+        let pool = chosen.tags.get(TAG_NODEPOOL).cloned().unwrap_or_default();
+        let tags = claim_tags(&pool, &name);
+        self.clients
+            .ec2
+            .create_tags()
+            .resources(&chosen.id)
+            .set_tags(Some(tags.iter().map(|(k, v)| Tag::builder().key(k).value(v).build()).collect()))
+            .send()
+            .await
+            .map_err(|e| AwsError::sdk("CreateTags", e).to_cloud())?;
+        tracing::info!(
+            nodeclaim = %name,
+            instance = %chosen.id,
+            "adopted an instance of the claim's launch group that an earlier launch left without its claim tag"
+        );
+        chosen.tags.extend(tags);
+        Ok(Some(chosen))
+    }
+
     /// Stops launches for a class (at the generation last resolved) after a configuration error.
     fn block_by_name(&self, class: &str, why: &str) {
         let generation = self.lock().classes.get(class).and_then(|e| e.generation);
@@ -1290,6 +1358,13 @@ impl CloudProvider for AwsCloud {
         // A previous leader may have launched for this claim and died before recording it.
         if let Some(found) = self.lookups.submit((), name.clone()).await.unwrap_or(Ok(None))? {
             return Ok(found);
+        }
+        // Or it died after a merged launch, before tagging each instance with its claim.
+        let group = launch_group(claim).map(str::to_string);
+        if let Some(group) = &group
+            && let Some(adopted) = self.inner.adopt(claim, group).await?
+        {
+            return Ok(adopted);
         }
         let class = self.class(&claim.spec.template.node_class_ref.name)?;
         self.launchable(&class)?;
@@ -1329,8 +1404,14 @@ impl CloudProvider for AwsCloud {
             let template = self.ensure_template(&class, &resolved, &arch, claim, max_pods).await?;
             templates.insert(arch, template);
         }
+        let mut tags = common_tags(&self.inner.config, &class, &pool);
+        if let Some(group) = &group {
+            tags.insert(LAUNCH_GROUP.into(), group.clone());
+        }
         let shape = FleetShape {
             class: class.metadata.name.clone().unwrap_or_default(),
+            // A claim without a group launches alone, tagged with its name at launch.
+            group: group.unwrap_or_else(|| name.clone()),
             capacity_type,
             overrides: candidates
                 .iter()
@@ -1343,7 +1424,7 @@ impl CloudProvider for AwsCloud {
                     )
                 })
                 .collect(),
-            tags: common_tags(&self.inner.config, &class, &pool),
+            tags,
             prices: candidates.iter().map(|c| (c.price * 1e6).round() as u64).collect(),
         };
         let request = FleetRequest { name, uid: claim.metadata.uid.clone().unwrap_or_default() };
