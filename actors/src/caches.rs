@@ -3,18 +3,21 @@
 //! (nodes, NodeClaims, NodePools, node classes, legacy Provisioners and AWSNodeTemplates,
 //! DaemonSets, PodDisruptionBudgets).
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::storage::v1::StorageClass;
+use kube::api::{ApiResource, DynamicObject};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Resource};
+use kube::{Api, Resource, ResourceExt};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
+use rafter::api::decode::{DecodeError, decode};
 use rafter::api::legacy::{AWSNodeTemplate, Provisioner};
 use rafter::api::nodeclaim::NodeClaim;
 use rafter::api::{EC2NodeClass, NodePool};
@@ -81,8 +84,49 @@ pub struct Caches {
     pub pvcs: Slot<PersistentVolumeClaim>,
     pub pvs: Slot<PersistentVolume>,
     pub storage_classes: Slot<StorageClass>,
+    /// Objects of Rafter's own kinds that do not decode: left out of the caches (so one bad
+    /// object never blocks the others) and reported on the object by the leader.
+    pub rejected: Arc<Rejected>,
     /// Wakes the reconcilers when nodes or claims change.
     pub changed: tokio::sync::Notify,
+}
+
+/// A stored object the watch could not decode, as the API server holds it.
+#[derive(Debug, Clone)]
+pub struct Rejection {
+    pub error: DecodeError,
+    pub object: DynamicObject,
+}
+
+/// The undecodable objects, by (kind, name).
+#[derive(Debug, Default)]
+pub struct Rejected(Mutex<BTreeMap<(&'static str, String), Rejection>>);
+
+impl Rejected {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<(&'static str, String), Rejection>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Every rejected object now.
+    pub fn all(&self) -> BTreeMap<(&'static str, String), Rejection> {
+        self.lock().clone()
+    }
+
+    /// Records a rejection; whether it is new (or says something new).
+    fn insert(&self, kind: &'static str, name: String, rejection: Rejection) -> bool {
+        let mut map = self.lock();
+        let new = map.get(&(kind, name.clone())).is_none_or(|old| old.error != rejection.error);
+        map.insert((kind, name), rejection);
+        new
+    }
+
+    fn remove(&self, kind: &'static str, name: &str) {
+        self.lock().remove(&(kind, name.to_string()));
+    }
+
+    fn clear(&self, kind: &'static str) {
+        self.lock().retain(|(k, _), _| *k != kind);
+    }
 }
 
 impl Caches {
@@ -168,6 +212,101 @@ fn reflect<K>(
     });
 }
 
+/// Decodes one object of a watch on Rafter's own kinds: an object that does not fit its type is
+/// recorded as rejected and skipped, so the rest of the list still fills the cache.
+fn decode_object<K: DeserializeOwned>(kind: &'static str, rejected: &Rejected, object: DynamicObject) -> Option<K> {
+    let name = object.name_any();
+    let value = match serde_json::to_value(&object) {
+        Ok(v) => v,
+        Err(error) => {
+            tracing::warn!(kind, %name, %error, "cannot re-read a watched object; skipping it");
+            return None;
+        }
+    };
+    match decode::<K>(value) {
+        Ok(k) => {
+            rejected.remove(kind, &name);
+            Some(k)
+        }
+        Err(error) => {
+            let message = error.to_string();
+            if rejected.insert(kind, name.clone(), Rejection { error, object }) {
+                tracing::warn!(kind, %name, "{kind} {name} does not decode and is ignored until it is fixed: {message}");
+            }
+            None
+        }
+    }
+}
+
+/// A watch of one of Rafter's own kinds that reads objects untyped and decodes each on its own:
+/// one that does not decode is recorded in `rejected` and left out.
+pub fn decoded_events<K>(
+    client: kube::Client,
+    kind: &'static str,
+    rejected: Arc<Rejected>,
+) -> impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send
+where
+    K: kube::Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+{
+    let api: Api<DynamicObject> = Api::all_with(client, &ApiResource::erase::<K>(&()));
+    watcher(api, watcher::Config::default()).default_backoff().filter_map(move |event| {
+        let rejected = &rejected;
+        let typed = match event {
+            Err(e) => Some(Err(e)),
+            Ok(watcher::Event::Init) => {
+                rejected.clear(kind);
+                Some(Ok(watcher::Event::Init))
+            }
+            Ok(watcher::Event::InitDone) => Some(Ok(watcher::Event::InitDone)),
+            Ok(watcher::Event::InitApply(o)) => {
+                decode_object(kind, rejected, o).map(|k| Ok(watcher::Event::InitApply(k)))
+            }
+            Ok(watcher::Event::Apply(o)) => decode_object(kind, rejected, o).map(|k| Ok(watcher::Event::Apply(k))),
+            Ok(watcher::Event::Delete(o)) => {
+                let name = o.name_any();
+                let typed = decode_object(kind, rejected, o).map(|k| Ok(watcher::Event::Delete(k)));
+                rejected.remove(kind, &name);
+                typed
+            }
+        };
+        futures::future::ready(typed)
+    })
+}
+
+/// Like [`reflect`], for Rafter's own kinds: the watch reads objects untyped and decodes each on
+/// its own, so an object stored under an older, looser schema (`operator: Sometimes`) is skipped
+/// and reported instead of failing every list (and with it all provisioning).
+fn reflect_custom<K>(
+    tasks: &mut JoinSet<()>,
+    client: kube::Client,
+    kind: &'static str,
+    caches: Arc<Caches>,
+    pick: fn(&Caches) -> &Slot<K>,
+) where
+    K: kube::Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+{
+    let (store, writer) = reflector::store();
+    pick(&caches).replace(Some(store.clone()));
+    let ready_caches = caches.clone();
+    tasks.spawn(async move {
+        if store.wait_until_ready().await.is_ok() {
+            pick(&ready_caches).synced.store(true, Ordering::Release);
+            tracing::debug!(cache = kind, "cache synced");
+        }
+    });
+    let typed = decoded_events::<K>(client, kind, caches.rejected.clone());
+    tasks.spawn(async move {
+        let stream = reflector::reflector(writer, typed).applied_objects();
+        futures::pin_mut!(stream);
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(_) => caches.changed.notify_waiters(),
+                Err(error) => tracing::debug!(cache = kind, %error, "watch interrupted; resuming"),
+            }
+        }
+    });
+}
+
 /// Whether the API server serves a custom kind (the legacy CRDs are optional).
 async fn served<K: Resource<DynamicType = ()>>(client: &kube::Client) -> bool {
     let path = format!("{}/{}", K::group(&()), K::version(&()));
@@ -201,16 +340,9 @@ impl Actor for ClusterState {
         let c = ctx.client.clone();
         let caches = ctx.caches.clone();
         reflect(&mut tasks, Api::<Node>::all(c.clone()), "nodes", caches.clone(), |c| &c.nodes, |_| {});
-        reflect(&mut tasks, Api::<NodeClaim>::all(c.clone()), "nodeclaims", caches.clone(), |c| &c.claims, |_| {});
-        reflect(&mut tasks, Api::<NodePool>::all(c.clone()), "nodepools", caches.clone(), |c| &c.pools, |_| {});
-        reflect(
-            &mut tasks,
-            Api::<EC2NodeClass>::all(c.clone()),
-            "ec2nodeclasses",
-            caches.clone(),
-            |c| &c.classes,
-            |_| {},
-        );
+        reflect_custom(&mut tasks, c.clone(), "NodeClaim", caches.clone(), |c| &c.claims);
+        reflect_custom(&mut tasks, c.clone(), "NodePool", caches.clone(), |c| &c.pools);
+        reflect_custom(&mut tasks, c.clone(), "EC2NodeClass", caches.clone(), |c| &c.classes);
         reflect(&mut tasks, Api::<DaemonSet>::all(c.clone()), "daemonsets", caches.clone(), |c| &c.daemonsets, |_| {});
         reflect(&mut tasks, Api::<PodDisruptionBudget>::all(c.clone()), "pdbs", caches.clone(), |c| &c.pdbs, |_| {});
         reflect(&mut tasks, Api::<PersistentVolumeClaim>::all(c.clone()), "pvcs", caches.clone(), |c| &c.pvcs, |_| {});
@@ -224,26 +356,12 @@ impl Actor for ClusterState {
             |_| {},
         );
         if served::<Provisioner>(&c).await {
-            reflect(
-                &mut tasks,
-                Api::<Provisioner>::all(c.clone()),
-                "provisioners",
-                caches.clone(),
-                |c| &c.provisioners,
-                |_| {},
-            );
+            reflect_custom(&mut tasks, c.clone(), "Provisioner", caches.clone(), |c| &c.provisioners);
         } else {
             caches.provisioners.absent();
         }
         if served::<AWSNodeTemplate>(&c).await {
-            reflect(
-                &mut tasks,
-                Api::<AWSNodeTemplate>::all(c.clone()),
-                "awsnodetemplates",
-                caches.clone(),
-                |c| &c.templates,
-                |_| {},
-            );
+            reflect_custom(&mut tasks, c.clone(), "AWSNodeTemplate", caches.clone(), |c| &c.templates);
         } else {
             caches.templates.absent();
         }

@@ -21,4 +21,5 @@ pub mod supervisor;
 pub mod telemetry;
 pub mod terminator;
 pub mod timeline;
+pub mod validation;
 pub mod world;

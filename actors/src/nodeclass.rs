@@ -6,8 +6,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use kube::Api;
 use kube::api::{Patch, PatchParams};
+use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use rafter::api::EC2NodeClass;
 use rafter::api::ec2nodeclass::EC2NodeClassStatus;
@@ -113,10 +113,10 @@ impl WatchedNodeClasses {
     /// Starts the watch; it lives as long as the runtime.
     pub fn start(client: kube::Client) -> Self {
         let (reader, writer) = reflector::store();
-        let stream =
-            reflector::reflector(writer, watcher(Api::<EC2NodeClass>::all(client), watcher::Config::default()))
-                .default_backoff()
-                .touched_objects();
+        // Decoded one by one, as the caches do: one bad class must not hide the others. The
+        // replica's caches report it; this watch only skips it.
+        let events = crate::caches::decoded_events(client, "EC2NodeClass", Default::default());
+        let stream = reflector::reflector(writer, events).touched_objects();
         tokio::spawn(stream.for_each(|_| async {}));
         Self(reader)
     }

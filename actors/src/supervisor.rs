@@ -35,11 +35,12 @@ pub enum Child {
     Disrupter,
     GarbageCollector,
     NodeClassStatus,
+    ObjectValidation,
     InterruptionHandler,
 }
 
 const WARM: [Child; 4] = [Child::ClusterState, Child::PodWatcher, Child::Catalog, Child::Elector];
-const LEADER_GROUP: [Child; 8] = [
+const LEADER_GROUP: [Child; 9] = [
     Child::Terminator,
     Child::Launcher,
     Child::Solver,
@@ -47,6 +48,7 @@ const LEADER_GROUP: [Child; 8] = [
     Child::Disrupter,
     Child::GarbageCollector,
     Child::NodeClassStatus,
+    Child::ObjectValidation,
     Child::InterruptionHandler,
 ];
 
@@ -129,6 +131,9 @@ impl Supervisor {
             Child::GarbageCollector => Actor::spawn_linked(None, GarbageCollector, ctx, cell).await?.0.get_cell(),
             Child::NodeClassStatus => {
                 Actor::spawn_linked(None, crate::nodeclass::NodeClassStatus, ctx, cell).await?.0.get_cell()
+            }
+            Child::ObjectValidation => {
+                Actor::spawn_linked(None, crate::validation::ObjectValidation, ctx, cell).await?.0.get_cell()
             }
             Child::InterruptionHandler => {
                 Actor::spawn_linked(None, crate::interruption::InterruptionHandler, ctx, cell).await?.0.get_cell()

@@ -245,3 +245,83 @@ spec:
     assert_eq!(zones, ["us-east-1b", "us-east-1c"], "one node per volume zone");
     replica.shutdown().await;
 }
+
+/// The NodePool CRD as an older, looser release might have shipped it: any spec is stored.
+fn loose_nodepool_crd() -> serde_json::Value {
+    let (_, crd) = rafter::api::crds::all().into_iter().find(|(_, c)| c.spec.names.kind == "NodePool").expect("crd");
+    let mut crd = serde_json::to_value(&crd).expect("json");
+    for version in crd["spec"]["versions"].as_array_mut().expect("versions") {
+        version["schema"]["openAPIV3Schema"]["properties"]["spec"] =
+            serde_json::json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true});
+    }
+    crd
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nodepool_that_does_not_decode_is_reported_on_itself_and_the_other_pools_still_provision() {
+    use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+    let world = World::start(WorldConfig::default()).await.expect("world");
+    world.apply(NODEPOOL_DEFAULT).await.expect("pool applied");
+    world.apply(INFLATE).await.expect("inflate applied");
+    // A pool stored under the looser schema, which today's schema would refuse.
+    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+        Api::all(world.client.clone());
+    let apply = PatchParams::apply("rafter-demo").force();
+    crds.patch("nodepools.karpenter.sh", &apply, &Patch::Apply(loose_nodepool_crd())).await.expect("loose CRD");
+    let bad: rafter::api::NodePool = serde_json::from_value(serde_json::json!({
+        "apiVersion": "karpenter.sh/v1", "kind": "NodePool", "metadata": {"name": "bad"},
+        "spec": {"template": {"spec": {
+            "nodeClassRef": {"group": "karpenter.k8s.aws", "kind": "EC2NodeClass", "name": "default"},
+            "requirements": [{"key": "karpenter.sh/capacity-type", "operator": "In", "values": ["spot"]}]
+        }}}
+    }))
+    .expect("pool");
+    let mut bad = serde_json::to_value(&bad).expect("json");
+    bad["spec"]["template"]["spec"]["requirements"][0]["operator"] = "Sometimes".into();
+    let pools: Api<DynamicObject> =
+        Api::all_with(world.client.clone(), &kube::api::ApiResource::erase::<rafter::api::NodePool>(&()));
+    pools.create(&PostParams::default(), &serde_json::from_value(bad).expect("object")).await.expect("stored");
+    let (_, strict) = rafter::api::crds::all().into_iter().find(|(_, c)| c.spec.names.kind == "NodePool").expect("crd");
+    crds.patch("nodepools.karpenter.sh", &apply, &Patch::Apply(&strict)).await.expect("today's CRD");
+
+    let replica = world.replica(world.quick_config("rafter-0")).await.expect("replica");
+    world.wait_for("leadership", Duration::from_secs(10), || async { Ok(replica.is_leader()) }).await.expect("leads");
+    world.scale(10).await.expect("scaled");
+    world
+        .wait_for("10 pods running", Duration::from_secs(60), || async { Ok(world.running().await? == 10) })
+        .await
+        .expect("the good pool provisions");
+    let claims = world.claims().await.expect("claims");
+    assert!(
+        claims.iter().all(|c| c
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("karpenter.sh/nodepool"))
+            .map(String::as_str)
+            == Some("default"))
+    );
+
+    let reported = world
+        .wait_for("the bad pool's condition", Duration::from_secs(20), || async {
+            let object = pools.get("bad").await?;
+            let conditions = object.data["status"]["conditions"].as_array().cloned().unwrap_or_default();
+            Ok(conditions.iter().any(|c| {
+                c["type"] == "ValidationSucceeded"
+                    && c["status"] == "False"
+                    && c["message"].as_str().is_some_and(|m| {
+                        m.contains("spec.template.spec.requirements[0].operator") && m.contains("Sometimes")
+                    })
+            }))
+        })
+        .await;
+    assert!(reported.is_ok(), "{:?}", pools.get("bad").await.map(|o| o.data["status"].clone()));
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::all(world.client.clone());
+    let events = events.list(&Default::default()).await.expect("events");
+    assert!(
+        events.items.iter().any(|e| e.reason.as_deref() == Some("FailedValidation")
+            && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("bad")),
+        "a warning event on the pool"
+    );
+    replica.shutdown().await;
+}

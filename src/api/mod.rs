@@ -4,6 +4,7 @@
 pub mod cel;
 pub mod convert;
 pub mod crds;
+pub mod decode;
 pub mod duration;
 pub mod ec2nodeclass;
 pub mod labels;

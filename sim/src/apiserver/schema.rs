@@ -86,6 +86,7 @@ impl CrdSchema {
         *object = kube::core::cel::apply_defaults(&self.schema, object);
         let mut errors = Vec::new();
         self.check(&self.schema, object, "", &mut errors, true);
+        ratchet(&mut errors, object, old);
         if errors.is_empty()
             && let Err(failures) = Validator::new().validate_compiled(&self.cel, object, old)
         {
@@ -102,6 +103,7 @@ impl CrdSchema {
                 };
                 errors.push((field, message));
             }
+            ratchet(&mut errors, object, old);
         }
         errors
     }
@@ -335,6 +337,29 @@ fn collect_rule_types(schema: &Value, out: &mut HashMap<String, String>) {
 
 /// Calls `visit` on every node of a schema with its path as kube-apiserver names schema fields
 /// (`….properties[spec].items.additionalProperties`), parents first.
+/// CRD validation ratcheting (GA in Kubernetes 1.33): on update, a violation in a part of the
+/// object the update did not change is let through, so an object stored under a looser schema
+/// can still have its status written. Parts are correlated by field path up to the first list
+/// index (the whole list must be unchanged); kube-apiserver also correlates the entries of map
+/// and set lists, so this refuses a few updates a real server would ratchet, never the reverse.
+fn ratchet(errors: &mut Vec<(String, String)>, new: &Value, old: Option<&Value>) {
+    let Some(old) = old else { return };
+    let at = |root: &'_ Value, path: &str| -> Option<Value> {
+        let mut node = root;
+        for segment in path.split('.').filter(|s| !s.is_empty()) {
+            node = node.get(segment)?;
+        }
+        Some(node.clone())
+    };
+    errors.retain(|(field, _)| {
+        if field == "<root>" {
+            return true;
+        }
+        let correlated = field.split('[').next().unwrap_or(field);
+        at(new, correlated) != at(old, correlated) || at(new, correlated).is_none()
+    });
+}
+
 pub fn visit_nodes(schema: &Value, path: &str, visit: &mut impl FnMut(&Value, &str)) {
     visit(schema, path);
     for (name, child) in schema.get("properties").and_then(Value::as_object).into_iter().flatten() {
@@ -456,6 +481,19 @@ mod tests {
         assert!(fields.contains(&"spec.tags[2]"), "{errors:?}");
         let mut missing = json!({"spec": {}});
         assert_eq!(schema().admit(&mut missing, None)[0], ("spec.size".to_string(), "Required value".to_string()));
+    }
+
+    #[test]
+    fn an_update_that_leaves_an_invalid_part_unchanged_is_ratcheted_and_one_that_changes_it_is_not() {
+        let mut stored = json!({"spec": {"size": "huge"}});
+        assert!(!schema().admit(&mut stored.clone(), None).is_empty(), "invalid on create");
+        let mut status_only = json!({"spec": {"size": "huge"}, "status": {"ready": true}});
+        assert!(schema().admit(&mut status_only, Some(&stored)).is_empty(), "unchanged: ratcheted");
+        let mut changed = json!({"spec": {"size": "larger"}});
+        assert!(!schema().admit(&mut changed, Some(&stored)).is_empty(), "changed: validated");
+        stored = json!({"spec": {}});
+        let mut removed = json!({"spec": {}});
+        assert_eq!(schema().admit(&mut removed, Some(&stored))[0].0, "spec.size", "a missing field is not ratcheted");
     }
 
     #[test]
