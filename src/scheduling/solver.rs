@@ -490,8 +490,19 @@ impl<'a> Pool<'a> {
             .all(|l| capacity.get(&l.resource) <= held.get(&l.resource) + l.remaining - self.committed.get(&l.resource))
     }
 
-    /// The capacity a claim must reserve: the largest of the (at most 60) types it would list.
-    fn reservation(&self, types: &[usize]) -> Resources {
+    /// The capacity a claim holds against the limits while the solve places pods: its cheapest
+    /// type's, the one it is launched as unless that offering has no capacity. What the limits
+    /// leave over is shared out among the claims at the end ([`Solve::finish`]), and each claim
+    /// lists only the dearer fallbacks its share covers, so the limits hold whichever listed type
+    /// a claim gets. Reserving every claim's largest option instead (as Karpenter does) leaves a
+    /// limited pool unable to place pods that fit under its limit with room to spare.
+    ///
+    /// Where the claim needs `minValues`, trimming its list could break them: it holds the
+    /// largest of the (at most 60) types it would list, as before.
+    fn reservation(&self, types: &[usize], min_values: bool) -> Resources {
+        if !min_values && let Some(&cheapest) = types.first() {
+            return self.input.instance_types[cheapest].capacity.clone();
+        }
         let mut reserve = Resources::zero();
         for &i in types.iter().take(MAX_INSTANCE_TYPES) {
             reserve.max(&self.input.instance_types[i].capacity);
@@ -1011,7 +1022,8 @@ impl<'a> Solver<'a> {
         let admits = admits_key.as_ref().and_then(|k| self.still_admits.get(k)).map(Vec::as_slice);
         let types: Vec<usize> = fitting(&self.pools[pool_index], &self.claims[j], &requests, admits).collect();
         let largest = largest(&self.pools[pool_index], &types);
-        let mut reserved = self.pools[pool_index].reservation(&types);
+        let min_values = self.claims[j].requirements.iter().any(|r| r.min_values.is_some());
+        let mut reserved = self.pools[pool_index].reservation(&types, min_values);
         reserved.max(&self.claims[j].reserved);
         let pool = &mut self.pools[pool_index];
         pool.committed.add(&reserved.clone().minus(&self.claims[j].reserved));
@@ -1115,7 +1127,7 @@ impl<'a> Solver<'a> {
                 continue;
             }
             // Reserve the largest capacity the claim may list, so limits hold whichever it gets.
-            let reserve = pool.reservation(&within);
+            let reserve = pool.reservation(&within, merged.iter().any(|r| r.min_values.is_some()));
             let pool = &mut self.pools[p];
             pool.committed.add(&reserve);
             let largest = largest(pool, &within);
@@ -1181,7 +1193,26 @@ impl<'a> Solver<'a> {
         }
     }
 
-    fn finish(self, unplaced: Vec<Unplaced>) -> Plan {
+    fn finish(mut self, unplaced: Vec<Unplaced>) -> Plan {
+        // Each claim held its cheapest type against the limits; what they leave is shared out
+        // evenly, and a claim lists the dearer fallbacks its share covers.
+        for (p, pool) in self.pools.iter().enumerate() {
+            let sharing: Vec<usize> = (0..self.claims.len())
+                .filter(|&j| self.claims[j].pool == p)
+                .filter(|&j| !self.claims[j].requirements.iter().any(|r| r.min_values.is_some()))
+                .collect();
+            if pool.input.limits.is_empty() || sharing.is_empty() {
+                continue;
+            }
+            let mut share = Resources::zero();
+            for l in &pool.input.limits {
+                let left = (l.remaining - pool.committed.get(&l.resource)).max(0);
+                share.set(&l.resource, left / sharing.len() as i64);
+            }
+            for j in sharing {
+                self.claims[j].reserved.add(&share);
+            }
+        }
         let claims = self.claims.iter().map(|c| finish_claim(&self.pools[c.pool], c)).collect();
         Plan { claims, placements: self.placements, unplaced }
     }

@@ -231,6 +231,21 @@ fn limits_are_never_exceeded_and_the_limit_is_named() {
 }
 
 #[test]
+fn a_limited_pool_places_every_pod_its_cheapest_nodes_fit_and_every_listed_type_stays_within_the_limit() {
+    // 150 pods of 100m and 256Mi fit on six 8 GiB nodes; the limit is 64Gi. Held at each claim's
+    // largest option (64 GiB here, Karpenter's way), the limit ran out after one node.
+    let all = types(GENERAL);
+    let limited = pool("default", json!({"limits": {"memory": "64Gi"}}), GENERAL);
+    let plan = solve(&input(pods(150, "100m", "256Mi"), vec![limited]));
+    assert!(plan.unplaced.is_empty(), "{} unplaced: {:?}", plan.unplaced.len(), plan.unplaced.first());
+    let capacity = |name: &str| all.iter().find(|t| t.name == name).expect("type").capacity.memory;
+    let worst: i64 =
+        plan.claims.iter().map(|c| c.instance_types.iter().map(|o| capacity(&o.name)).max().unwrap_or(0)).sum();
+    assert!(worst <= 64 << 30, "whichever listed type each claim gets, the pool stays within 64Gi ({worst})");
+    assert!(plan.claims.iter().all(|c| !c.instance_types.is_empty()));
+}
+
+#[test]
 fn heavier_pools_are_tried_first() {
     let cheap = pool(
         "cheap",
