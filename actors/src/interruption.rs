@@ -401,11 +401,12 @@ impl InterruptionHandler {
                             let count = plan.claims.len();
                             match peer(&ctx.peers.launcher) {
                                 Some(launcher) => {
-                                    let launch = LauncherMessage::Launch {
-                                        claims: plan.claims,
-                                        span,
-                                        replaces: Some(name.clone()),
-                                    };
+                                    let claims = crate::launcher::plan_claims(
+                                        &ctx.caches.pools_by_name(),
+                                        plan.claims,
+                                        Some(&name),
+                                    );
+                                    let launch = LauncherMessage::Launch { claims, span };
                                     if launcher.cast(launch).is_ok() {
                                         progress.launched = Some((Instant::now(), count));
                                         ctx.timeline

@@ -46,9 +46,9 @@ pub struct Launcher;
 
 #[derive(Debug)]
 pub enum LauncherMessage {
-    /// Create and launch these claims, inside the batch's `provision` span (or an interruption's
-    /// `replace` span, naming the claim they replace).
-    Launch { claims: Vec<NewClaim>, span: tracing::Span, replaces: Option<String> },
+    /// Create and launch these claims (built by [`plan_claims`]), inside the batch's `provision`
+    /// span (or an interruption's `replace` span).
+    Launch { claims: Vec<Planned>, span: tracing::Span },
     /// Follow every claim one step further.
     Reconcile,
 }
@@ -78,7 +78,7 @@ fn claim_name(pool: &str) -> String {
 }
 
 /// A fresh launch group: the claims of one plan share it, and may share launch calls.
-fn launch_group() -> String {
+pub fn launch_group() -> String {
     let seed = NAMES.fetch_add(1, Ordering::Relaxed)
         ^ (jiff::Timestamp::now().as_nanosecond() as u64).rotate_left(17)
         ^ (std::process::id() as u64).rotate_left(40);
@@ -128,6 +128,29 @@ pub fn build_claim(pool: &NodePool, planned: &NewClaim, replaces: Option<&str>, 
         }]
     });
     claim
+}
+
+/// A claim a solve planned, built and named before it is created, and the pods it is for.
+#[derive(Debug, Clone)]
+pub struct Planned {
+    pub claim: NodeClaim,
+    pub pods: Vec<String>,
+}
+
+/// The NodeClaims of one plan, in one launch group, named now: the planner can count them as in
+/// flight before the Launcher has created them. Claims of pools that are gone are left out.
+pub fn plan_claims(pools: &HashMap<String, NodePool>, planned: Vec<NewClaim>, replaces: Option<&str>) -> Vec<Planned> {
+    let group = launch_group();
+    planned
+        .into_iter()
+        .filter_map(|p| match pools.get(&p.node_pool) {
+            Some(pool) => Some(Planned { claim: build_claim(pool, &p, replaces, &group), pods: p.pods }),
+            None => {
+                tracing::warn!("{}; its pods stay pending", LaunchError::PoolGone(p.node_pool.clone()));
+                None
+            }
+        })
+        .collect()
 }
 
 /// Sets one condition in a list (keeping `lastTransitionTime` when the status did not change).
@@ -360,31 +383,15 @@ fn replaced_received_at(claim: &NodeClaim, claims: &[Arc<NodeClaim>]) -> Option<
 }
 
 impl Launcher {
-    async fn launch_planned(
-        &self,
-        state: &mut LauncherState,
-        planned: Vec<NewClaim>,
-        span: tracing::Span,
-        replaces: Option<String>,
-    ) {
+    async fn launch_planned(&self, state: &mut LauncherState, planned: Vec<Planned>, span: tracing::Span) {
         let ctx = state.ctx.clone();
-        let pools = ctx.caches.pools_by_name();
-        // Recorded on each claim before any cloud call: what lets the next leader find instances
-        // a merged launch made if this one dies before tagging them.
-        let group = launch_group();
         let results: Vec<(Option<String>, tracing::Span, Result<(), LaunchError>)> = futures::stream::iter(planned)
             .map(|planned| {
                 let ctx = ctx.clone();
-                let launch_span = tracing::info_span!(parent: &span, "launch", nodeclaim = tracing::field::Empty, pool = %planned.node_pool, instance_type = tracing::field::Empty);
-                let pool = pools.get(&planned.node_pool).cloned();
-                let replaces = replaces.clone();
-                let group = group.clone();
+                let pool = rafter::state::pool_of(planned.claim.metadata.labels.as_ref()).unwrap_or_default().to_string();
+                let launch_span = tracing::info_span!(parent: &span, "launch", nodeclaim = tracing::field::Empty, pool = %pool, instance_type = tracing::field::Empty);
                 async move {
-                    let Some(pool) = pool else {
-                        return (None, launch_span, Err(LaunchError::PoolGone(planned.node_pool.clone())));
-                    };
-                    let claim = build_claim(&pool, &planned, replaces.as_deref(), &group);
-                    let created = match Api::<NodeClaim>::all(ctx.client.clone()).create(&PostParams::default(), &claim).await {
+                    let created = match Api::<NodeClaim>::all(ctx.client.clone()).create(&PostParams::default(), &planned.claim).await {
                         Ok(c) => c,
                         Err(e) => return (None, launch_span, Err(LaunchError::Kube(e))),
                     };
@@ -562,9 +569,7 @@ impl Actor for Launcher {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            LauncherMessage::Launch { claims, span, replaces } => {
-                self.launch_planned(state, claims, span, replaces).await
-            }
+            LauncherMessage::Launch { claims, span } => self.launch_planned(state, claims, span).await,
             LauncherMessage::Reconcile => {
                 self.reconcile(state).await;
                 let period = state.ctx.config.reconcile_period;

@@ -1,22 +1,25 @@
 //! Solver: turns a batch into a plan. It snapshots the caches, builds the solver input (pure, in
-//! `rafter::state`), runs `solve` on a blocking thread, tells pods where they will go (`Nominated`)
+//! `rafter::state`, counting the claims it planned that the cache does not show yet), runs `solve` on
+//! a blocking thread, tells pods where they will go (`Nominated`)
 //! or why they cannot go anywhere (once per pod and reason), and hands new claims to the Launcher.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Instant as StdInstant;
+use std::time::{Duration, Instant as StdInstant};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
+use rafter::api::nodeclaim::NodeClaim;
 use rafter::scheduling::instance_types::InstanceType;
 use rafter::scheduling::solver::{Plan, solve};
 use rafter::state::{Snapshot, provisionable, scheduling_input};
+use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::context::{Ctx, peer};
-use crate::launcher::LauncherMessage;
+use crate::launcher::{LauncherMessage, plan_claims};
 use crate::timeline::Mark;
 
 #[derive(Debug)]
@@ -33,6 +36,10 @@ pub struct SolverState {
     recorder: Recorder,
     /// (pod uid, message) already reported, so each appears once.
     reported: HashSet<(String, String)>,
+    /// Claims this solver planned that the claims cache does not show yet (the Launcher creates
+    /// them a few at a time, between cloud calls): the next batch counts them as capacity in
+    /// flight instead of buying it again.
+    in_flight: Vec<(Instant, Arc<NodeClaim>)>,
 }
 
 impl std::fmt::Debug for SolverState {
@@ -42,6 +49,10 @@ impl std::fmt::Debug for SolverState {
 }
 
 pub type SolverArgs = Ctx;
+
+/// How long a planned claim counts as in flight without the cache showing it: the Launcher creates
+/// it within seconds, or failed to and batches its pods again.
+pub const IN_FLIGHT_TTL: Duration = Duration::from_secs(30);
 
 /// Bound on remembered reports before the memory is cleared (it only suppresses duplicates).
 const REPORTED_LIMIT: usize = 200_000;
@@ -86,9 +97,17 @@ impl Solver {
         let ctx = state.ctx.clone();
         let pods = ctx.caches.pods.all();
         let nodes = ctx.caches.nodes.all();
-        let claims = ctx.caches.claims.all();
+        let mut claims = ctx.caches.claims.all();
+        let cached: HashSet<String> = claims.iter().filter_map(|c| c.metadata.name.clone()).collect();
+        let now = Instant::now();
+        state.in_flight.retain(|(at, c)| {
+            now.duration_since(*at) < IN_FLIGHT_TTL && !c.metadata.name.as_ref().is_some_and(|n| cached.contains(n))
+        });
+        claims.extend(state.in_flight.iter().map(|(_, c)| c.clone()));
         let daemonsets = ctx.caches.daemonsets.all();
         let pools = ctx.caches.effective_pools();
+        let pools_by_name: HashMap<String, rafter::api::NodePool> =
+            pools.iter().map(|p| (p.metadata.name.clone().unwrap_or_default(), p.clone())).collect();
         let pending: Vec<Pod> = pods.iter().filter(|p| provisionable(p)).map(|p| p.as_ref().clone()).collect();
         if pending.is_empty() {
             return;
@@ -159,7 +178,11 @@ impl Solver {
         }
         match peer(&ctx.peers.launcher) {
             Some(launcher) => {
-                let _ = launcher.cast(LauncherMessage::Launch { claims: plan.claims, span, replaces: None });
+                let planned = plan_claims(&pools_by_name, plan.claims, None);
+                let claims: Vec<Arc<NodeClaim>> = planned.iter().map(|p| Arc::new(p.claim.clone())).collect();
+                if launcher.cast(LauncherMessage::Launch { claims: planned, span }).is_ok() {
+                    state.in_flight.extend(claims.into_iter().map(|c| (Instant::now(), c)));
+                }
             }
             None => tracing::warn!("the launcher is restarting; the pods stay pending and are batched again"),
         }
@@ -238,7 +261,7 @@ impl Actor for Solver {
     async fn pre_start(&self, _: ActorRef<Self::Msg>, ctx: Ctx) -> Result<Self::State, ActorProcessingErr> {
         let reporter = Reporter { controller: "rafter".into(), instance: Some(ctx.config.identity.clone()) };
         let recorder = Recorder::new(ctx.client.clone(), reporter);
-        Ok(SolverState { ctx, recorder, reported: HashSet::new() })
+        Ok(SolverState { ctx, recorder, reported: HashSet::new(), in_flight: Vec::new() })
     }
 
     async fn handle(

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use rafter_actors::context::ControllerConfig;
 use rafter_actors::world::{INFLATE, NODEPOOL_DEFAULT, PROVISIONER_SPOT_DEFAULT, World, WorldConfig};
 use rafter_sim::nodes::NodeSimConfig;
 
@@ -324,4 +325,98 @@ async fn a_nodepool_that_does_not_decode_is_reported_on_itself_and_the_other_poo
         "a warning event on the pool"
     );
     replica.shutdown().await;
+}
+
+/// What a fresh solve of `pods` on an empty cluster costs, $/h: the lower bound of any arrival
+/// order.
+async fn fresh_plan_price(world: &World, pods: Vec<k8s_openapi::api::core::v1::Pod>) -> f64 {
+    use kube::api::Api;
+    let pools: Vec<rafter::api::NodePool> =
+        Api::<rafter::api::NodePool>::all(world.client.clone()).list(&Default::default()).await.expect("pools").items;
+    let mut types = std::collections::HashMap::new();
+    for pool in &pools {
+        types.insert(
+            pool.metadata.name.clone().unwrap_or_default(),
+            world.provider.instance_types(pool).await.expect("types"),
+        );
+    }
+    let pending = pods
+        .into_iter()
+        .map(|mut p| {
+            if let Some(spec) = p.spec.as_mut() {
+                spec.node_name = None;
+            }
+            p.status = None;
+            p
+        })
+        .collect();
+    let snapshot = rafter::state::Snapshot { pools: &pools, ..Default::default() };
+    let (input, _) = rafter::state::scheduling_input(snapshot, pending, |p| {
+        types.get(p.metadata.name.as_deref().unwrap_or_default()).cloned().unwrap_or_default()
+    });
+    rafter::scheduling::solver::solve(&input).price()
+}
+
+/// Scales inflate to `total` in `waves` equal steps `pause` apart, waits for every pod to run,
+/// and returns (what the instances bought cost, a fresh solve's price, instances bought). Each
+/// launch takes a second, as on EC2, and eight run at once: a plan's later claims are created
+/// only as earlier launches finish, seconds after the plan.
+async fn scale_up_in_waves(total: u32, waves: u32, pause: Duration) -> (f64, f64, usize) {
+    let mut config = WorldConfig::default();
+    config.fake.create_latency = Duration::from_secs(1);
+    let world = World::start(config).await.expect("world");
+    world.apply(NODEPOOL_DEFAULT).await.expect("pool applied");
+    world.apply(INFLATE).await.expect("inflate applied");
+    let replica =
+        world.replica(ControllerConfig { parallelism: 8, ..world.quick_config("rafter-0") }).await.expect("replica");
+    world.wait_for("leadership", Duration::from_secs(10), || async { Ok(replica.is_leader()) }).await.expect("leads");
+    for wave in 1..=waves {
+        world.scale(total * wave / waves).await.expect("scaled");
+        if wave < waves {
+            tokio::time::sleep(pause).await;
+        }
+    }
+    world
+        .wait_for("every pod running", Duration::from_secs(120), || async {
+            Ok(world.running().await? == total as usize)
+        })
+        .await
+        .expect("all pods run");
+    let bought = world.cloud.running();
+    assert_eq!(world.cloud.create_calls() as usize, bought.len(), "nothing was bought twice or removed");
+    let price: f64 = bought.iter().map(|i| i.price).sum();
+    let fresh = fresh_plan_price(&world, world.pods().await.expect("pods")).await;
+    replica.shutdown().await;
+    (price, fresh, bought.len())
+}
+
+/// The over-buying bound: within 5% of a fresh solve of all the pods, plus what arrival order
+/// forces — each batch after the first may leave one more partly filled node than a fresh solve
+/// would (the default pool's dearest type for inflate costs under $0.05/h). Pods arriving within
+/// one batch window are one batch.
+fn assert_within_bound(what: &str, (bought, fresh, n): (f64, f64, usize), batches: u32) {
+    let node = 0.05;
+    let bound = fresh * 1.05 + f64::from(batches - 1) * node;
+    eprintln!("{what}: bought {n} nodes for ${bought:.4}/h; a fresh solve ${fresh:.4}/h ({:.3}×)", bought / fresh);
+    assert!(
+        bought <= bound + 1e-9,
+        "{what}: bought {n} nodes for ${bought:.4}/h; a fresh solve costs ${fresh:.4}/h, bound ${bound:.4}/h"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_arriving_all_at_once_buy_no_more_than_a_fresh_solve_of_them_all() {
+    assert_within_bound("600 pods at once", scale_up_in_waves(600, 1, Duration::ZERO).await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_arriving_over_seconds_buy_no_more_than_a_fresh_solve_of_them_all() {
+    // 20 steps of 30 pods, 150 ms apart: the 3 s maximum batch window cuts them into two
+    // overlapping batches, the second solved while the first's claims are still being created.
+    assert_within_bound("600 pods over 3 s", scale_up_in_waves(600, 20, Duration::from_millis(150)).await, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_arriving_in_waves_buy_no_more_than_a_fresh_solve_plus_a_node_per_wave() {
+    assert_within_bound("3 waves of 200 pods", scale_up_in_waves(600, 3, Duration::from_secs(4)).await, 3);
 }

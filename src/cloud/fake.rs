@@ -37,6 +37,8 @@ pub struct FakeConfig {
     pub capacity_per_offering: Option<u32>,
     /// Seeds the spot prices and instance ids.
     pub seed: u64,
+    /// How long each launch call takes to answer (EC2's CreateFleet takes a second or two).
+    pub create_latency: Duration,
 }
 
 impl Default for FakeConfig {
@@ -47,6 +49,7 @@ impl Default for FakeConfig {
             boot_delay: Duration::ZERO,
             capacity_per_offering: None,
             seed: 1,
+            create_latency: Duration::ZERO,
         }
     }
 }
@@ -385,6 +388,9 @@ impl FakeCloud {
 #[async_trait]
 impl CloudProvider for FakeCloud {
     async fn create(&self, claim: &NodeClaim) -> Result<Instance, CloudError> {
+        if !self.config.create_latency.is_zero() {
+            tokio::time::sleep(self.config.create_latency).await;
+        }
         let result = self.launch(claim);
         if result.is_ok() {
             self.changed();
