@@ -428,8 +428,11 @@ impl Launcher {
         }
     }
 
-    /// What a failed launch leads to: capacity errors avoid the offerings and re-plan at once,
-    /// configuration errors give up on the claim, the rest is retried with backoff.
+    /// What a failed launch leads to: capacity errors avoid the offerings and re-plan at once; a
+    /// configuration error is written on the claim (`Launched=False`) and retried slowly, never a
+    /// reason to delete it (a launch may have reached the cloud, and the configuration may be
+    /// fixed, or be a start-up race); the rest is retried with backoff. The launch timeout
+    /// removes a claim that never launches.
     async fn failed(&self, state: &mut LauncherState, name: &str, error: &LaunchError) {
         let ctx = state.ctx.clone();
         match error {
@@ -439,9 +442,24 @@ impl Launcher {
                 let _ = delete_claim(&ctx, name).await;
                 rebatch(&ctx);
             }
-            LaunchError::Cloud(CloudError::InvalidConfiguration { .. }) | LaunchError::PoolGone(_) => {
-                tracing::error!(nodeclaim = %name, %error, "cannot launch; deleting the claim (fix the NodePool or EC2NodeClass)");
+            LaunchError::PoolGone(_) => {
+                tracing::error!(nodeclaim = %name, %error, "cannot launch; deleting the claim");
                 let _ = delete_claim(&ctx, name).await;
+            }
+            LaunchError::Cloud(CloudError::InvalidConfiguration { message }) => {
+                let entry = state.retry.entry(name.to_string()).or_insert((Instant::now(), 0));
+                entry.1 += 1;
+                entry.0 = Instant::now() + rafter::state::disruption::eviction_backoff(entry.1 + 5);
+                let first = entry.1 == 1;
+                if let Some(claim) = ctx.caches.claims.all().iter().find(|c| c.metadata.name.as_deref() == Some(name)) {
+                    let set = [(conditions::LAUNCHED, false, "InvalidConfiguration", message.as_str())];
+                    let _ = patch_status(&ctx, claim, json!({}), &set).await;
+                }
+                if first {
+                    tracing::error!(nodeclaim = %name, %error, "cannot launch; retrying slowly until the NodePool or EC2NodeClass is fixed");
+                } else {
+                    tracing::debug!(nodeclaim = %name, %error, "cannot launch yet");
+                }
             }
             _ => {
                 let entry = state.retry.entry(name.to_string()).or_insert((Instant::now(), 0));

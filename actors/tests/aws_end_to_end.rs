@@ -138,3 +138,48 @@ async fn inflate_scales_to_100_on_moto_instances_and_back_to_zero_with_every_ins
     assert!(metrics.contains("rafter_cloud_api_calls_total{service=\"EC2\",operation=\"CreateFleet\"}"), "{metrics}");
     replica.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_that_cannot_launch_for_its_configuration_is_kept_and_says_why_instead_of_being_deleted() {
+    let moto = Moto::start().expect("moto");
+    seed(&moto.endpoint, Some(&moto), "demo", "1.33").await.expect("seed");
+    let mut aws = AwsConfig::new("demo", "us-east-1");
+    aws.endpoint = Some(moto.endpoint.clone());
+    aws.credentials = Some((TEST_CREDENTIALS.0.into(), TEST_CREDENTIALS.1.into()));
+    aws.cluster_endpoint = "https://demo.example".into();
+    let world = World::start(WorldConfig { aws: Some(aws), ..WorldConfig::default() }).await.expect("world");
+    world.apply(NODEPOOL_DEFAULT).await.expect("pool");
+    // A previous leader's claim whose node class has since gone (or whose profile lost a race):
+    // its launch may have reached EC2, so deleting it could orphan an instance.
+    let claim: rafter::api::NodeClaim = serde_json::from_value(serde_json::json!({
+        "apiVersion": "karpenter.sh/v1", "kind": "NodeClaim",
+        "metadata": {"name": "default-kept1", "labels": {"karpenter.sh/nodepool": "default"},
+                     "finalizers": ["karpenter.sh/termination"]},
+        "spec": {"requirements": [{"key": "node.kubernetes.io/instance-type", "operator": "In", "values": ["m5.large"]}],
+                 "nodeClassRef": {"group": "karpenter.k8s.aws", "kind": "EC2NodeClass", "name": "gone"}}
+    }))
+    .expect("claim");
+    let claims: Api<rafter::api::NodeClaim> = Api::all(world.client.clone());
+    claims.create(&Default::default(), &claim).await.expect("claim created");
+    let replica = world.replica(world.quick_config("rafter-0")).await.expect("replica");
+    world.wait_for("leadership", Duration::from_secs(10), || async { Ok(replica.is_leader()) }).await.expect("leads");
+    let said = world
+        .wait_for("the claim's Launched condition", Duration::from_secs(20), || async {
+            let c = claims.get("default-kept1").await?;
+            Ok(c.status.is_some_and(|s| {
+                s.conditions.iter().any(|c| {
+                    c.type_ == "Launched"
+                        && c.status == "False"
+                        && c.reason == "InvalidConfiguration"
+                        && c.message.contains("EC2NodeClass \"gone\" does not exist")
+                })
+            }))
+        })
+        .await;
+    assert!(said.is_ok(), "{:?}", claims.get("default-kept1").await.map(|c| c.status));
+    // Several reconciles later it is still there, not deleted.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let kept = claims.get("default-kept1").await.expect("the claim is kept");
+    assert!(kept.metadata.deletion_timestamp.is_none());
+    replica.shutdown().await;
+}

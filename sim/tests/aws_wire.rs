@@ -395,3 +395,23 @@ async fn a_leader_killed_after_any_cloud_call_of_a_merged_launch_leaves_no_insta
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_only_reads_iam_and_a_leader_that_lost_an_iam_race_launches_on_its_next_try() {
+    let env = Env::new().await;
+    let (pool, _) = example();
+    // A standby warms its catalog: instance types without the instance profile, which it never makes.
+    let standby = env.cloud().await;
+    let types = standby.instance_types(&pool).await.expect("a standby's instance types");
+    assert!(!types.is_empty());
+    for write in ["CreateInstanceProfile", "AddRoleToInstanceProfile", "RemoveRoleFromInstanceProfile"] {
+        assert_eq!(env.calls(write).await, 0, "a standby called {write}");
+    }
+    // The leader loses the race another replica won (IAM allows one role per profile).
+    let leader = env.cloud().await;
+    env.moto.fault("AddRoleToInstanceProfile", "LimitExceeded", 409, 1).await.expect("fault");
+    let first = leader.create(&claim("c1", "u1", m5_large_spot())).await;
+    assert!(matches!(first, Err(CloudError::InvalidConfiguration { .. })), "{first:?}");
+    let second = leader.create(&claim("c1", "u1", m5_large_spot())).await.expect("the next try launches");
+    assert_eq!(second.node_claim(), Some("c1"));
+}

@@ -335,6 +335,8 @@ type SpotPrices = Arc<HashMap<(String, String), f64>>;
 struct ClassEntry {
     at: Instant,
     generation: Option<i64>,
+    /// Resolved by the leader, which creates the instance profile; a standby's entry only read.
+    mutated: bool,
     report: NodeClassReport,
     resolved: Option<Arc<Resolved>>,
 }
@@ -522,8 +524,31 @@ impl AwsCloud {
         Ok(())
     }
 
+    /// The class resolved for its instance types: reads only, so any replica may ask.
+    async fn resolved(&self, class: &EC2NodeClass) -> Result<Arc<Resolved>, CloudError> {
+        let entry = self.inner.class_entry(class, false, false).await?;
+        Self::not_ready(class, entry)
+    }
+
+    /// The class resolved for a launch (the leader's): its instance profile created if Rafter
+    /// manages it, and required.
     async fn ready(&self, class: &EC2NodeClass) -> Result<Arc<Resolved>, CloudError> {
-        let entry = self.inner.class_entry(class, false).await?;
+        let entry = self.inner.class_entry(class, false, true).await?;
+        let checks = entry.report.checks.clone();
+        let resolved = Self::not_ready(class, entry)?;
+        if resolved.instance_profile.is_none() {
+            return Err(CloudError::InvalidConfiguration {
+                message: format!(
+                    "EC2NodeClass {:?} is not ready: {}",
+                    class.metadata.name.as_deref().unwrap_or_default(),
+                    checks.iter().filter(|c| !c.ok).map(|c| c.message.as_str()).collect::<Vec<_>>().join("; ")
+                ),
+            });
+        }
+        Ok(resolved)
+    }
+
+    fn not_ready(class: &EC2NodeClass, entry: ClassEntry) -> Result<Arc<Resolved>, CloudError> {
         entry.resolved.ok_or_else(|| CloudError::InvalidConfiguration {
             message: format!(
                 "EC2NodeClass {:?} is not ready: {}",
@@ -621,7 +646,7 @@ impl AwsCloud {
         let metadata = spec.metadata_options.clone().unwrap_or_default();
         let groups: Vec<String> = resolved.security_groups.iter().map(|g| g.id.clone()).collect();
         let fingerprint = serde_json::json!({
-            "ami": ami.id, "userData": user_data, "groups": groups, "profile": resolved.instance_profile,
+            "ami": ami.id, "userData": user_data, "groups": groups, "profile": resolved.instance_profile.as_deref().unwrap_or_default(),
             "metadata": spec.metadata_options, "disks": spec.block_device_mappings, "tags": spec.tags,
             "monitoring": spec.detailed_monitoring, "publicIP": spec.associate_public_ip_address,
         })
@@ -659,7 +684,7 @@ impl AwsCloud {
             .user_data(base64::engine::general_purpose::STANDARD.encode(user_data))
             .iam_instance_profile(
                 LaunchTemplateIamInstanceProfileSpecificationRequest::builder()
-                    .name(&resolved.instance_profile)
+                    .name(resolved.instance_profile.as_deref().unwrap_or_default())
                     .build(),
             )
             .metadata_options(
@@ -916,12 +941,15 @@ impl Inner {
     }
 
     /// The class's resolution, fresh when `force` or stale.
-    async fn class_entry(&self, class: &EC2NodeClass, force: bool) -> Result<ClassEntry, CloudError> {
+    async fn class_entry(&self, class: &EC2NodeClass, force: bool, mutate: bool) -> Result<ClassEntry, CloudError> {
         let name = class.metadata.name.clone().unwrap_or_default();
         let cached = |s: &State| {
             s.classes
                 .get(&name)
                 .filter(|e| e.generation == class.metadata.generation && e.at.elapsed() < CLASS_TTL)
+                // A launch needs the leader's resolution, and a profile it could not make yet
+                // (a start-up race in IAM) is tried again rather than kept for the TTL.
+                .filter(|e| !mutate || (e.mutated && e.resolved.as_ref().is_some_and(|r| r.instance_profile.is_some())))
                 .cloned()
         };
         if !force && let Some(e) = cached(&self.lock()) {
@@ -932,12 +960,13 @@ impl Inner {
             return Ok(e);
         }
         let (report, resolved) =
-            nodeclass::resolve(&self.clients, &self.config.cluster, &self.config.kubernetes_version, class)
+            nodeclass::resolve(&self.clients, &self.config.cluster, &self.config.kubernetes_version, class, mutate)
                 .await
                 .map_err(|e| e.to_cloud())?;
         let entry = ClassEntry {
             at: Instant::now(),
             generation: class.metadata.generation,
+            mutated: mutate,
             report,
             resolved: resolved.map(Arc::new),
         };
@@ -1467,7 +1496,7 @@ impl CloudProvider for AwsCloud {
 
     async fn instance_types(&self, pool: &NodePool) -> Result<Vec<InstanceType>, CloudError> {
         let class = self.class(&pool.spec.template.spec.node_class_ref.name)?;
-        let resolved = self.ready(&class).await?;
+        let resolved = self.resolved(&class).await?;
         self.types_for(&class, &resolved).await
     }
 
@@ -1475,7 +1504,7 @@ impl CloudProvider for AwsCloud {
         let Some(provider) = claim.status.as_ref().and_then(|s| s.provider_id.as_deref()) else { return Ok(None) };
         let Some((_, id)) = parse_provider_id(provider) else { return Ok(None) };
         let class = self.class(&claim.spec.template.node_class_ref.name)?;
-        let resolved = self.ready(&class).await?;
+        let resolved = self.resolved(&class).await?;
         let found = self.inner.describe(vec![id.to_string()], Vec::new()).await.map_err(|e| e.to_cloud())?;
         let image = found.first().and_then(|i| i.image_id()).unwrap_or_default();
         if !image.is_empty() && !resolved.amis.iter().any(|a| a.id == image) {
@@ -1505,7 +1534,7 @@ impl CloudProvider for AwsCloud {
     }
 
     async fn node_class_report(&self, class: &EC2NodeClass) -> Result<Option<NodeClassReport>, CloudError> {
-        let mut report = self.inner.class_entry(class, true).await?.report;
+        let mut report = self.inner.class_entry(class, true, true).await?.report;
         if let Err(CloudError::InvalidConfiguration { message }) = self.launchable(class)
             && let Some(ready) =
                 report.checks.iter_mut().find(|c| c.type_ == crate::api::ec2nodeclass::conditions::READY)

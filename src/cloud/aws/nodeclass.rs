@@ -25,14 +25,16 @@ pub struct Ami {
     pub created: String,
 }
 
-/// A node class whose every selector matched: what launches need.
+/// A node class whose every selector matched: what instance types and launches need.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Resolved {
     pub subnets: Vec<ResolvedSubnet>,
     pub security_groups: Vec<ResolvedSecurityGroup>,
     /// Newest image per architecture.
     pub amis: Vec<Ami>,
-    pub instance_profile: String,
+    /// The instance profile launches use; `None` until it exists (only the leader creates the
+    /// one Rafter manages for `spec.role`).
+    pub instance_profile: Option<String>,
     pub family: AmiFamily,
 }
 
@@ -105,12 +107,15 @@ fn arch_of(aws: &str) -> Option<&'static str> {
 }
 
 /// Resolves every selector of a class. AWS errors that are about the class (a missing role, no
-/// permission) become failed checks; errors reaching AWS at all are returned.
+/// permission) become failed checks; errors reaching AWS at all are returned. Only with `mutate`
+/// (the leader) is the instance profile for `spec.role` created or fixed: a standby only reads it,
+/// so replicas starting together never race each other in IAM.
 pub async fn resolve(
     clients: &Clients,
     cluster: &str,
     kubernetes_version: &str,
     class: &EC2NodeClass,
+    mutate: bool,
 ) -> Result<(NodeClassReport, Option<Resolved>), AwsError> {
     let spec = &class.spec;
     let mut report = NodeClassReport::default();
@@ -205,7 +210,8 @@ pub async fn resolve(
             Ok(_) => Ok(name.clone()),
             Err(e) => Err(format!("spec.instanceProfile {name:?}: {}", AwsError::sdk("GetInstanceProfile", e))),
         },
-        (None, Some(role)) => ensure_profile(clients, cluster, class, role).await,
+        (None, Some(role)) if mutate => ensure_profile(clients, cluster, class, role).await,
+        (None, Some(role)) => find_profile(clients, cluster, role).await,
         (None, None) => Err("give spec.role or spec.instanceProfile".to_string()),
     };
     let profile_problem = profile.as_ref().err().cloned().into_iter().collect::<Vec<_>>();
@@ -222,16 +228,19 @@ pub async fn resolve(
     let message = not_ready.iter().map(|c| c.message.as_str()).collect::<Vec<_>>().join("; ");
     let reason = not_ready.first().map(|c| c.reason.clone()).unwrap_or_else(|| "Ready".into());
     report.checks.push(NodeClassCheck { type_: conditions::READY.into(), ok: ready, reason, message });
-    let resolved = match (ready, profile) {
-        (true, Ok(instance_profile)) => Some(Resolved {
-            subnets: report.subnets.clone(),
-            security_groups: report.security_groups.clone(),
-            amis,
-            instance_profile,
-            family,
-        }),
-        _ => None,
-    };
+    // Instance types need only the subnets, groups and images; the profile is checked at launch.
+    let selectors_ok = report
+        .checks
+        .iter()
+        .filter(|c| c.type_ != conditions::INSTANCE_PROFILE_READY && c.type_ != conditions::READY)
+        .all(|c| c.ok);
+    let resolved = selectors_ok.then(|| Resolved {
+        subnets: report.subnets.clone(),
+        security_groups: report.security_groups.clone(),
+        amis,
+        instance_profile: profile.ok(),
+        family,
+    });
     Ok((report, resolved))
 }
 
@@ -348,6 +357,21 @@ async fn resolve_amis(
         }
     }
     Ok((newest.into_values().collect(), problems))
+}
+
+/// The instance profile Rafter manages for `role`, read only: its name when it exists with the role.
+async fn find_profile(clients: &Clients, cluster: &str, role: &str) -> Result<String, String> {
+    let name = profile_name(cluster, role);
+    match clients.iam.get_instance_profile().instance_profile_name(&name).send().await {
+        Ok(out) if out.instance_profile().is_some_and(|p| p.roles().iter().any(|r| r.role_name() == role)) => Ok(name),
+        Ok(_) => {
+            Err(format!("spec.role {role:?}: instance profile {name} does not hold the role yet; the leader adds it"))
+        }
+        Err(e) if AwsError::code_of(&e) == Some("NoSuchEntity") => {
+            Err(format!("spec.role {role:?}: instance profile {name} does not exist yet; the leader creates it"))
+        }
+        Err(e) => Err(format!("spec.role {role:?}: GetInstanceProfile: {}", AwsError::sdk("GetInstanceProfile", e))),
+    }
 }
 
 async fn ensure_profile(clients: &Clients, cluster: &str, class: &EC2NodeClass, role: &str) -> Result<String, String> {
