@@ -1,9 +1,9 @@
 //! Disrupter: decides which nodes go. This methods are emptiness (`consolidateAfter` on an
 //! empty node, legacy `ttlSecondsAfterEmpty`) and expiry (`expireAfter`, legacy
 //! `ttlSecondsUntilExpired`); each ends in deleting the NodeClaim, which the Terminator carries
-//! out. Consolidation of under-used nodes, drift and budgets plug in as further [`Method`]s.
+//! out. An empty node that a solve would place pending pods on is kept: it is waiting for them. Consolidation of under-used nodes, drift and budgets plug in as further [`Method`]s.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Pod;
@@ -41,6 +41,37 @@ pub struct DisrupterState {
 
 pub type DisrupterArgs = Ctx;
 
+/// The nodes and in-flight claims a solve would place pending pods on now: an empty one of these
+/// is waiting for pods (the scheduler has not bound them yet), not idle. Asked of the solver itself,
+/// from the caches, so a new leader answers the same.
+async fn awaited(ctx: &Ctx) -> HashSet<String> {
+    let pods = ctx.caches.pods.all();
+    let pending: Vec<Pod> =
+        pods.iter().filter(|p| rafter::state::provisionable(p)).map(|p| p.as_ref().clone()).collect();
+    if pending.is_empty() {
+        return HashSet::new();
+    }
+    let pools = ctx.caches.effective_pools();
+    let mut types = crate::solver::pool_types(ctx, &pools).await;
+    let (nodes, claims, daemonsets, volumes) =
+        (ctx.caches.nodes.all(), ctx.caches.claims.all(), ctx.caches.daemonsets.all(), ctx.caches.volumes());
+    let job = move || {
+        let snapshot = rafter::state::Snapshot {
+            pods: &pods,
+            nodes: &nodes,
+            claims: &claims,
+            pools: &pools,
+            daemonsets: &daemonsets,
+            storage: volumes.view(),
+        };
+        let (input, _) = rafter::state::scheduling_input(snapshot, pending, |pool| {
+            types.remove(pool.metadata.name.as_deref().unwrap_or_default()).unwrap_or_default()
+        });
+        rafter::scheduling::solver::solve(&input).placements.into_iter().map(|p| p.node).collect()
+    };
+    tokio::task::spawn_blocking(job).await.unwrap_or_default()
+}
+
 fn empty_for(ctx: &Ctx, claim: &NodeClaim) -> Option<std::time::Duration> {
     let c = claim.status.as_ref()?.conditions.iter().find(|c| c.type_ == EMPTY && c.status == "True")?;
     Some(age(ctx.clock.as_ref(), &c.last_transition_time))
@@ -57,6 +88,8 @@ impl Disrupter {
                 by_node.entry(node).or_default().push(pod);
             }
         }
+        // Computed once per pass, and only when an empty node is due to go.
+        let mut awaited_now: Option<HashSet<String>> = None;
         for claim in ctx.caches.claims.all() {
             if claim.metadata.deletion_timestamp.is_some() || !condition_true(&claim, conditions::INITIALIZED) {
                 continue;
@@ -101,6 +134,13 @@ impl Disrupter {
                     }
                 }
                 Emptiness::Remove { after } => {
+                    if awaited_now.is_none() {
+                        awaited_now = Some(awaited(&ctx).await);
+                    }
+                    if awaited_now.as_ref().is_some_and(|a| a.contains(&node) || a.contains(&name)) {
+                        tracing::debug!("empty node {node} is kept: pending pods are planned onto it");
+                        continue;
+                    }
                     tracing::info!("Triggering termination after {}s for empty node {node}", after.as_secs());
                     let _ = delete_claim(&ctx, &name).await;
                 }

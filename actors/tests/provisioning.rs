@@ -420,3 +420,52 @@ async fn pods_arriving_over_seconds_buy_no_more_than_a_fresh_solve_of_them_all()
 async fn pods_arriving_in_waves_buy_no_more_than_a_fresh_solve_plus_a_node_per_wave() {
     assert_within_bound("3 waves of 200 pods", scale_up_in_waves(600, 3, Duration::from_secs(4)).await, 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_node_that_pending_pods_are_planned_onto_is_not_removed_until_they_are_gone() {
+    use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+    let world = World::start(WorldConfig::default()).await.expect("world");
+    world.apply(NODEPOOL_DEFAULT).await.expect("pool applied");
+    world.apply(INFLATE).await.expect("inflate applied");
+    let replica = world.replica(world.quick_config("rafter-0")).await.expect("replica");
+    world.wait_for("leadership", Duration::from_secs(10), || async { Ok(replica.is_leader()) }).await.expect("leads");
+    world.scale(1).await.expect("scaled");
+    world
+        .wait_for("1 pod running", Duration::from_secs(30), || async { Ok(world.running().await? == 1) })
+        .await
+        .expect("runs");
+    // A pod the scheduler has not bound yet (as under a slow API server): here, one whose
+    // scheduler is not running. It fits the node.
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(world.client.clone(), "default");
+    let waiting: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "waiting", "namespace": "default"},
+        "spec": {"schedulerName": "slow-scheduler", "containers": [{"name": "app", "image": "pause",
+                 "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}}}]}
+    }))
+    .expect("pod");
+    pods.create(&PostParams::default(), &waiting).await.expect("created");
+    let unschedulable = serde_json::json!({"status": {"conditions": [
+        {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "waiting for its scheduler"}
+    ]}});
+    pods.patch_status("waiting", &PatchParams::default(), &Patch::Merge(unschedulable)).await.expect("status");
+    world.scale(0).await.expect("scaled down");
+    world
+        .wait_for("inflate gone", Duration::from_secs(30), || async { Ok(world.running().await? == 0) })
+        .await
+        .expect("inflate gone");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    world.clock.advance(Duration::from_secs(120));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let claims = world.claims().await.expect("claims");
+    assert_eq!(claims.len(), 1, "one claim");
+    assert!(claims[0].metadata.deletion_timestamp.is_none(), "the node the pending pod is planned onto stays");
+    assert_eq!(world.cloud.create_calls(), 1, "and nothing more is bought for the pod");
+    // Once the pod is gone, the node is empty for good and goes.
+    pods.delete("waiting", &DeleteParams::default()).await.expect("deleted");
+    world.clock.advance(Duration::from_secs(120));
+    world
+        .wait_for("the node gone", Duration::from_secs(30), || async { Ok(world.claims().await?.is_empty()) })
+        .await
+        .expect("removed once nothing waits for it");
+    replica.shutdown().await;
+}
