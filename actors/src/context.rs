@@ -172,6 +172,8 @@ pub struct Ctx {
     /// The interruption queue, when one is configured.
     pub queue: Option<Arc<dyn MessageQueue>>,
     pub traces: Arc<Traces>,
+    /// Whether the lease answers: part of readiness.
+    pub lease: Arc<crate::elector::LeaseHealth>,
 }
 
 impl std::fmt::Debug for Ctx {

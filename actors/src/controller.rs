@@ -115,6 +115,7 @@ impl Replica {
             peers: Arc::new(Peers::default()),
             queue: args.queue,
             traces: Arc::default(),
+            lease: Arc::default(),
         };
         ctx.metrics.watch_cloud(ctx.cloud.clone());
         let (mut http, mut metrics_addr) = (None, None);
@@ -122,8 +123,8 @@ impl Replica {
             let listener =
                 crate::metrics::bind(addr).await.map_err(|source| ControllerError::Metrics { addr, source })?;
             metrics_addr = listener.local_addr().ok();
-            let caches = ctx.caches.clone();
-            let ready: Arc<dyn Fn() -> bool + Send + Sync> = Arc::new(move || caches.synced());
+            let check = ctx.clone();
+            let ready: Arc<dyn Fn() -> Result<(), String> + Send + Sync> = Arc::new(move || readiness(&check));
             http = Some(tokio::spawn(crate::metrics::serve(listener, ctx.metrics.clone(), ready)));
         }
         let stop_reason = Arc::new(std::sync::Mutex::new(None));
@@ -144,9 +145,14 @@ impl Replica {
         self.ctx.metrics.leader.get() == 1
     }
 
-    /// Whether every cache has synced (what `/readyz` reports).
+    /// What `/readyz` reports: every cache synced, and the lease reachable.
     pub fn is_ready(&self) -> bool {
-        self.ctx.caches.synced()
+        readiness(&self.ctx).is_ok()
+    }
+
+    /// Why `/readyz` is red, if it is.
+    pub fn readiness(&self) -> Result<(), String> {
+        readiness(&self.ctx)
     }
 
     /// Children running now.
@@ -198,5 +204,17 @@ impl Replica {
 impl std::fmt::Debug for ReplicaArgs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ReplicaArgs").field("identity", &self.config.identity).finish_non_exhaustive()
+    }
+}
+
+/// Ready: warm (every cache has listed) and in touch with the leader lease, leading or not — a hot
+/// standby is ready; one that cannot reach the lease can never take over.
+fn readiness(ctx: &Ctx) -> Result<(), String> {
+    if !ctx.caches.synced() {
+        return Err("caches not synced".into());
+    }
+    match ctx.lease.problem(ctx.config.lease_duration) {
+        Some(problem) => Err(problem),
+        None => Ok(()),
     }
 }

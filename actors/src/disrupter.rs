@@ -1,7 +1,8 @@
 //! Disrupter: decides which nodes go. This methods are emptiness (`consolidateAfter` on an
 //! empty node, legacy `ttlSecondsAfterEmpty`) and expiry (`expireAfter`, legacy
 //! `ttlSecondsUntilExpired`); each ends in deleting the NodeClaim, which the Terminator carries
-//! out. An empty node that a solve would place pending pods on is kept: it is waiting for them. Consolidation of under-used nodes, drift and budgets plug in as further [`Method`]s.
+//! out. An empty node that a solve would place pending pods on is kept: it is waiting for them.
+//! Consolidation of under-used nodes, drift and budgets plug in as further [`Method`]s.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;

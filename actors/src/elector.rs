@@ -2,6 +2,7 @@
 //! tells the supervisor `Leader(epoch)` or `Follower`. A leader that has not renewed within the
 //! renew deadline steps down before anyone else can take the lease (the lease duration is longer).
 
+use std::sync::Mutex;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -23,6 +24,60 @@ pub enum Leadership {
     /// This replica holds the lease; `epoch` is the lease's transition count when it was taken.
     Leader(i32),
     Follower,
+}
+
+/// What the elector last heard from the API server about the lease. A replica that cannot read
+/// or write it can neither lead nor stand by, so it is not ready, and says why.
+#[derive(Debug)]
+pub struct LeaseHealth(Mutex<LeaseSeen>);
+
+#[derive(Debug)]
+struct LeaseSeen {
+    started: Instant,
+    ok_at: Option<Instant>,
+    error: Option<String>,
+    failures: u64,
+}
+
+impl Default for LeaseHealth {
+    fn default() -> Self {
+        Self(Mutex::new(LeaseSeen { started: Instant::now(), ok_at: None, error: None, failures: 0 }))
+    }
+}
+
+impl LeaseHealth {
+    fn with<T>(&self, f: impl FnOnce(&mut LeaseSeen) -> T) -> T {
+        f(&mut self.0.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn succeeded(&self) {
+        self.with(|s| {
+            s.ok_at = Some(Instant::now());
+            s.error = None;
+            s.failures = 0;
+        });
+    }
+
+    /// Records a failed lease request; whether it is one to log at warn (the first of a run of
+    /// failures, then one in 20, so a lasting problem is visible without flooding the log).
+    fn failed(&self, error: String) -> bool {
+        self.with(|s| {
+            s.error = Some(error);
+            s.failures += 1;
+            s.failures % 20 == 1
+        })
+    }
+
+    /// Why this replica is not ready, if it is not: no lease request has succeeded for `window`.
+    pub fn problem(&self, window: Duration) -> Option<String> {
+        self.with(|s| {
+            let since = s.ok_at.unwrap_or(s.started);
+            (since.elapsed() >= window).then(|| {
+                let why = s.error.clone().unwrap_or_else(|| "no answer".into());
+                format!("the leader lease has not been reachable for {:?}: {why}", since.elapsed())
+            })
+        })
+    }
 }
 
 /// The part of a Lease the decision needs.
@@ -167,15 +222,37 @@ impl LeaderElectorState {
             }
         })
         .await;
+        let namespace = &self.ctx.config.lease_namespace;
+        let health = &self.ctx.lease;
         match result {
-            Ok(Ok(held)) => held,
-            Ok(Err(kube::Error::Api(s))) if s.code == 409 => false,
+            Ok(Ok(held)) => {
+                health.succeeded();
+                held
+            }
+            Ok(Err(kube::Error::Api(s))) if s.code == 409 => {
+                health.succeeded();
+                false
+            }
+            Ok(Err(kube::Error::Api(s))) if s.code == 404 => {
+                let error = format!(
+                    "{}; the lease's namespace {namespace:?} must exist (create it, or set --lease-namespace)",
+                    s.message
+                );
+                if health.failed(error.clone()) {
+                    tracing::warn!(%error, "cannot take part in leader election: no replica can lead");
+                }
+                false
+            }
             Ok(Err(error)) => {
-                tracing::debug!(%error, "lease request failed");
+                if health.failed(error.to_string()) {
+                    tracing::warn!(%error, "lease request failed; retrying");
+                }
                 false
             }
             Err(_) => {
-                tracing::debug!("lease request timed out");
+                if health.failed(format!("no answer within {limit:?}")) {
+                    tracing::warn!("lease request timed out; retrying");
+                }
                 false
             }
         }

@@ -269,8 +269,12 @@ impl Metrics {
 }
 
 /// Serves `/metrics`, `/healthz` and `/readyz` until the task is aborted. `ready` is asked on
-/// each `/readyz`.
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, ready: Arc<dyn Fn() -> bool + Send + Sync>) {
+/// each `/readyz`, and says why when it is not.
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    ready: Arc<dyn Fn() -> Result<(), String> + Send + Sync>,
+) {
     loop {
         let Ok((stream, _)) = listener.accept().await else { continue };
         let metrics = metrics.clone();
@@ -283,8 +287,10 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, ready: Arc<dyn 
                     let (status, body) = match req.uri().path() {
                         "/metrics" => (StatusCode::OK, metrics.encode()),
                         "/healthz" => (StatusCode::OK, "ok\n".to_string()),
-                        "/readyz" if ready() => (StatusCode::OK, "ok\n".to_string()),
-                        "/readyz" => (StatusCode::SERVICE_UNAVAILABLE, "caches not synced\n".to_string()),
+                        "/readyz" => match ready() {
+                            Ok(()) => (StatusCode::OK, "ok\n".to_string()),
+                            Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
+                        },
                         _ => (StatusCode::NOT_FOUND, "not found\n".to_string()),
                     };
                     let mut response = Response::new(Full::new(hyper::body::Bytes::from(body)));

@@ -252,3 +252,24 @@ async fn direct_binding_runs_pods_bound_at_launch_and_a_failed_launch_leaves_no_
     assert_one_instance_per_claim(&world).await;
     replica.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_lease_namespace_is_missing_is_not_ready_and_says_why() {
+    let world = world(Duration::ZERO).await;
+    let config = world.quick_config("rafter-0");
+    let lease_duration = config.lease_duration;
+    let lost = world
+        .replica(rafter_actors::context::ControllerConfig { lease_namespace: "no-such-namespace".into(), ..config })
+        .await
+        .expect("replica");
+    let fine = world.replica(world.quick_config("rafter-1")).await.expect("replica");
+    world.wait_for("rafter-1 leads", Duration::from_secs(10), || async { Ok(fine.is_leader()) }).await.expect("leads");
+    // Past one lease duration without a lease answer, the probe goes red, naming the namespace.
+    tokio::time::sleep(lease_duration + Duration::from_secs(1)).await;
+    let why = lost.readiness().expect_err("not ready");
+    assert!(why.contains("no-such-namespace") && why.contains("must exist"), "{why}");
+    assert!(!lost.is_leader());
+    assert!(fine.is_ready(), "{:?}", fine.readiness());
+    lost.shutdown().await;
+    fine.shutdown().await;
+}
