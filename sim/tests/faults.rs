@@ -151,3 +151,32 @@ async fn memory_stays_flat_across_100_watch_reconnects() {
     );
     task.abort();
 }
+
+/// An admin POST with no body at all, as `curl -X POST …/_sim/pause` sends it.
+async fn admin_without_body(sim: &Simulator, path: &str) -> Result<serde_json::Value, kube::Error> {
+    let request = http::Request::post(format!("/_sim/{path}")).body(Vec::new()).expect("request");
+    sim.client().request(request).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_actions_need_no_body_and_latency_can_be_limited_to_writes() {
+    let sim = Simulator::start().await.expect("simulator");
+    for path in ["drop-watches", "pause", "resume"] {
+        admin_without_body(&sim, path).await.unwrap_or_else(|e| panic!("POST /_sim/{path} without a body: {e}"));
+    }
+    let refused = admin_without_body(&sim, "faults").await.expect_err("setting faults needs a spec");
+    assert!(
+        matches!(&refused, kube::Error::Api(s) if s.code == 400 && s.message.contains("POST a JSON body")),
+        "{refused}"
+    );
+
+    let api: Api<ConfigMap> = Api::namespaced(sim.client(), "default");
+    api.create(&PostParams::default(), &config_map("c")).await.expect("created");
+    admin(&sim, "faults", json!({"latencyMs": 400, "latencyVerbs": ["write"]})).await;
+    let started = Instant::now();
+    api.get("c").await.expect("read");
+    assert!(started.elapsed() < Duration::from_millis(300), "reads are not slowed: {:?}", started.elapsed());
+    let started = Instant::now();
+    api.create(&PostParams::default(), &config_map("d")).await.expect("written");
+    assert!(started.elapsed() >= Duration::from_millis(400), "writes are");
+}

@@ -52,6 +52,9 @@ pub struct FaultSpec {
     pub seed: u64,
     pub latency_ms: u64,
     pub jitter_ms: u64,
+    /// The verbs latency and jitter apply to (`get`, `list`, `watch`, `create`, `update`,
+    /// `patch`, `delete`; `write` for the four that change objects); empty: every request.
+    pub latency_verbs: Vec<String>,
     pub errors: Vec<ErrorRule>,
     pub partitions: Vec<Partition>,
     pub paused: bool,
@@ -159,9 +162,14 @@ impl Faults {
                 return (Duration::ZERO, if p.mode == PartitionMode::Hang { Decision::Hang } else { Decision::Refuse });
             }
         }
-        let mut latency = Duration::from_millis(spec.latency_ms);
+        let slowed = spec.latency_verbs.is_empty()
+            || spec
+                .latency_verbs
+                .iter()
+                .any(|v| v == verb || (v == "write" && matches!(verb, "create" | "update" | "patch" | "delete")));
+        let mut latency = if slowed { Duration::from_millis(spec.latency_ms) } else { Duration::ZERO };
         let mut counters = self.counters.lock().unwrap_or_else(|p| p.into_inner());
-        if spec.jitter_ms > 0 {
+        if spec.jitter_ms > 0 && slowed {
             let n = counters.entry((usize::MAX, verb.to_string(), resource.to_string())).or_insert(0);
             *n += 1;
             let x = splitmix64(spec.seed ^ fnv1a(verb) ^ fnv1a(resource).rotate_left(17) ^ n.wrapping_mul(0x9e37));

@@ -282,6 +282,8 @@ pub fn decode(
         ("GET", Route::Resource(_)) if query.watch => (Verb::Watch, None, None),
         ("GET", Route::Resource(_)) if named => (Verb::Get, None, None),
         ("GET", _) => (Verb::List, None, None),
+        // An action (`pause`, `drop-watches`) needs no body; `faults` says so when it gets none.
+        ("POST", Route::Admin(_)) if body.iter().all(u8::is_ascii_whitespace) => (Verb::Create, None, None),
         ("POST", Route::Admin(_)) => (Verb::Create, None, Some(parse_body(body, false)?)),
         ("POST", Route::Resource(p)) if p.name.is_none() || p.subresource.is_some() => {
             (Verb::Create, None, Some(parse_body(body, false)?))

@@ -366,7 +366,7 @@ async fn serve(state: &Arc<ServerState>, req: ApiRequest, manager_default: &str)
             Ok(respond_json(200, &doc))
         }
         Route::OpenApi => Err(ApiError::path_not_found()),
-        Route::Admin(path) => admin(state, path, req.body.as_ref()),
+        Route::Admin(path) => admin(state, path, req.verb, req.body.as_ref()),
         Route::Resource(path) => {
             let path = path.clone();
             let view = state.lookup(&path.group, &path.version, &path.plural).ok_or_else(ApiError::path_not_found)?;
@@ -379,28 +379,35 @@ fn openapi_v2(req: &ApiRequest) -> bool {
     req.openapi_version.as_deref() == Some("v2")
 }
 
-fn admin(state: &Arc<ServerState>, path: &str, body: Option<&Value>) -> Result<Response<Body>, ApiError> {
-    match (path, body) {
-        ("faults", None) => Ok(respond_json(200, &serde_json::to_value(state.faults.spec()).unwrap_or_default())),
-        ("faults", Some(body)) => {
+/// `/_sim/…`, by method: `GET` reads, `POST` acts (a body is only needed to set faults).
+fn admin(state: &Arc<ServerState>, path: &str, verb: Verb, body: Option<&Value>) -> Result<Response<Body>, ApiError> {
+    let read = matches!(verb, Verb::Get | Verb::List);
+    match (path, read) {
+        ("faults", true) => Ok(respond_json(200, &serde_json::to_value(state.faults.spec()).unwrap_or_default())),
+        ("faults", false) => {
+            let body = body.ok_or_else(|| {
+                ApiError::bad_request(
+                    "fault spec: POST a JSON body such as {\"latencyMs\": 200}; {} clears every fault",
+                )
+            })?;
             let spec =
                 serde_json::from_value(body.clone()).map_err(|e| ApiError::bad_request(format!("fault spec: {e}")))?;
             state.faults.set(spec);
             Ok(respond_json(200, &serde_json::to_value(state.faults.spec()).unwrap_or_default()))
         }
-        ("drop-watches", Some(_)) => {
+        ("drop-watches", false) => {
             state.faults.drop_watches();
             Ok(respond_json(200, &json!({"dropped": true})))
         }
-        ("pause", Some(_)) => {
+        ("pause", false) => {
             state.faults.pause();
             Ok(respond_json(200, &json!({"paused": true})))
         }
-        ("resume", Some(_)) => {
+        ("resume", false) => {
             state.faults.resume();
             Ok(respond_json(200, &json!({"paused": false})))
         }
-        ("stats", None) => Ok(respond_json(
+        ("stats", true) => Ok(respond_json(
             200,
             &json!({
                 "resourceVersion": state.store.current_rv(),
