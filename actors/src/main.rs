@@ -52,6 +52,10 @@ enum Command {
         /// IAM role for templates that name no instance profile, instead of a profile.
         #[arg(long, conflicts_with = "default_instance_profile")]
         role: Option<String>,
+        /// The cluster's name: templates without subnet or security group selectors discover
+        /// them by the `kubernetes.io/cluster/<name>` tag, as legacy Karpenter did.
+        #[arg(long, env = "CLUSTER_NAME")]
+        cluster_name: Option<String>,
     },
     /// Plan machines for pending pods: reads pods, NodePools, node classes, nodes and DaemonSets
     /// from one YAML or JSON document and prints the plan as JSON.
@@ -182,8 +186,8 @@ fn other(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Run(_) | Command::Demo(_) => Ok(()),
         Command::Crds { dir } => print_crds(dir.as_deref()),
-        Command::Convert { file, default_instance_profile, role } => {
-            convert(&file, &ConversionOptions { default_instance_profile, role })
+        Command::Convert { file, default_instance_profile, role, cluster_name } => {
+            convert(&file, &ConversionOptions { default_instance_profile, role, cluster_name })
         }
         Command::Solve { input, catalog, spot_price_ratio } => solve(&input, &catalog, spot_price_ratio),
         Command::Sim(SimCommand::Apiserver { port, kubeconfig_out, api_only, install_crds }) => {

@@ -387,3 +387,120 @@ async fn sim_kubelets_runs_the_nodes_a_separate_rafter_run_launches_on_moto() {
     assert!(calls.get("CreateFleet").copied().unwrap_or(0) >= 1, "rafter run launched into moto: {calls:?}");
     assert!(calls.get("DescribeInstances").copied().unwrap_or(0) >= 1, "the kubelets followed moto: {calls:?}");
 }
+
+#[test]
+fn solve_refuses_what_the_api_server_would_refuse_naming_each_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_temp(
+        &dir,
+        "hostile.yaml",
+        r#"pods:
+  - metadata: {name: negative}
+    spec: {containers: [{name: c, resources: {requests: {cpu: "-4", memory: -5Gi}}}]}
+  - metadata: {name: huge}
+    spec: {containers: [{name: c, resources: {requests: {cpu: "99999999999999999999999999"}}}]}
+  - metadata: {name: words}
+    spec: {containers: [{name: c, resources: {requests: {cpu: "5 cores"}}}]}
+  - metadata: {name: skew}
+    spec:
+      containers: [{name: c}]
+      topologySpreadConstraints: [{maxSkew: -1, topologyKey: topology.kubernetes.io/zone, whenUnsatisfiable: DoNotSchedule}]
+"#,
+    );
+    let out = rafter(&["solve", "--input", &file], None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty(), "no plan is printed");
+    let stderr = text(&out.stderr);
+    for expected in [
+        "pods[0].spec.containers[0].resources.requests.cpu: \"-4\" must be greater than or equal to 0",
+        "pods[0].spec.containers[0].resources.requests.memory: \"-5Gi\" must be greater than or equal to 0",
+        "pods[1].spec.containers[0].resources.requests.cpu: \"99999999999999999999999999\" is too large",
+        "pods[2].spec.containers[0].resources.requests.cpu: \"5 cores\"",
+        "pods[3].spec.topologySpreadConstraints[0].maxSkew: -1 must be greater than 0",
+    ] {
+        assert!(stderr.contains(&format!("{file}: {expected}")), "missing {expected:?} in {stderr}");
+    }
+    let empty = write_temp(&dir, "empty.yaml", "");
+    let out = rafter(&["solve", "--input", &empty], None);
+    assert_eq!(out.status.code(), Some(1), "an empty file plans nothing: {}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("pods: none given"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn convert_refuses_output_the_api_server_would_refuse_at_the_provisioners_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let long_name = "p".repeat(10_000_000);
+    let manifest = format!(
+        r#"apiVersion: karpenter.sh/v1alpha5
+kind: Provisioner
+metadata: {{name: fine}}
+spec:
+  providerRef: {{name: default}}
+---
+apiVersion: karpenter.sh/v1alpha5
+kind: Provisioner
+metadata: {{name: bad}}
+spec:
+  weight: -5
+  limits: {{resources: {{cpu: "-1000"}}}}
+  ttlSecondsUntilExpired: 10000000000
+  providerRef: {{name: default}}
+---
+apiVersion: karpenter.sh/v1alpha5
+kind: Provisioner
+metadata: {{name: {long_name}}}
+spec:
+  providerRef: {{name: default}}
+"#
+    );
+    let file = write_temp(&dir, "bad.yaml", &manifest);
+    let out = rafter(&["convert", "-f", &file], None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty(), "nothing partial is printed");
+    let stderr = text(&out.stderr);
+    assert!(stderr.len() < 10_000, "the long name is not echoed whole ({} bytes)", stderr.len());
+    for expected in [
+        ":7: Provisioner bad converts to an invalid NodePool: spec.weight",
+        "spec.limits[cpu]",
+        "spec.template.spec.expireAfter",
+    ] {
+        assert!(stderr.contains(expected), "missing {expected:?} in {stderr}");
+    }
+    assert!(
+        stderr.contains(":16: Provisioner pppp") && stderr.contains("must be no more than 253 characters"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn convert_discovers_subnets_and_groups_by_the_cluster_tag_when_a_legacy_provider_names_none() {
+    // The getting-started Provisioner of the first Karpenter releases: an instance profile only.
+    let manifest = r#"apiVersion: karpenter.sh/v1alpha5
+kind: Provisioner
+metadata: {name: default}
+spec:
+  provider:
+    instanceProfile: KarpenterNodeInstanceProfile-demo
+"#;
+    let refused = rafter(&["convert", "-f", "-"], Some(manifest));
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(text(&refused.stderr).contains("--cluster-name"), "{}", text(&refused.stderr));
+    let out = rafter(&["convert", "-f", "-", "--cluster-name", "demo"], Some(manifest));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let docs = parse_documents(&text(&out.stdout)).expect("v1 output parses");
+    let class = docs
+        .iter()
+        .find_map(|d| match &d.object {
+            Object::EC2NodeClass(c) => Some(c.clone()),
+            _ => None,
+        })
+        .expect("an EC2NodeClass");
+    assert_eq!(
+        class.spec.subnet_selector_terms[0].tags.get("kubernetes.io/cluster/demo").map(String::as_str),
+        Some("*")
+    );
+    assert_eq!(
+        class.spec.security_group_selector_terms[0].tags.get("kubernetes.io/cluster/demo").map(String::as_str),
+        Some("*")
+    );
+}

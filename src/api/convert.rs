@@ -29,6 +29,9 @@ pub struct ConversionOptions {
     pub default_instance_profile: Option<String>,
     /// An IAM role to use instead, for templates that name no instance profile.
     pub role: Option<String>,
+    /// The cluster's name (legacy `clusterName`): a template without a subnet or security group
+    /// selector discovers them by the `kubernetes.io/cluster/<name>` tag, as legacy Karpenter did.
+    pub cluster_name: Option<String>,
 }
 
 /// One reason an object could not be converted.
@@ -322,7 +325,17 @@ pub fn node_class_from_template(
 
     // Subnets: `aws-ids` lists IDs; every other key is a tag.
     let mut subnet_terms = Vec::new();
+    // Legacy Karpenter discovered both by the cluster tag when a template named no selector.
+    let discovery = options
+        .cluster_name
+        .as_ref()
+        .map(|c| std::collections::BTreeMap::from([(format!("kubernetes.io/cluster/{c}"), "*".to_string())]));
     let mut subnet_tags = spec.subnet_selector.clone();
+    if subnet_tags.is_empty()
+        && let Some(tags) = &discovery
+    {
+        subnet_tags = tags.clone();
+    }
     if let Some(ids) = subnet_tags.remove("aws-ids") {
         if !subnet_tags.is_empty() {
             err("subnetSelector", "aws-ids cannot be combined with tags in v1; keep either the IDs or the tags".into());
@@ -333,11 +346,19 @@ pub fn node_class_from_template(
         subnet_terms.push(SubnetSelectorTerm { tags: subnet_tags, id: None });
     }
     if subnet_terms.is_empty() {
-        err("subnetSelector", "is required: v1 needs at least one subnet selector term".into());
+        err(
+            "subnetSelector",
+            "is required: v1 needs at least one subnet selector term (or give --cluster-name to discover subnets by the kubernetes.io/cluster/<name> tag, as legacy Karpenter did)".into(),
+        );
     }
 
     let mut group_terms = Vec::new();
     let mut group_tags = spec.security_group_selector.clone();
+    if group_tags.is_empty()
+        && let Some(tags) = &discovery
+    {
+        group_tags = tags.clone();
+    }
     if let Some(ids) = group_tags.remove("aws-ids") {
         if !group_tags.is_empty() {
             err(
@@ -352,7 +373,10 @@ pub fn node_class_from_template(
         group_terms.push(SecurityGroupSelectorTerm { tags: group_tags, ..Default::default() });
     }
     if group_terms.is_empty() {
-        err("securityGroupSelector", "is required: v1 needs at least one security group selector term".into());
+        err(
+            "securityGroupSelector",
+            "is required: v1 needs at least one security group selector term (or give --cluster-name to discover groups by the kubernetes.io/cluster/<name> tag)".into(),
+        );
     }
 
     // Legacy defaulted to AL2 and had Ubuntu, which v1 dropped.

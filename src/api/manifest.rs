@@ -197,6 +197,16 @@ fn typed<T: DeserializeOwned>(doc: &str, first_line: u64) -> Result<T, ManifestE
     serde_saphyr::from_str(doc).map_err(|e| yaml_error(&e, first_line))
 }
 
+/// A name as errors show it: a hostile 10 MB name is cut, not echoed.
+pub fn shown(name: &str) -> String {
+    const MAX: usize = 80;
+    if name.len() <= MAX {
+        return name.to_string();
+    }
+    let cut = (0..=MAX).rev().find(|&i| name.is_char_boundary(i)).unwrap_or(0);
+    format!("{}… ({} bytes)", &name[..cut], name.len())
+}
+
 /// Reads every document of a manifest stream; fails with every problem if any document is
 /// malformed or of a kind Rafter does not serve.
 pub fn parse_documents(text: &str) -> Result<Vec<Document>, Vec<ManifestError>> {
@@ -268,9 +278,64 @@ pub fn convert_manifests(text: &str, options: &ConversionOptions) -> Result<Stri
     let converted = convert(&provisioners, &templates, options).map_err(|errors| {
         errors
             .into_iter()
-            .map(|e| ManifestError { line: line_of(e.kind, &e.name), column: None, message: e.to_string() })
+            .map(|e| {
+                let mut message = e.to_string();
+                if e.name.len() > 80 {
+                    message = message.replace(&e.name, &shown(&e.name));
+                }
+                ManifestError { line: line_of(e.kind, &e.name), column: None, message }
+            })
             .collect::<Vec<_>>()
     })?;
+
+    // What conversion wrote must be what the API server takes: a value legacy accepted and v1
+    // refuses (a negative weight or limit, a duration beyond Kubernetes') is an error at the
+    // legacy object's line, not YAML the apply fails on.
+    let mut invalid = Vec::new();
+    for pool in &converted.node_pools {
+        let name = pool.metadata.name.clone().unwrap_or_default();
+        if name.len() > 253 {
+            invalid.push(ManifestError {
+                line: line_of("Provisioner", &name),
+                column: None,
+                message: format!("Provisioner {}: metadata.name: must be no more than 253 characters", shown(&name)),
+            });
+            continue;
+        }
+        if let Err(e) = super::validation::validate_node_pool(&pool.spec) {
+            invalid.extend(e.0.into_iter().map(|f| ManifestError {
+                line: line_of("Provisioner", &name),
+                column: None,
+                message: format!(
+                    "Provisioner {} converts to an invalid NodePool: {}: {}",
+                    shown(&name),
+                    f.field,
+                    f.message
+                ),
+            }));
+        }
+    }
+    for class in &converted.node_classes {
+        let name = class.metadata.name.clone().unwrap_or_default();
+        if let Err(e) = super::validation::validate_ec2_node_class(&class.spec) {
+            let line = documents
+                .iter()
+                .find(|d| match &d.object {
+                    Object::Provisioner(p) => p.metadata.name.as_deref() == Some(&name),
+                    Object::AWSNodeTemplate(t) => t.metadata.name.as_deref() == Some(&name),
+                    _ => false,
+                })
+                .map_or(1, |d| d.line);
+            invalid.extend(e.0.into_iter().map(|f| ManifestError {
+                line,
+                column: None,
+                message: format!("{} converts to an invalid EC2NodeClass: {}: {}", shown(&name), f.field, f.message),
+            }));
+        }
+    }
+    if !invalid.is_empty() {
+        return Err(invalid);
+    }
 
     // Emit in input order: each NodePool followed by the node class it was converted with.
     let ser_error = |e: serde_saphyr::ser::Error| vec![ManifestError { line: 1, column: None, message: e.to_string() }];

@@ -188,22 +188,36 @@ fn taint(p: &mut Problems, at: &str, t: &Taint) {
     }
 }
 
+/// The longest duration Kubernetes (Go's `time.Duration`) can hold: 2562047h47m16.854775807s.
+pub const MAX_DURATION: std::time::Duration = std::time::Duration::from_nanos(i64::MAX as u64);
+
+fn too_long(p: &mut Problems, at: &str, d: std::time::Duration) {
+    if d > MAX_DURATION {
+        p.add(at, format!("{}h is longer than Kubernetes can hold (at most 2562047h)", d.as_secs() / 3600));
+    }
+}
+
 fn nillable(p: &mut Problems, at: &str, d: &NillableDuration) {
-    if let Err(e) = d.parse() {
-        p.add(at, e.to_string());
+    match d.parse() {
+        Ok(Some(d)) => too_long(p, at, d),
+        Ok(None) => {}
+        Err(e) => p.add(at, e.to_string()),
     }
 }
 
 fn finite(p: &mut Problems, at: &str, d: &KubeDuration) {
-    if let Err(e) = d.parse() {
-        p.add(at, e.to_string());
+    match d.parse() {
+        Ok(d) => too_long(p, at, d),
+        Err(e) => p.add(at, e.to_string()),
     }
 }
 
 fn resources(p: &mut Problems, at: &str, list: &ResourceList) {
     for (name, q) in list {
-        if let Err(e) = q.parse() {
-            p.add(format!("{at}[{name}]"), e.to_string());
+        match q.parse() {
+            Ok(v) if v < 0 => p.add(format!("{at}[{name}]"), format!("{:?} must not be negative", q.as_str())),
+            Ok(_) => {}
+            Err(e) => p.add(format!("{at}[{name}]"), e.to_string()),
         }
     }
 }

@@ -56,6 +56,41 @@ struct Document {
     volume_zones: BTreeMap<String, Vec<String>>,
 }
 
+/// What kube-apiserver refuses in a pod that the solver would otherwise plan around: requests
+/// and limits that are not quantities, negative, or too large to hold, and a `maxSkew` below 1.
+fn validate_pod_spec(field: &str, spec: &k8s_openapi::api::core::v1::PodSpec, errors: &mut Vec<InputError>) {
+    let containers = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .enumerate()
+        .map(|(j, c)| (format!("{field}.initContainers[{j}]"), c))
+        .chain(spec.containers.iter().enumerate().map(|(j, c)| (format!("{field}.containers[{j}]"), c)));
+    for (at, container) in containers {
+        let Some(resources) = &container.resources else { continue };
+        for (kind, list) in [("requests", &resources.requests), ("limits", &resources.limits)] {
+            for (name, quantity) in list.iter().flatten() {
+                let at = format!("{at}.resources.{kind}.{name}");
+                let message = match crate::api::quantity::parse_millis(&quantity.0) {
+                    Err(e) => format!("{:?}: {e}", quantity.0),
+                    Ok(m) if m < 0 => format!("{:?} must be greater than or equal to 0", quantity.0),
+                    Ok(m) if m / 1000 > i128::from(i64::MAX) / 1000 => format!("{:?} is too large", quantity.0),
+                    Ok(_) => continue,
+                };
+                errors.push(InputError { field: at, message });
+            }
+        }
+    }
+    for (k, c) in spec.topology_spread_constraints.iter().flatten().enumerate() {
+        if c.max_skew < 1 {
+            errors.push(InputError {
+                field: format!("{field}.topologySpreadConstraints[{k}].maxSkew"),
+                message: format!("{} must be greater than 0", c.max_skew),
+            });
+        }
+    }
+}
+
 fn typed<T: DeserializeOwned>(field: String, value: serde_json::Value, errors: &mut Vec<InputError>) -> Option<T> {
     match serde_json::from_value(value) {
         Ok(v) => Some(v),
@@ -210,6 +245,9 @@ pub fn read(
         });
     }
 
+    if document.pods.is_empty() {
+        errors.push(InputError { field: "pods".into(), message: "none given: there is nothing to plan for".into() });
+    }
     let (mut pending, mut bound) = (Vec::new(), Vec::new());
     for (i, value) in document.pods.into_iter().enumerate() {
         let field = format!("pods[{i}]");
@@ -218,8 +256,12 @@ pub fn read(
             errors.push(InputError { field: format!("{field}.spec"), message: "is required".into() });
             continue;
         };
+        let before = errors.len();
+        validate_pod_spec(&format!("{field}.spec"), spec, &mut errors);
+        let valid = errors.len() == before;
         match &spec.node_name {
             Some(node) => match nodes.iter_mut().find(|n| &n.name == node) {
+                Some(_) if !valid => {}
                 Some(n) => {
                     match pod_requests(spec) {
                         Ok(r) => n.available.sub(&r),
@@ -232,7 +274,8 @@ pub fn read(
                     message: format!("no node {node} in nodes"),
                 }),
             },
-            None => pending.push(pod),
+            None if valid => pending.push(pod),
+            None => {}
         }
     }
 

@@ -7,11 +7,14 @@ use crate::api::nodepool::ConsolidationPolicy;
 use crate::api::validation::{validate_ec2_node_class, validate_node_pool};
 
 fn profile() -> ConversionOptions {
-    ConversionOptions { default_instance_profile: Some("KarpenterNodeInstanceProfile-demo".into()), role: None }
+    ConversionOptions {
+        default_instance_profile: Some("KarpenterNodeInstanceProfile-demo".into()),
+        ..ConversionOptions::default()
+    }
 }
 
 fn role() -> ConversionOptions {
-    ConversionOptions { default_instance_profile: None, role: Some("KarpenterNodeRole-demo".into()) }
+    ConversionOptions { role: Some("KarpenterNodeRole-demo".into()), ..ConversionOptions::default() }
 }
 
 fn objects(yaml: &str) -> Vec<Object> {
