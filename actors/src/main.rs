@@ -386,7 +386,10 @@ fn solve(file: &str, catalog: &str, spot_price_ratio: f64) -> anyhow::Result<()>
         Ok(problem) => problem,
         Err(errors) => {
             for e in &errors {
-                eprintln!("{name}: {e}");
+                match e.line {
+                    Some(line) => eprintln!("{name}:{line}: {e}"),
+                    None => eprintln!("{name}: {e}"),
+                }
             }
             bail!("{name}: {} problem(s); nothing was solved", errors.len())
         }

@@ -196,7 +196,7 @@ fn solve_rejects_bad_input_naming_the_file_and_field() {
     assert_eq!(out.status.code(), Some(1));
     assert!(out.stdout.is_empty());
     let stderr = text(&out.stderr);
-    assert!(stderr.contains(&format!("{file}: pods[0].spec.nodeName: no node ghost in nodes")), "{stderr}");
+    assert!(stderr.contains(&format!("{file}:2: pods[0].spec.nodeName: no node ghost in nodes")), "{stderr}");
 }
 
 /// The README's first command, smaller: every scene runs, in order, and the summary adds up.
@@ -412,13 +412,13 @@ fn solve_refuses_what_the_api_server_would_refuse_naming_each_field() {
     assert!(out.stdout.is_empty(), "no plan is printed");
     let stderr = text(&out.stderr);
     for expected in [
-        "pods[0].spec.containers[0].resources.requests.cpu: \"-4\" must be greater than or equal to 0",
-        "pods[0].spec.containers[0].resources.requests.memory: \"-5Gi\" must be greater than or equal to 0",
-        "pods[1].spec.containers[0].resources.requests.cpu: \"99999999999999999999999999\" is too large",
-        "pods[2].spec.containers[0].resources.requests.cpu: \"5 cores\"",
-        "pods[3].spec.topologySpreadConstraints[0].maxSkew: -1 must be greater than 0",
+        "2: pods[0].spec.containers[0].resources.requests.cpu: \"-4\" must be greater than or equal to 0",
+        "2: pods[0].spec.containers[0].resources.requests.memory: \"-5Gi\" must be greater than or equal to 0",
+        "4: pods[1].spec.containers[0].resources.requests.cpu: \"99999999999999999999999999\" is too large",
+        "6: pods[2].spec.containers[0].resources.requests.cpu: \"5 cores\"",
+        "8: pods[3].spec.topologySpreadConstraints[0].maxSkew: -1 must be greater than 0",
     ] {
-        assert!(stderr.contains(&format!("{file}: {expected}")), "missing {expected:?} in {stderr}");
+        assert!(stderr.contains(&format!("{file}:{expected}")), "missing {expected:?} in {stderr}");
     }
     let empty = write_temp(&dir, "empty.yaml", "");
     let out = rafter(&["solve", "--input", &empty], None);

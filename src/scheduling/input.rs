@@ -37,21 +37,23 @@ pub struct InputError {
     pub field: String,
     /// What is wrong.
     pub message: String,
+    /// The 1-based line of the YAML item the field is in, when the input is YAML.
+    pub line: Option<u64>,
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct Document {
     #[serde(default)]
-    pods: Vec<serde_json::Value>,
+    pods: Vec<serde_saphyr::Spanned<serde_json::Value>>,
     #[serde(default)]
-    node_pools: Vec<serde_json::Value>,
+    node_pools: Vec<serde_saphyr::Spanned<serde_json::Value>>,
     #[serde(default)]
-    node_classes: Vec<serde_json::Value>,
+    node_classes: Vec<serde_saphyr::Spanned<serde_json::Value>>,
     #[serde(default)]
-    nodes: Vec<serde_json::Value>,
+    nodes: Vec<serde_saphyr::Spanned<serde_json::Value>>,
     #[serde(default)]
-    daemon_sets: Vec<serde_json::Value>,
+    daemon_sets: Vec<serde_saphyr::Spanned<serde_json::Value>>,
     #[serde(default)]
     volume_zones: BTreeMap<String, Vec<String>>,
 }
@@ -77,13 +79,14 @@ fn validate_pod_spec(field: &str, spec: &k8s_openapi::api::core::v1::PodSpec, er
                     Ok(m) if m / 1000 > i128::from(i64::MAX) / 1000 => format!("{:?} is too large", quantity.0),
                     Ok(_) => continue,
                 };
-                errors.push(InputError { field: at, message });
+                errors.push(InputError { line: None, field: at, message });
             }
         }
     }
     for (k, c) in spec.topology_spread_constraints.iter().flatten().enumerate() {
         if c.max_skew < 1 {
             errors.push(InputError {
+                line: None,
                 field: format!("{field}.topologySpreadConstraints[{k}].maxSkew"),
                 message: format!("{} must be greater than 0", c.max_skew),
             });
@@ -95,7 +98,7 @@ fn typed<T: DeserializeOwned>(field: String, value: serde_json::Value, errors: &
     match serde_json::from_value(value) {
         Ok(v) => Some(v),
         Err(e) => {
-            errors.push(InputError { field, message: e.to_string() });
+            errors.push(InputError { line: None, field, message: e.to_string() });
             None
         }
     }
@@ -106,8 +109,11 @@ fn kind(value: &serde_json::Value) -> (&str, &str) {
 }
 
 fn resources(field: &str, map: &BTreeMap<String, String>) -> Result<Resources, InputError> {
-    Resources::from_quantities(map)
-        .map_err(|e: ResourceError| InputError { field: field.to_string(), message: e.to_string() })
+    Resources::from_quantities(map).map_err(|e: ResourceError| InputError {
+        line: None,
+        field: field.to_string(),
+        message: e.to_string(),
+    })
 }
 
 fn kubelet_settings(field: &str, class: &EC2NodeClass) -> Result<KubeletSettings, InputError> {
@@ -121,6 +127,7 @@ fn kubelet_settings(field: &str, class: &EC2NodeClass) -> Result<KubeletSettings
         settings.system_reserved = resources(&format!("{field}.spec.kubelet.systemReserved"), &k.system_reserved)?;
         if let Some(memory) = k.eviction_hard.get("memory.available") {
             let parsed = Resources::from_quantities([(&"memory".to_string(), memory)]).map_err(|_| InputError {
+                line: None,
                 field: format!("{field}.spec.kubelet.evictionHard[memory.available]"),
                 message: format!("{memory:?} is not an absolute quantity (percentages are not modelled)"),
             })?;
@@ -137,15 +144,35 @@ pub fn read(
     catalog: &[InstanceTypeSpec],
     spot_price: impl Fn(&InstanceTypeSpec, &str) -> Option<f64>,
 ) -> Result<SchedulingInput, Vec<InputError>> {
-    let document: Document = serde_saphyr::from_str(text).map_err(|e| {
+    let mut document: Document = serde_saphyr::from_str(text).map_err(|e| {
         let message = e.without_snippet().to_string();
-        vec![InputError { field: "<document>".into(), message }]
+        vec![InputError { line: None, field: "<document>".into(), message }]
     })?;
     let mut errors = Vec::new();
+    // Where each item starts, for the line of its errors.
+    let mut lines: BTreeMap<String, u64> = BTreeMap::new();
+    for (name, list) in [
+        ("pods", &mut document.pods),
+        ("nodePools", &mut document.node_pools),
+        ("nodeClasses", &mut document.node_classes),
+        ("nodes", &mut document.nodes),
+        ("daemonSets", &mut document.daemon_sets),
+    ] {
+        for (i, item) in list.iter().enumerate() {
+            lines.insert(format!("{name}[{i}]"), item.referenced.line() as u64);
+        }
+    }
+    let (pods, node_pools, node_classes, nodes_in, daemon_sets) = (
+        std::mem::take(&mut document.pods).into_iter().map(|s| s.value),
+        std::mem::take(&mut document.node_pools).into_iter().map(|s| s.value),
+        std::mem::take(&mut document.node_classes).into_iter().map(|s| s.value),
+        std::mem::take(&mut document.nodes).into_iter().map(|s| s.value),
+        std::mem::take(&mut document.daemon_sets).into_iter().map(|s| s.value),
+    );
 
     let mut classes: BTreeMap<String, KubeletSettings> = BTreeMap::new();
     let mut templates = Vec::new();
-    for (i, value) in document.node_classes.into_iter().enumerate() {
+    for (i, value) in node_classes.enumerate() {
         let field = format!("nodeClasses[{i}]");
         match kind(&value) {
             ("karpenter.k8s.aws/v1", "EC2NodeClass") => {
@@ -164,14 +191,16 @@ pub fn read(
                     templates.push(t);
                 }
             }
-            (api, k) => {
-                errors.push(InputError { field, message: format!("expected an EC2NodeClass, found {k} in {api}") })
-            }
+            (api, k) => errors.push(InputError {
+                line: None,
+                field,
+                message: format!("expected an EC2NodeClass, found {k} in {api}"),
+            }),
         }
     }
 
     let mut pools = Vec::new();
-    for (i, value) in document.node_pools.into_iter().enumerate() {
+    for (i, value) in node_pools.enumerate() {
         let field = format!("nodePools[{i}]");
         let pool = match kind(&value) {
             ("karpenter.sh/v1", "NodePool") => typed::<NodePool>(field.clone(), value, &mut errors),
@@ -179,14 +208,17 @@ pub fn read(
                 .and_then(|p| {
                     node_pool_from_provisioner(&p, &templates)
                         .map_err(|e| {
-                            errors.extend(
-                                e.into_iter().map(|c| InputError { field: field.clone(), message: c.to_string() }),
-                            )
+                            errors.extend(e.into_iter().map(|c| InputError {
+                                line: None,
+                                field: field.clone(),
+                                message: c.to_string(),
+                            }))
                         })
                         .ok()
                 }),
             (api, k) => {
                 errors.push(InputError {
+                    line: None,
                     field: field.clone(),
                     message: format!("expected a NodePool or Provisioner, found {k} in {api}"),
                 });
@@ -195,9 +227,11 @@ pub fn read(
         };
         let Some(pool) = pool else { continue };
         if let Err(invalid) = crate::api::validation::validate_node_pool(&pool.spec) {
-            errors.extend(
-                invalid.0.into_iter().map(|e| InputError { field: format!("{field}.{}", e.field), message: e.message }),
-            );
+            errors.extend(invalid.0.into_iter().map(|e| InputError {
+                line: None,
+                field: format!("{field}.{}", e.field),
+                message: e.message,
+            }));
             continue;
         }
         let class = &pool.spec.template.spec.node_class_ref.name;
@@ -206,23 +240,31 @@ pub fn read(
             catalog.iter().map(|spec| InstanceType::new(spec, &settings, |zone| spot_price(spec, zone))).collect();
         match PoolInput::from_node_pool(&pool, types, &Resources::zero()) {
             Ok(p) => pools.push(p),
-            Err(e) => errors.push(InputError { field, message: e.to_string() }),
+            Err(e) => errors.push(InputError { line: None, field, message: e.to_string() }),
         }
     }
 
     let mut nodes = Vec::new();
-    for (i, value) in document.nodes.into_iter().enumerate() {
+    for (i, value) in nodes_in.enumerate() {
         let field = format!("nodes[{i}]");
         let Some(node) = typed::<Node>(field.clone(), value, &mut errors) else { continue };
         let allocatable = node.status.as_ref().and_then(|s| s.allocatable.as_ref());
         let available = match allocatable.map(Resources::from_kube) {
             Some(Ok(r)) => r,
             Some(Err(e)) => {
-                errors.push(InputError { field: format!("{field}.status.allocatable"), message: e.to_string() });
+                errors.push(InputError {
+                    line: None,
+                    field: format!("{field}.status.allocatable"),
+                    message: e.to_string(),
+                });
                 continue;
             }
             None => {
-                errors.push(InputError { field: format!("{field}.status.allocatable"), message: "is required".into() });
+                errors.push(InputError {
+                    line: None,
+                    field: format!("{field}.status.allocatable"),
+                    message: "is required".into(),
+                });
                 continue;
             }
         };
@@ -245,15 +287,19 @@ pub fn read(
         });
     }
 
-    if document.pods.is_empty() {
-        errors.push(InputError { field: "pods".into(), message: "none given: there is nothing to plan for".into() });
+    if lines.keys().all(|k| !k.starts_with("pods[")) {
+        errors.push(InputError {
+            line: None,
+            field: "pods".into(),
+            message: "none given: there is nothing to plan for".into(),
+        });
     }
     let (mut pending, mut bound) = (Vec::new(), Vec::new());
-    for (i, value) in document.pods.into_iter().enumerate() {
+    for (i, value) in pods.enumerate() {
         let field = format!("pods[{i}]");
         let Some(pod) = typed::<Pod>(field.clone(), value, &mut errors) else { continue };
         let Some(spec) = pod.spec.as_ref() else {
-            errors.push(InputError { field: format!("{field}.spec"), message: "is required".into() });
+            errors.push(InputError { line: None, field: format!("{field}.spec"), message: "is required".into() });
             continue;
         };
         let before = errors.len();
@@ -265,11 +311,16 @@ pub fn read(
                 Some(n) => {
                     match pod_requests(spec) {
                         Ok(r) => n.available.sub(&r),
-                        Err(e) => errors.push(InputError { field: format!("{field}.spec"), message: e.to_string() }),
+                        Err(e) => errors.push(InputError {
+                            line: None,
+                            field: format!("{field}.spec"),
+                            message: e.to_string(),
+                        }),
                     }
                     bound.push(pod);
                 }
                 None => errors.push(InputError {
+                    line: None,
                     field: format!("{field}.spec.nodeName"),
                     message: format!("no node {node} in nodes"),
                 }),
@@ -280,12 +331,16 @@ pub fn read(
     }
 
     let mut daemonsets = Vec::new();
-    for (i, value) in document.daemon_sets.into_iter().enumerate() {
+    for (i, value) in daemon_sets.enumerate() {
         if let Some(ds) = typed::<DaemonSet>(format!("daemonSets[{i}]"), value, &mut errors) {
             daemonsets.extend(ds.spec.and_then(|s| s.template.spec));
         }
     }
 
+    for e in &mut errors {
+        let item = e.field.find(']').map(|end| &e.field[..=end]).unwrap_or_default();
+        e.line = lines.get(item).copied();
+    }
     if errors.is_empty() {
         Ok(SchedulingInput {
             pods: pending,
