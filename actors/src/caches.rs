@@ -175,6 +175,28 @@ impl Caches {
     }
 }
 
+/// A fresh store in its slot, marked synced once its first list is in; the writer fills it.
+fn install<K>(
+    tasks: &mut JoinSet<()>,
+    slot: &'static str,
+    caches: &Arc<Caches>,
+    pick: fn(&Caches) -> &Slot<K>,
+) -> reflector::store::Writer<K>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+{
+    let (store, writer) = reflector::store();
+    pick(caches).replace(Some(store.clone()));
+    let ready_caches = caches.clone();
+    tasks.spawn(async move {
+        if store.wait_until_ready().await.is_ok() {
+            pick(&ready_caches).synced.store(true, Ordering::Release);
+            tracing::debug!(cache = slot, "cache synced");
+        }
+    });
+    writer
+}
+
 /// Runs one reflector into `slot` until the task is aborted, calling `on_applied` for each object
 /// the watch delivers. A missing resource (legacy CRDs not installed) leaves the slot empty.
 fn reflect<K>(
@@ -187,15 +209,7 @@ fn reflect<K>(
 ) where
     K: kube::Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
 {
-    let (store, writer) = reflector::store();
-    pick(&caches).replace(Some(store.clone()));
-    let ready_caches = caches.clone();
-    tasks.spawn(async move {
-        if store.wait_until_ready().await.is_ok() {
-            pick(&ready_caches).synced.store(true, Ordering::Release);
-            tracing::debug!(cache = slot, "cache synced");
-        }
-    });
+    let writer = install(tasks, slot, &caches, pick);
     tasks.spawn(async move {
         let stream =
             reflector::reflector(writer, watcher(api, watcher::Config::default()).default_backoff()).applied_objects();
@@ -285,15 +299,7 @@ fn reflect_custom<K>(
 ) where
     K: kube::Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
 {
-    let (store, writer) = reflector::store();
-    pick(&caches).replace(Some(store.clone()));
-    let ready_caches = caches.clone();
-    tasks.spawn(async move {
-        if store.wait_until_ready().await.is_ok() {
-            pick(&ready_caches).synced.store(true, Ordering::Release);
-            tracing::debug!(cache = kind, "cache synced");
-        }
-    });
+    let writer = install(tasks, kind, &caches, pick);
     let typed = decoded_events::<K>(client, kind, caches.rejected.clone());
     tasks.spawn(async move {
         let stream = reflector::reflector(writer, typed).applied_objects();

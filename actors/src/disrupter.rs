@@ -52,25 +52,8 @@ async fn awaited(ctx: &Ctx) -> HashSet<String> {
     if pending.is_empty() {
         return HashSet::new();
     }
-    let pools = ctx.caches.effective_pools();
-    let mut types = crate::solver::pool_types(ctx, &pools).await;
-    let (nodes, claims, daemonsets, volumes) =
-        (ctx.caches.nodes.all(), ctx.caches.claims.all(), ctx.caches.daemonsets.all(), ctx.caches.volumes());
-    let job = move || {
-        let snapshot = rafter::state::Snapshot {
-            pods: &pods,
-            nodes: &nodes,
-            claims: &claims,
-            pools: &pools,
-            daemonsets: &daemonsets,
-            storage: volumes.view(),
-        };
-        let (input, _) = rafter::state::scheduling_input(snapshot, pending, |pool| {
-            types.remove(pool.metadata.name.as_deref().unwrap_or_default()).unwrap_or_default()
-        });
-        rafter::scheduling::solver::solve(&input).placements.into_iter().map(|p| p.node).collect()
-    };
-    tokio::task::spawn_blocking(job).await.unwrap_or_default()
+    let solved = crate::solver::solve_now(ctx, pending, ctx.caches.claims.all(), ctx.caches.effective_pools()).await;
+    solved.map(|(plan, _, _)| plan.placements.into_iter().map(|p| p.node).collect()).unwrap_or_default()
 }
 
 fn empty_for(ctx: &Ctx, claim: &NodeClaim) -> Option<std::time::Duration> {

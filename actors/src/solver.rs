@@ -92,11 +92,42 @@ pub async fn pool_types(ctx: &Ctx, pools: &[rafter::api::NodePool]) -> HashMap<S
     types
 }
 
+/// A solve's result: the plan, the pools that could not be used, and how many pods were planned.
+pub type Solved = (Plan, Vec<rafter::state::PoolProblem>, usize);
+
+/// Solves `pending` against the caches as they are now (with `claims` standing for the cache's
+/// claims plus any the caller counts as in flight), on a blocking thread.
+pub async fn solve_now(
+    ctx: &Ctx,
+    pending: Vec<Pod>,
+    claims: Vec<Arc<NodeClaim>>,
+    pools: Vec<rafter::api::NodePool>,
+) -> Result<Solved, tokio::task::JoinError> {
+    let mut types = pool_types(ctx, &pools).await;
+    let (pods, nodes, daemonsets, volumes) =
+        (ctx.caches.pods.all(), ctx.caches.nodes.all(), ctx.caches.daemonsets.all(), ctx.caches.volumes());
+    let job = move || {
+        let snapshot = Snapshot {
+            pods: &pods,
+            nodes: &nodes,
+            claims: &claims,
+            pools: &pools,
+            daemonsets: &daemonsets,
+            storage: volumes.view(),
+        };
+        // Each pool's list is handed over, not copied: the catalog already made this copy.
+        let (input, problems) = scheduling_input(snapshot, pending, |pool| {
+            types.remove(pool.metadata.name.as_deref().unwrap_or_default()).unwrap_or_default()
+        });
+        (solve(&input), problems, input.pods.len())
+    };
+    tokio::task::spawn_blocking(job).in_current_span().await
+}
+
 impl Solver {
     async fn run(&self, state: &mut SolverState, span: tracing::Span) {
         let ctx = state.ctx.clone();
         let pods = ctx.caches.pods.all();
-        let nodes = ctx.caches.nodes.all();
         let mut claims = ctx.caches.claims.all();
         let cached: HashSet<String> = claims.iter().filter_map(|c| c.metadata.name.clone()).collect();
         let now = Instant::now();
@@ -104,7 +135,6 @@ impl Solver {
             now.duration_since(*at) < IN_FLIGHT_TTL && !c.metadata.name.as_ref().is_some_and(|n| cached.contains(n))
         });
         claims.extend(state.in_flight.iter().map(|(_, c)| c.clone()));
-        let daemonsets = ctx.caches.daemonsets.all();
         let pools = ctx.caches.effective_pools();
         let pools_by_name: HashMap<String, rafter::api::NodePool> =
             pools.iter().map(|p| (p.metadata.name.clone().unwrap_or_default(), p.clone())).collect();
@@ -112,32 +142,10 @@ impl Solver {
         if pending.is_empty() {
             return;
         }
-        let mut types = pool_types(&ctx, &pools).await;
         let solve_span =
             tracing::info_span!(parent: &span, "solve", pods = pending.len(), claims = tracing::field::Empty);
         let started = StdInstant::now();
-        let snapshot_pods = pods.clone();
-        let volumes = ctx.caches.volumes();
-        let job = move || {
-            let snapshot = Snapshot {
-                pods: &snapshot_pods,
-                nodes: &nodes,
-                claims: &claims,
-                pools: &pools,
-                daemonsets: &daemonsets,
-                storage: volumes.view(),
-            };
-            // Each pool's list is handed over, not copied: the catalog already made this copy.
-            let (input, problems) = scheduling_input(snapshot, pending, |pool| {
-                types.remove(pool.metadata.name.as_deref().unwrap_or_default()).unwrap_or_default()
-            });
-            (solve(&input), problems, input.pods.len())
-        };
-        let result = {
-            let _entered = solve_span.enter();
-            tokio::task::spawn_blocking(job)
-        }
-        .await;
+        let result = solve_now(&ctx, pending, claims, pools).instrument(solve_span.clone()).await;
         let (plan, problems, count) = match result {
             Ok(r) => r,
             Err(error) => {

@@ -21,8 +21,8 @@ fn delta(after: &BTreeMap<(String, String), u64>, before: &BTreeMap<(String, Str
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn inflate_scales_to_100_on_moto_instances_and_back_to_zero_with_every_instance_terminated() {
+/// moto seeded like an EKS cluster, and a world whose replicas use it as EC2.
+async fn moto_world() -> (Moto, World) {
     let moto = Moto::start().expect("moto");
     seed(&moto.endpoint, Some(&moto), "demo", "1.33").await.expect("seed");
     let mut aws = AwsConfig::new("demo", "us-east-1");
@@ -30,6 +30,12 @@ async fn inflate_scales_to_100_on_moto_instances_and_back_to_zero_with_every_ins
     aws.credentials = Some((TEST_CREDENTIALS.0.into(), TEST_CREDENTIALS.1.into()));
     aws.cluster_endpoint = "https://demo.example".into();
     let world = World::start(WorldConfig { aws: Some(aws), ..WorldConfig::default() }).await.expect("world");
+    (moto, world)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inflate_scales_to_100_on_moto_instances_and_back_to_zero_with_every_instance_terminated() {
+    let (_moto, world) = moto_world().await;
     // moto prices every spot offering at $0.00001, which would pack everything onto the largest
     // type; on-demand uses the real list prices, so the plan looks like production's.
     let pool = NODEPOOL_DEFAULT.replace(r#"values: ["spot", "on-demand"]"#, r#"values: ["on-demand"]"#);
@@ -141,13 +147,7 @@ async fn inflate_scales_to_100_on_moto_instances_and_back_to_zero_with_every_ins
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claim_that_cannot_launch_for_its_configuration_is_kept_and_says_why_instead_of_being_deleted() {
-    let moto = Moto::start().expect("moto");
-    seed(&moto.endpoint, Some(&moto), "demo", "1.33").await.expect("seed");
-    let mut aws = AwsConfig::new("demo", "us-east-1");
-    aws.endpoint = Some(moto.endpoint.clone());
-    aws.credentials = Some((TEST_CREDENTIALS.0.into(), TEST_CREDENTIALS.1.into()));
-    aws.cluster_endpoint = "https://demo.example".into();
-    let world = World::start(WorldConfig { aws: Some(aws), ..WorldConfig::default() }).await.expect("world");
+    let (_moto, world) = moto_world().await;
     world.apply(NODEPOOL_DEFAULT).await.expect("pool");
     // A previous leader's claim whose node class has since gone (or whose profile lost a race):
     // its launch may have reached EC2, so deleting it could orphan an instance.
