@@ -174,6 +174,8 @@ pub struct Ctx {
     pub traces: Arc<Traces>,
     /// Whether the lease answers: part of readiness.
     pub lease: Arc<crate::elector::LeaseHealth>,
+    /// Claims planned and not yet in the cache.
+    pub in_flight: Arc<crate::solver::InFlight>,
 }
 
 impl std::fmt::Debug for Ctx {

@@ -116,6 +116,7 @@ impl Replica {
             queue: args.queue,
             traces: Arc::default(),
             lease: Arc::default(),
+            in_flight: Arc::default(),
         };
         ctx.metrics.watch_cloud(ctx.cloud.clone());
         let (mut http, mut metrics_addr) = (None, None);

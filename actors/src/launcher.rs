@@ -393,10 +393,14 @@ impl Launcher {
                 async move {
                     let created = match Api::<NodeClaim>::all(ctx.client.clone()).create(&PostParams::default(), &planned.claim).await {
                         Ok(c) => c,
-                        Err(e) => return (None, launch_span, Err(LaunchError::Kube(e))),
+                        Err(e) => {
+                            ctx.in_flight.forget(&name_of(&planned.claim));
+                            return (None, launch_span, Err(LaunchError::Kube(e)));
+                        }
                     };
                     ctx.metrics.claims_created.inc();
                     let name = name_of(&created);
+                    ctx.in_flight.created(&name);
                     launch_span.record("nodeclaim", name.as_str());
                     let result = launch(&ctx, &created, &planned.pods).instrument(launch_span.clone()).await;
                     if let Ok(instance) = &result {
@@ -439,11 +443,13 @@ impl Launcher {
             LaunchError::Cloud(CloudError::InsufficientCapacity { offerings }) => {
                 ctx.catalog.mark_unavailable(offerings, ctx.config.unavailable_offering_ttl);
                 tracing::warn!(nodeclaim = %name, %error, "no capacity; deleting the claim and planning again without these offerings");
+                ctx.in_flight.forget(name);
                 let _ = delete_claim(&ctx, name).await;
                 rebatch(&ctx);
             }
             LaunchError::PoolGone(_) => {
                 tracing::error!(nodeclaim = %name, %error, "cannot launch; deleting the claim");
+                ctx.in_flight.forget(name);
                 let _ = delete_claim(&ctx, name).await;
             }
             LaunchError::Cloud(CloudError::InvalidConfiguration { message }) => {

@@ -36,10 +36,63 @@ pub struct SolverState {
     recorder: Recorder,
     /// (pod uid, message) already reported, so each appears once.
     reported: HashSet<(String, String)>,
-    /// Claims this solver planned that the claims cache does not show yet (the Launcher creates
-    /// them a few at a time, between cloud calls): the next batch counts them as capacity in
-    /// flight instead of buying it again.
-    in_flight: Vec<(Instant, Arc<NodeClaim>)>,
+}
+
+/// Claims the Solver planned that the claims cache does not show yet (the Launcher creates them a
+/// few at a time, between cloud calls): the next batch counts them as capacity in flight instead
+/// of buying it again. A claim leaves the list once the cache shows it, once it was created a
+/// moment ago (the watch has delivered it, or it is already gone again), or when the Launcher
+/// could not create it or gave it up, so capacity that will never come is not counted.
+#[derive(Debug, Default)]
+pub struct InFlight(std::sync::Mutex<Vec<Planned>>);
+
+#[derive(Debug)]
+struct Planned {
+    at: Instant,
+    created: Option<Instant>,
+    claim: Arc<NodeClaim>,
+}
+
+/// How long after its creation a claim is left to the cache.
+const CREATED_GRACE: Duration = Duration::from_secs(2);
+
+impl InFlight {
+    fn with<T>(&self, f: impl FnOnce(&mut Vec<Planned>) -> T) -> T {
+        f(&mut self.0.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn record(&self, claims: Vec<Arc<NodeClaim>>) {
+        let at = Instant::now();
+        self.with(|list| list.extend(claims.into_iter().map(|claim| Planned { at, created: None, claim })));
+    }
+
+    /// The planned claims still to come, given the names the cache shows.
+    fn pending(&self, cached: &HashSet<String>) -> Vec<Arc<NodeClaim>> {
+        let now = Instant::now();
+        self.with(|list| {
+            list.retain(|p| {
+                now.duration_since(p.at) < IN_FLIGHT_TTL
+                    && p.created.is_none_or(|c| now.duration_since(c) < CREATED_GRACE)
+                    && !p.claim.metadata.name.as_ref().is_some_and(|n| cached.contains(n))
+            });
+            list.iter().map(|p| p.claim.clone()).collect()
+        })
+    }
+
+    /// The Launcher created the claim: the cache shows it within moments.
+    pub fn created(&self, name: &str) {
+        let now = Instant::now();
+        self.with(|list| {
+            for p in list.iter_mut().filter(|p| p.claim.metadata.name.as_deref() == Some(name)) {
+                p.created = Some(now);
+            }
+        });
+    }
+
+    /// A planned claim that will not come (its create failed, or it was given up).
+    pub fn forget(&self, name: &str) {
+        self.with(|list| list.retain(|p| p.claim.metadata.name.as_deref() != Some(name)));
+    }
 }
 
 impl std::fmt::Debug for SolverState {
@@ -130,11 +183,7 @@ impl Solver {
         let pods = ctx.caches.pods.all();
         let mut claims = ctx.caches.claims.all();
         let cached: HashSet<String> = claims.iter().filter_map(|c| c.metadata.name.clone()).collect();
-        let now = Instant::now();
-        state.in_flight.retain(|(at, c)| {
-            now.duration_since(*at) < IN_FLIGHT_TTL && !c.metadata.name.as_ref().is_some_and(|n| cached.contains(n))
-        });
-        claims.extend(state.in_flight.iter().map(|(_, c)| c.clone()));
+        claims.extend(ctx.in_flight.pending(&cached));
         let pools = ctx.caches.effective_pools();
         let pools_by_name: HashMap<String, rafter::api::NodePool> =
             pools.iter().map(|p| (p.metadata.name.clone().unwrap_or_default(), p.clone())).collect();
@@ -189,7 +238,7 @@ impl Solver {
                 let planned = plan_claims(&pools_by_name, plan.claims, None);
                 let claims: Vec<Arc<NodeClaim>> = planned.iter().map(|p| Arc::new(p.claim.clone())).collect();
                 if launcher.cast(LauncherMessage::Launch { claims: planned, span }).is_ok() {
-                    state.in_flight.extend(claims.into_iter().map(|c| (Instant::now(), c)));
+                    ctx.in_flight.record(claims);
                 }
             }
             None => tracing::warn!("the launcher is restarting; the pods stay pending and are batched again"),
@@ -269,7 +318,7 @@ impl Actor for Solver {
     async fn pre_start(&self, _: ActorRef<Self::Msg>, ctx: Ctx) -> Result<Self::State, ActorProcessingErr> {
         let reporter = Reporter { controller: "rafter".into(), instance: Some(ctx.config.identity.clone()) };
         let recorder = Recorder::new(ctx.client.clone(), reporter);
-        Ok(SolverState { ctx, recorder, reported: HashSet::new(), in_flight: Vec::new() })
+        Ok(SolverState { ctx, recorder, reported: HashSet::new() })
     }
 
     async fn handle(
