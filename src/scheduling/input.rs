@@ -159,7 +159,7 @@ pub fn read(
         ("daemonSets", &mut document.daemon_sets),
     ] {
         for (i, item) in list.iter().enumerate() {
-            lines.insert(format!("{name}[{i}]"), item.referenced.line() as u64);
+            lines.insert(format!("{name}[{i}]"), item.referenced.line());
         }
     }
     let (pods, node_pools, node_classes, nodes_in, daemon_sets) = (
