@@ -162,7 +162,7 @@ pub async fn run(config: DemoConfig, say: impl Fn(&str)) -> Result<Summary, Worl
                 "  amiSelectorTerms:\n    - alias: al2023@latest",
                 &format!("  amiFamily: AL2023\n  amiSelectorTerms:\n{}", ids.join("\n")),
             );
-            let mut aws = rafter::cloud::aws::AwsConfig::new("rafter-demo", "us-east-1");
+            let mut aws = rafter_aws::AwsConfig::new("rafter-demo", "us-east-1");
             aws.endpoint = Some(endpoint.clone());
             aws.credentials =
                 Some((rafter_sim::moto::TEST_CREDENTIALS.0.into(), rafter_sim::moto::TEST_CREDENTIALS.1.into()));

@@ -303,7 +303,7 @@ fn sim_kubelets(
         }
         let config = rafter_actors::world::kubeconfig(kubeconfig, None).await?;
         let client = kube::Client::try_from(config).context("building the Kubernetes client")?;
-        let mut aws = rafter::cloud::aws::AwsConfig::new(cluster, region);
+        let mut aws = rafter_aws::AwsConfig::new(cluster, region);
         aws.endpoint = Some(endpoint.to_string());
         // An emulator takes any keys; the environment's are used when set.
         let (test_key, test_secret) = rafter_sim::moto::TEST_CREDENTIALS;
@@ -311,7 +311,7 @@ fn sim_kubelets(
         let secret = std::env::var("AWS_SECRET_ACCESS_KEY").unwrap_or_else(|_| test_secret.into());
         aws.credentials = Some((key, secret));
         let classes = std::sync::Arc::new(rafter_actors::nodeclass::WatchedNodeClasses::start(client.clone()));
-        let cloud = rafter::cloud::aws::AwsCloud::new(aws, classes).await;
+        let cloud = rafter_aws::AwsCloud::new(aws, classes).await;
         let feed =
             rafter_sim::nodes::PollingFeed::new(std::sync::Arc::new(cloud), std::time::Duration::from_millis(250))
                 .context("loading the shipped instance catalog")?;
@@ -445,13 +445,13 @@ fn run(args: RunArgs, json: bool) -> anyhow::Result<()> {
             }
             config::CloudKind::Aws => {
                 let region = region(&args, "--cloud aws").await?;
-                let mut aws = rafter::cloud::aws::AwsConfig::new(args.cluster_name.clone(), region);
+                let mut aws = rafter_aws::AwsConfig::new(args.cluster_name.clone(), region);
                 aws.endpoint = args.aws_endpoint.clone();
                 aws.cluster_endpoint = args.cluster_endpoint.clone();
                 aws.cluster_ca = args.cluster_ca_bundle.clone();
                 aws.kubernetes_version = args.kubernetes_version.clone();
                 let classes = std::sync::Arc::new(rafter_actors::nodeclass::WatchedNodeClasses::start(client.clone()));
-                std::sync::Arc::new(rafter::cloud::aws::AwsCloud::new(aws, classes).await)
+                std::sync::Arc::new(rafter_aws::AwsCloud::new(aws, classes).await)
             }
         };
         let queue: Option<std::sync::Arc<dyn rafter::interruption::queue::MessageQueue>> =
@@ -461,7 +461,7 @@ fn run(args: RunArgs, json: bool) -> anyhow::Result<()> {
                     let region = region(&args, "--interruption-queue").await?;
                     let mut config = rafter::interruption::queue::QueueConfig::new(queue.clone(), region);
                     config.endpoint = args.aws_endpoint.clone();
-                    let sqs = rafter::interruption::queue::SqsQueue::connect(config).await?;
+                    let sqs = rafter_aws::sqs::SqsQueue::connect(config).await?;
                     tracing::info!(queue = %sqs.url(), "consuming interruption events");
                     Some(std::sync::Arc::new(sqs))
                 }

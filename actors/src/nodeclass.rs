@@ -12,7 +12,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use rafter::api::EC2NodeClass;
 use rafter::api::ec2nodeclass::EC2NodeClassStatus;
 use rafter::cloud::NodeClassReport;
-use rafter::cloud::aws::NodeClassSource;
+use rafter_aws::NodeClassSource;
 
 use crate::clock::Clock;
 use crate::context::Ctx;

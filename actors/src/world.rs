@@ -12,8 +12,8 @@ use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
 use kube::core::GroupVersionKind;
 use rafter::api::nodeclaim::NodeClaim;
 use rafter::cloud::CloudProvider;
-use rafter::cloud::aws::AwsCloud;
 use rafter::cloud::fake::{FakeCloud, FakeConfig};
+use rafter_aws::AwsCloud;
 use rafter_sim::components::Component;
 use rafter_sim::nodes::{FakeFeed, NodeSimConfig, PollingFeed};
 use rafter_sim::{Simulator, nodes, scheduler, workloads};
@@ -55,7 +55,7 @@ pub struct WorldConfig {
     pub nodes: NodeSimConfig,
     /// Run on EC2 (an emulator such as moto) instead of the fake cloud: Rafter uses the EC2
     /// provider and the simulated kubelets follow DescribeInstances.
-    pub aws: Option<rafter::cloud::aws::AwsConfig>,
+    pub aws: Option<rafter_aws::AwsConfig>,
     /// Use this API server instead of starting one.
     pub kubeconfig: Option<std::path::PathBuf>,
 }

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use kube::Api;
 use rafter::api::EC2NodeClass;
-use rafter::cloud::aws::AwsConfig;
 use rafter_actors::world::{INFLATE, NODEPOOL_DEFAULT, World, WorldConfig};
+use rafter_aws::AwsConfig;
 use rafter_sim::moto::{Moto, TEST_CREDENTIALS, seed};
 
 fn delta(after: &BTreeMap<(String, String), u64>, before: &BTreeMap<(String, String), u64>) -> BTreeMap<String, u64> {

@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use crate::state::window::BatchWindow;
+use rafter::state::window::BatchWindow;
 
 /// Runs one merged call: the requests in arrival order in, one response per request out (in the
 /// same order; missing responses reach their callers as `None`).

@@ -8,7 +8,7 @@ use std::time::SystemTime;
 use aws_sdk_ec2::types::{InstanceTypeInfo, LocationType, UsageClassType};
 
 use super::{AwsError, Clients};
-use crate::scheduling::instance_types::InstanceTypeSpec;
+use rafter::scheduling::instance_types::InstanceTypeSpec;
 
 /// Turns DescribeInstanceTypes' answer into Rafter's spec; `None` for types Rafter cannot price.
 pub fn spec_from_info(

@@ -3,12 +3,12 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use crate::api::ec2nodeclass::ResolvedSubnet;
-use crate::api::labels;
-use crate::cloud::OfferingKey;
-use crate::mix::fnv1a;
-use crate::scheduling::instance_types::{CapacityType, InstanceType};
-use crate::scheduling::requirements::Requirements;
+use rafter::api::ec2nodeclass::ResolvedSubnet;
+use rafter::api::labels;
+use rafter::cloud::OfferingKey;
+use rafter::mix::fnv1a;
+use rafter::scheduling::instance_types::{CapacityType, InstanceType};
+use rafter::scheduling::requirements::Requirements;
 
 /// EC2 takes at most this many overrides per fleet request.
 pub const MAX_OVERRIDES: usize = 60;
@@ -157,9 +157,9 @@ pub fn is_configuration_error(code: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::nodeclaim::{NodeSelectorRequirementWithMinValues, Operator};
-    use crate::scheduling::catalog;
-    use crate::scheduling::instance_types::KubeletSettings;
+    use rafter::api::nodeclaim::{NodeSelectorRequirementWithMinValues, Operator};
+    use rafter::scheduling::catalog;
+    use rafter::scheduling::instance_types::KubeletSettings;
 
     fn types() -> Vec<InstanceType> {
         let specs = catalog::us_east_1().unwrap();

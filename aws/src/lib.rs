@@ -1,10 +1,15 @@
-//! EC2 through the official SDK: discovery, node class resolution, launch templates, CreateFleet
-//! with coalescing, the unavailable-offerings cache, termination and listing.
+//! rafter-aws: Rafter's cloud and queue on AWS through the official SDK — EC2 discovery, node class
+//! resolution, launch templates, CreateFleet with coalescing, the unavailable-offerings cache,
+//! termination and listing ([`AwsCloud`]), and the interruption queue on SQS ([`sqs::SqsQueue`]).
+//! The traits they implement, and everything that decides, live in `rafter`, which builds without
+//! the SDK.
+#![forbid(unsafe_code)]
 
 pub mod coalesce;
 pub mod discovery;
 pub mod launch;
 pub mod nodeclass;
+pub mod sqs;
 pub mod userdata;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -27,21 +32,21 @@ use self::coalesce::Coalescer;
 use self::launch::{Candidate, FleetErrorKind, SelectError};
 use self::nodeclass::Resolved;
 use self::userdata::Bootstrap;
-use super::{
+use rafter::api::EC2NodeClass;
+use rafter::api::ec2nodeclass::{AmiFamily, HttpTokens, Toggle};
+use rafter::api::labels;
+use rafter::api::nodeclaim::NodeClaim;
+use rafter::api::nodepool::NodePool;
+use rafter::api::quantity::parse_millis;
+use rafter::cloud::{
     CloudError, CloudProvider, DriftReason, Instance, InstanceState, LAUNCH_GROUP, NodeClassCheck, NodeClassReport,
     OfferingKey, TAG_NODECLAIM, TAG_NODEPOOL, launch_group, parse_provider_id,
 };
-use crate::api::EC2NodeClass;
-use crate::api::ec2nodeclass::{AmiFamily, HttpTokens, Toggle};
-use crate::api::labels;
-use crate::api::nodeclaim::NodeClaim;
-use crate::api::nodepool::NodePool;
-use crate::api::quantity::parse_millis;
-use crate::mix::fnv1a;
-use crate::scheduling::catalog;
-use crate::scheduling::instance_types::{CapacityType, InstanceType, InstanceTypeSpec, KubeletSettings};
-use crate::scheduling::requirements::Requirements;
-use crate::scheduling::resources::Resources;
+use rafter::mix::fnv1a;
+use rafter::scheduling::catalog;
+use rafter::scheduling::instance_types::{CapacityType, InstanceType, InstanceTypeSpec, KubeletSettings};
+use rafter::scheduling::requirements::Requirements;
+use rafter::scheduling::resources::Resources;
 
 /// Tag naming the node class an instance was launched from.
 pub const TAG_NODECLASS: &str = "karpenter.k8s.aws/ec2nodeclass";
@@ -773,9 +778,9 @@ impl AwsCloud {
     }
 }
 
-fn default_disks(family: AmiFamily) -> Vec<crate::api::ec2nodeclass::BlockDeviceMapping> {
-    use crate::api::ec2nodeclass::{BlockDevice, BlockDeviceMapping, VolumeType};
-    use crate::api::quantity::Quantity;
+fn default_disks(family: AmiFamily) -> Vec<rafter::api::ec2nodeclass::BlockDeviceMapping> {
+    use rafter::api::ec2nodeclass::{BlockDevice, BlockDeviceMapping, VolumeType};
+    use rafter::api::quantity::Quantity;
     let disk = |device: &str, gib: u32| BlockDeviceMapping {
         device_name: Some(device.into()),
         ebs: Some(BlockDevice {
@@ -1526,8 +1531,8 @@ impl CloudProvider for AwsCloud {
         }
     }
 
-    fn stats(&self) -> super::CloudStats {
-        super::CloudStats {
+    fn stats(&self) -> rafter::cloud::CloudStats {
+        rafter::cloud::CloudStats {
             api_calls: self.api_calls(),
             refresh_failures: self.refresh_failures().into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
         }
@@ -1537,7 +1542,7 @@ impl CloudProvider for AwsCloud {
         let mut report = self.inner.class_entry(class, true, true).await?.report;
         if let Err(CloudError::InvalidConfiguration { message }) = self.launchable(class)
             && let Some(ready) =
-                report.checks.iter_mut().find(|c| c.type_ == crate::api::ec2nodeclass::conditions::READY)
+                report.checks.iter_mut().find(|c| c.type_ == rafter::api::ec2nodeclass::conditions::READY)
         {
             *ready = NodeClassCheck {
                 type_: ready.type_.clone(),

@@ -6,14 +6,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use aws_sdk_ec2::types::Filter;
 
 use super::{AwsError, Clients};
-use crate::api::EC2NodeClass;
-use crate::api::ec2nodeclass::{
+use rafter::api::EC2NodeClass;
+use rafter::api::ec2nodeclass::{
     AmiFamily, AmiSelectorTerm, ResolvedAmi, ResolvedSecurityGroup, ResolvedSubnet, conditions,
 };
-use crate::api::labels;
-use crate::api::nodeclaim::{NodeSelectorRequirementWithMinValues, Operator};
-use crate::cloud::{NodeClassCheck, NodeClassReport};
-use crate::mix::fnv1a;
+use rafter::api::labels;
+use rafter::api::nodeclaim::{NodeSelectorRequirementWithMinValues, Operator};
+use rafter::cloud::{NodeClassCheck, NodeClassReport};
+use rafter::mix::fnv1a;
 
 /// An image Rafter may launch, with the architecture it runs.
 #[derive(Debug, Clone, PartialEq)]

@@ -3,8 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use crate::api::ec2nodeclass::AmiFamily;
-use crate::api::nodeclaim::Taint;
+use rafter::api::ec2nodeclass::AmiFamily;
+use rafter::api::nodeclaim::Taint;
 
 /// The MIME boundary of the multi-part documents Rafter writes.
 const BOUNDARY: &str = "//";
@@ -235,7 +235,7 @@ fn table<'a>(parent: &'a mut toml::Table, key: &str) -> &'a mut toml::Table {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::nodeclaim::TaintEffect;
+    use rafter::api::nodeclaim::TaintEffect;
 
     fn bootstrap() -> Bootstrap {
         Bootstrap {

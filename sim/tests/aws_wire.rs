@@ -6,9 +6,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rafter::api::{EC2NodeClass, NodeClaim, NodePool};
-use rafter::cloud::aws::{AwsCloud, AwsConfig, StaticNodeClasses};
 use rafter::cloud::{CloudError, CloudProvider, OfferingKey};
 use rafter::scheduling::instance_types::CapacityType;
+use rafter_aws::{AwsCloud, AwsConfig, StaticNodeClasses};
 use rafter_sim::moto::{Moto, Seeded, TEST_CREDENTIALS, seed};
 use serde_json::json;
 
@@ -209,16 +209,18 @@ async fn a_burst_of_identical_claims_costs_one_fleet_call_and_each_instance_carr
     let cloud = Arc::new(env.cloud().await);
     let (pool, _) = example();
     cloud.instance_types(&pool).await.expect("warm catalog");
+    // One plan's claims, as the Launcher writes them: one launch group.
     let launches: Vec<_> = (0..20)
         .map(|i| {
             let cloud = cloud.clone();
-            tokio::spawn(async move { cloud.create(&claim(&format!("c{i}"), &format!("u{i}"), m5_large_spot())).await })
+            tokio::spawn(async move { cloud.create(&grouped_claim(&format!("c{i}"), &format!("u{i}"), "plan")).await })
         })
         .collect();
     let mut ids = std::collections::BTreeSet::new();
     for (i, l) in launches.into_iter().enumerate() {
         let instance = l.await.expect("task").expect("launch");
         assert_eq!(instance.node_claim(), Some(format!("c{i}").as_str()));
+        assert_eq!(instance.launch_group(), Some("plan"), "tagged with its group at launch");
         ids.insert(instance.id);
     }
     assert_eq!(ids.len(), 20, "one instance per claim");

@@ -1,8 +1,8 @@
-//! The cloud seam: a narrow provider trait with typed errors, an in-memory implementation for tests and
-//! the demo, and (with its own issue) EC2.
+//! The cloud seam: a narrow provider trait with typed errors and an in-memory implementation for
+//! tests and the demo; EC2 implements it in `rafter-aws`.
 
-pub mod aws;
 pub mod fake;
+#[cfg(any(test, feature = "test-util"))]
 pub mod suite;
 
 use std::collections::BTreeMap;
