@@ -153,7 +153,7 @@ impl Caches {
 
     /// [`Self::effective_pools`] by name.
     pub fn pools_by_name(&self) -> std::collections::HashMap<String, NodePool> {
-        self.effective_pools().into_iter().map(|p| (p.metadata.name.clone().unwrap_or_default(), p)).collect()
+        self.effective_pools().into_iter().map(|p| (p.name_any(), p)).collect()
     }
 
     /// NodePools, with legacy Provisioners converted (a Provisioner that cannot be converted is

@@ -2,6 +2,7 @@
 //! refreshed periodically, with offerings the cloud recently had no capacity for marked
 //! unavailable for a while (the insufficient-capacity cache).
 
+use kube::ResourceExt;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -76,12 +77,12 @@ impl Catalog {
     }
 
     fn needs_refresh(&self, pool: &NodePool) -> bool {
-        let name = pool.metadata.name.clone().unwrap_or_default();
+        let name = pool.name_any();
         self.with(|inner| inner.types.get(&name).is_none_or(|(rv, _)| rv != &pool.metadata.resource_version))
     }
 
     pub fn store(&self, pool: &NodePool, types: Vec<InstanceType>) {
-        let name = pool.metadata.name.clone().unwrap_or_default();
+        let name = pool.name_any();
         self.with(|inner| inner.types.insert(name, (pool.metadata.resource_version.clone(), Arc::new(types))));
     }
 }

@@ -4,6 +4,7 @@
 //! out. An empty node that a solve would place pending pods on is kept: it is waiting for them.
 //! Consolidation of under-used nodes, drift and budgets plug in as further [`Method`]s.
 
+use kube::ResourceExt;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
@@ -52,7 +53,8 @@ async fn awaited(ctx: &Ctx) -> HashSet<String> {
     if pending.is_empty() {
         return HashSet::new();
     }
-    let solved = crate::solver::solve_now(ctx, pending, ctx.caches.claims.all(), ctx.caches.effective_pools()).await;
+    let solved =
+        crate::solver::solve_now(ctx, pods, pending, ctx.caches.claims.all(), ctx.caches.effective_pools()).await;
     solved.map(|(plan, _, _)| plan.placements.into_iter().map(|p| p.node).collect()).unwrap_or_default()
 }
 
@@ -78,7 +80,7 @@ impl Disrupter {
             if claim.metadata.deletion_timestamp.is_some() || !condition_true(&claim, conditions::INITIALIZED) {
                 continue;
             }
-            let name = claim.metadata.name.clone().unwrap_or_default();
+            let name = claim.name_any();
             let Some(node) = claim.status.as_ref().and_then(|s| s.node_name.clone()) else { continue };
             let Some(pool) = rafter::state::pool_of(claim.metadata.labels.as_ref()).and_then(|p| pools.get(p)) else {
                 continue;

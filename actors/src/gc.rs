@@ -2,6 +2,7 @@
 //! counted from their launch time (so a leader change does not start it over), are terminated;
 //! NodeClaims whose instance is gone are deleted.
 
+use kube::ResourceExt;
 use std::collections::{HashMap, HashSet};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
@@ -115,7 +116,7 @@ impl GarbageCollector {
                 Err(_) => false,
             };
             if gone {
-                let name = claim.metadata.name.clone().unwrap_or_default();
+                let name = claim.name_any();
                 tracing::info!("Deleting nodeclaim {name}: its instance {provider} is gone");
                 let _ = delete_claim(&ctx, &name).await;
             }

@@ -9,6 +9,7 @@
 //! taints the node, and deletes the claim (starting the drain) once the replacement is Ready, or
 //! once the deadline leaves only the time the drain needs.
 
+use kube::ResourceExt;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -92,7 +93,7 @@ fn instance_of(claim: &NodeClaim) -> Option<&str> {
 }
 
 fn name_of(claim: &NodeClaim) -> String {
-    claim.metadata.name.clone().unwrap_or_default()
+    claim.name_any()
 }
 
 /// Why an interruption could not be recorded (its message stays on the queue and comes back).
@@ -328,7 +329,7 @@ impl InterruptionHandler {
             }
             return;
         };
-        let node_name = node.metadata.name.clone().unwrap_or_default();
+        let node_name = node.name_any();
         let progress = state.progress.entry(name.clone()).or_default();
         if !progress.marked {
             if record.kind.exhausts_spot_offering()

@@ -4,6 +4,7 @@
 //! `Initialized` (Ready, startup taints gone). Claims that never launch or never register are
 //! deleted, and their pods are batched again.
 
+use kube::ResourceExt;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -88,7 +89,7 @@ pub fn launch_group() -> String {
 /// The NodeClaim for a planned machine: the pool's template with the plan's requirements, its
 /// launch group, and the claim it replaces, if any.
 pub fn build_claim(pool: &NodePool, planned: &NewClaim, replaces: Option<&str>, group: &str) -> NodeClaim {
-    let pool_name = pool.metadata.name.clone().unwrap_or_default();
+    let pool_name = pool.name_any();
     let template = &pool.spec.template;
     let mut claim_labels: BTreeMap<String, String> =
         template.metadata.as_ref().map(|m| m.labels.clone()).unwrap_or_default();
@@ -185,7 +186,7 @@ pub fn set_condition(
 pub use rafter::state::condition_true;
 
 fn name_of(claim: &NodeClaim) -> String {
-    claim.metadata.name.clone().unwrap_or_default()
+    claim.name_any()
 }
 
 /// Writes a claim's conditions (and optional other status fields) through the status subresource.
@@ -209,6 +210,8 @@ async fn patch_status(
 
 /// Deletes a claim (the Terminator finishes it through the finalizer).
 pub async fn delete_claim(ctx: &Ctx, name: &str) -> Result<(), kube::Error> {
+    // A claim going away is no longer capacity in flight, even if the cache never showed it.
+    ctx.in_flight.forget(name);
     match Api::<NodeClaim>::all(ctx.client.clone()).delete(name, &DeleteParams::default()).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
@@ -344,7 +347,7 @@ fn owner(claim: &NodeClaim) -> Value {
 /// Registration: the Node with the claim's provider ID joined. Adopt it: pool labels, owner
 /// reference, `registered` label, and the `unregistered` taint lifted.
 async fn register(ctx: &Ctx, claim: &NodeClaim, node: &Node) -> Result<(), kube::Error> {
-    let node_name = node.metadata.name.clone().unwrap_or_default();
+    let node_name = node.name_any();
     let mut node_labels: BTreeMap<String, String> = claim.metadata.labels.clone().unwrap_or_default();
     node_labels.insert(labels::REGISTERED.into(), "true".into());
     let api = Api::<Node>::all(ctx.client.clone());
@@ -443,13 +446,11 @@ impl Launcher {
             LaunchError::Cloud(CloudError::InsufficientCapacity { offerings }) => {
                 ctx.catalog.mark_unavailable(offerings, ctx.config.unavailable_offering_ttl);
                 tracing::warn!(nodeclaim = %name, %error, "no capacity; deleting the claim and planning again without these offerings");
-                ctx.in_flight.forget(name);
                 let _ = delete_claim(&ctx, name).await;
                 rebatch(&ctx);
             }
             LaunchError::PoolGone(_) => {
                 tracing::error!(nodeclaim = %name, %error, "cannot launch; deleting the claim");
-                ctx.in_flight.forget(name);
                 let _ = delete_claim(&ctx, name).await;
             }
             LaunchError::Cloud(CloudError::InvalidConfiguration { message }) => {
@@ -521,7 +522,7 @@ impl Launcher {
                 };
                 match register(&ctx, claim, node).instrument(span.clone()).await {
                     Ok(()) => {
-                        let node_name = node.metadata.name.clone().unwrap_or_default();
+                        let node_name = node.name_any();
                         span.in_scope(|| tracing::info!("Registered nodeclaim {name}: node {node_name}"));
                         ctx.metrics.claims_registered.inc();
                         ctx.timeline.mark(Mark::Registered { claim: name.clone(), node: node_name });
@@ -539,7 +540,7 @@ impl Launcher {
                 && let Some(node) = node
                 && rafter::state::not_initialized(claim, node).is_none()
             {
-                let node_name = node.metadata.name.clone().unwrap_or_default();
+                let node_name = node.name_any();
                 let label = json!({"metadata": {"labels": {labels::INITIALIZED: "true"}}});
                 let _ = Api::<Node>::all(ctx.client.clone())
                     .patch(&node_name, &PatchParams::default(), &Patch::Merge(label))

@@ -1,6 +1,7 @@
 //! NodeClassStatus: resolves every EC2NodeClass through the cloud and writes what its selectors
 //! matched, and Ready/NotReady conditions naming the selector that matched nothing, to its status.
 
+use kube::ResourceExt;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -60,7 +61,7 @@ impl NodeClassStatus {
         let ctx = &state.ctx;
         let api = Api::<EC2NodeClass>::all(ctx.client.clone());
         for class in ctx.caches.classes.all() {
-            let name = class.metadata.name.clone().unwrap_or_default();
+            let name = class.name_any();
             let report = match ctx.cloud.node_class_report(&class).await {
                 Ok(Some(report)) => report,
                 Ok(None) => return,

@@ -3,6 +3,7 @@
 //! a blocking thread, tells pods where they will go (`Nominated`)
 //! or why they cannot go anywhere (once per pod and reason), and hands new claims to the Launcher.
 
+use kube::ResourceExt;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant as StdInstant};
@@ -40,9 +41,9 @@ pub struct SolverState {
 
 /// Claims the Solver planned that the claims cache does not show yet (the Launcher creates them a
 /// few at a time, between cloud calls): the next batch counts them as capacity in flight instead
-/// of buying it again. A claim leaves the list once the cache shows it, once it was created a
-/// moment ago (the watch has delivered it, or it is already gone again), or when the Launcher
-/// could not create it or gave it up, so capacity that will never come is not counted.
+/// of buying it again. A claim leaves the list once the cache shows it, when Rafter deletes it or
+/// the Launcher could not create it (so capacity that will never come is not counted), and at the
+/// latest 10 s after its creation (deleted by someone else before the cache showed it).
 #[derive(Debug, Default)]
 pub struct InFlight(std::sync::Mutex<Vec<Planned>>);
 
@@ -53,8 +54,8 @@ struct Planned {
     claim: Arc<NodeClaim>,
 }
 
-/// How long after its creation a claim is left to the cache.
-const CREATED_GRACE: Duration = Duration::from_secs(2);
+/// How long after its creation a claim is left to the cache: well beyond a watch's delay under load.
+const CREATED_GRACE: Duration = Duration::from_secs(10);
 
 impl InFlight {
     fn with<T>(&self, f: impl FnOnce(&mut Vec<Planned>) -> T) -> T {
@@ -126,7 +127,7 @@ fn reference(pod: &Pod) -> ObjectReference {
 pub async fn pool_types(ctx: &Ctx, pools: &[rafter::api::NodePool]) -> HashMap<String, Vec<InstanceType>> {
     let mut types = HashMap::new();
     for pool in pools {
-        let name = pool.metadata.name.clone().unwrap_or_default();
+        let name = pool.name_any();
         let list = match ctx.catalog.types_for(&name) {
             Some(list) => list,
             None => match ctx.cloud.instance_types(pool).await {
@@ -148,17 +149,18 @@ pub async fn pool_types(ctx: &Ctx, pools: &[rafter::api::NodePool]) -> HashMap<S
 /// A solve's result: the plan, the pools that could not be used, and how many pods were planned.
 pub type Solved = (Plan, Vec<rafter::state::PoolProblem>, usize);
 
-/// Solves `pending` against the caches as they are now (with `claims` standing for the cache's
-/// claims plus any the caller counts as in flight), on a blocking thread.
+/// Solves `pending` against the caches (with `claims` standing for the cache's claims plus any the
+/// caller counts as in flight), on a blocking thread. `pods` must be the snapshot `pending` was
+/// taken from: a pod bound since would count both as pending and on its node.
 pub async fn solve_now(
     ctx: &Ctx,
+    pods: Vec<Arc<Pod>>,
     pending: Vec<Pod>,
     claims: Vec<Arc<NodeClaim>>,
     pools: Vec<rafter::api::NodePool>,
 ) -> Result<Solved, tokio::task::JoinError> {
+    let (nodes, daemonsets, volumes) = (ctx.caches.nodes.all(), ctx.caches.daemonsets.all(), ctx.caches.volumes());
     let mut types = pool_types(ctx, &pools).await;
-    let (pods, nodes, daemonsets, volumes) =
-        (ctx.caches.pods.all(), ctx.caches.nodes.all(), ctx.caches.daemonsets.all(), ctx.caches.volumes());
     let job = move || {
         let snapshot = Snapshot {
             pods: &pods,
@@ -186,7 +188,7 @@ impl Solver {
         claims.extend(ctx.in_flight.pending(&cached));
         let pools = ctx.caches.effective_pools();
         let pools_by_name: HashMap<String, rafter::api::NodePool> =
-            pools.iter().map(|p| (p.metadata.name.clone().unwrap_or_default(), p.clone())).collect();
+            pools.iter().map(|p| (p.name_any(), p.clone())).collect();
         let pending: Vec<Pod> = pods.iter().filter(|p| provisionable(p)).map(|p| p.as_ref().clone()).collect();
         if pending.is_empty() {
             return;
@@ -194,7 +196,7 @@ impl Solver {
         let solve_span =
             tracing::info_span!(parent: &span, "solve", pods = pending.len(), claims = tracing::field::Empty);
         let started = StdInstant::now();
-        let result = solve_now(&ctx, pending, claims, pools).instrument(solve_span.clone()).await;
+        let result = solve_now(&ctx, pods.clone(), pending, claims, pools).instrument(solve_span.clone()).await;
         let (plan, problems, count) = match result {
             Ok(r) => r,
             Err(error) => {

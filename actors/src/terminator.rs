@@ -5,6 +5,7 @@
 //! delete the Node, and remove the finalizer. Every step is read back from the API server, so a
 //! crash anywhere resumes where it stopped.
 
+use kube::ResourceExt;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -49,7 +50,7 @@ pub struct TerminatorState {
 pub type TerminatorArgs = Ctx;
 
 fn pod_key(pod: &Pod) -> (String, String) {
-    (pod.metadata.namespace.clone().unwrap_or_default(), pod.metadata.name.clone().unwrap_or_default())
+    (pod.metadata.namespace.clone().unwrap_or_default(), pod.name_any())
 }
 
 enum Evicted {
@@ -105,7 +106,7 @@ async fn evict(client: kube::Client, pod: Arc<Pod>, removal: Removal) -> (String
 /// Taints a node `karpenter.sh/disrupted:NoSchedule` so nothing new lands on it; false when it
 /// already was.
 pub async fn taint_disrupted(ctx: &Ctx, node: &Node) -> Result<bool, kube::Error> {
-    let node_name = node.metadata.name.clone().unwrap_or_default();
+    let node_name = node.name_any();
     let taints = node.spec.as_ref().and_then(|s| s.taints.clone()).unwrap_or_default();
     if taints.iter().any(|t| t.key == labels::DISRUPTED_TAINT_KEY) {
         return Ok(false);
@@ -133,7 +134,7 @@ impl Terminator {
         let provider = claim.status.as_ref().and_then(|s| s.provider_id.clone());
         let node = node_of(provider.as_deref(), nodes);
         if let Some(node) = node {
-            let node_name = node.metadata.name.clone().unwrap_or_default();
+            let node_name = node.name_any();
             if let Err(error) = taint_disrupted(&ctx, node).await {
                 tracing::debug!(%error, "cannot taint {node_name}; retrying");
                 return false;
@@ -229,7 +230,7 @@ pub fn node_of<'a>(provider: Option<&str>, nodes: &'a [Arc<Node>]) -> Option<&'a
 
 /// An interrupted claim's node is drained: how much time was left.
 fn drained_interrupted(ctx: &Ctx, claim: &NodeClaim) {
-    let name = claim.metadata.name.clone().unwrap_or_default();
+    let name = claim.name_any();
     ctx.timeline.mark(Mark::Drained { claim: name.clone() });
     if let Some(deadline) = Record::of(claim.metadata.annotations.as_ref()).and_then(|r| r.deadline) {
         let left = deadline.duration_since(ctx.clock.now()).as_secs_f64();
@@ -241,7 +242,7 @@ fn drained_interrupted(ctx: &Ctx, claim: &NodeClaim) {
 /// The rest of a drained claim's termination: the instance terminated until the cloud says it is
 /// gone, the node deleted, the finalizer removed; true once it is finished.
 async fn finish(ctx: &Ctx, claim: &NodeClaim, nodes: &[Arc<Node>]) -> bool {
-    let name = claim.metadata.name.clone().unwrap_or_default();
+    let name = claim.name_any();
     let provider = claim.status.as_ref().and_then(|s| s.provider_id.clone());
     let node = node_of(provider.as_deref(), nodes);
     // Drained (or no node): terminate the instance until the cloud says it is gone.
@@ -264,7 +265,7 @@ async fn finish(ctx: &Ctx, claim: &NodeClaim, nodes: &[Arc<Node>]) -> bool {
         }
     }
     if let Some(node) = node {
-        let node_name = node.metadata.name.clone().unwrap_or_default();
+        let node_name = node.name_any();
         match Api::<Node>::all(ctx.client.clone()).delete(&node_name, &DeleteParams::default()).await {
             Ok(_) => tracing::info!("Deleted node {node_name}"),
             Err(kube::Error::Api(s)) if s.code == 404 => {}
@@ -333,7 +334,7 @@ impl Actor for Terminator {
             let pods = ctx.caches.pods.all();
             let mut drained = Vec::new();
             for claim in deleting {
-                let name = claim.metadata.name.clone().unwrap_or_default();
+                let name = claim.name_any();
                 let interruption = ctx.traces.get(&name);
                 let span = state
                     .spans

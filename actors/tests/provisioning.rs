@@ -2,6 +2,7 @@
 //! that fit and run; scaled to 0, the nodes go once `consolidateAfter` has passed (v1 NodePool and
 //! legacy Provisioner alike).
 
+use kube::ResourceExt;
 use std::time::Duration;
 
 use rafter_actors::context::ControllerConfig;
@@ -335,10 +336,7 @@ async fn fresh_plan_price(world: &World, pods: Vec<k8s_openapi::api::core::v1::P
         Api::<rafter::api::NodePool>::all(world.client.clone()).list(&Default::default()).await.expect("pools").items;
     let mut types = std::collections::HashMap::new();
     for pool in &pools {
-        types.insert(
-            pool.metadata.name.clone().unwrap_or_default(),
-            world.provider.instance_types(pool).await.expect("types"),
-        );
+        types.insert(pool.name_any(), world.provider.instance_types(pool).await.expect("types"));
     }
     let pending = pods
         .into_iter()

@@ -12,6 +12,7 @@ pub mod nodeclass;
 pub mod sqs;
 pub mod userdata;
 
+use kube::ResourceExt;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -109,12 +110,12 @@ pub struct StaticNodeClasses(pub Mutex<HashMap<String, EC2NodeClass>>);
 
 impl StaticNodeClasses {
     pub fn new(classes: impl IntoIterator<Item = EC2NodeClass>) -> Self {
-        Self(Mutex::new(classes.into_iter().map(|c| (c.metadata.name.clone().unwrap_or_default(), c)).collect()))
+        Self(Mutex::new(classes.into_iter().map(|c| (c.name_any(), c)).collect()))
     }
 
     pub fn put(&self, class: EC2NodeClass) {
         let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        map.insert(class.metadata.name.clone().unwrap_or_default(), class);
+        map.insert(class.name_any(), class);
     }
 }
 
@@ -518,7 +519,7 @@ impl AwsCloud {
     }
 
     fn launchable(&self, class: &EC2NodeClass) -> Result<(), CloudError> {
-        let name = class.metadata.name.clone().unwrap_or_default();
+        let name = class.name_any();
         let mut state = self.inner.lock();
         if let Some((generation, why, until)) = state.blocked.get(&name) {
             if *generation == class.metadata.generation && *until > Instant::now() {
@@ -572,7 +573,7 @@ impl AwsCloud {
     ) -> Result<Arc<Vec<InstanceType>>, CloudError> {
         let (specs, spot) = self.inner.catalog().await?;
         let key = BuiltKey {
-            class: class.metadata.name.clone().unwrap_or_default(),
+            class: class.name_any(),
             generation: class.metadata.generation,
             resolved: resolved.clone(),
             specs: specs.clone(),
@@ -809,7 +810,7 @@ fn common_tags(config: &AwsConfig, class: &EC2NodeClass, pool: &str) -> BTreeMap
     let mut tags = class.spec.tags.clone();
     tags.insert(config.cluster_tag(), "owned".into());
     tags.insert("eks:eks-cluster-name".into(), config.cluster.clone());
-    tags.insert(TAG_NODECLASS.into(), class.metadata.name.clone().unwrap_or_default());
+    tags.insert(TAG_NODECLASS.into(), class.name_any());
     tags.insert(TAG_NODEPOOL.into(), pool.into());
     tags
 }
@@ -947,7 +948,7 @@ impl Inner {
 
     /// The class's resolution, fresh when `force` or stale.
     async fn class_entry(&self, class: &EC2NodeClass, force: bool, mutate: bool) -> Result<ClassEntry, CloudError> {
-        let name = class.metadata.name.clone().unwrap_or_default();
+        let name = class.name_any();
         let cached = |s: &State| {
             s.classes
                 .get(&name)
@@ -1349,7 +1350,7 @@ impl Inner {
             .collect();
         orphans.sort_by(|a, b| a.id.cmp(&b.id));
         let Some(mut chosen) = orphans.into_iter().next() else { return Ok(None) };
-        let name = claim.metadata.name.clone().unwrap_or_default();
+        let name = claim.name_any();
         let pool = chosen.tags.get(TAG_NODEPOOL).cloned().unwrap_or_default();
         let tags = claim_tags(&pool, &name);
         self.clients
@@ -1388,7 +1389,7 @@ fn mark_on_demand_attempt(s: &mut State) {
 #[async_trait]
 impl CloudProvider for AwsCloud {
     async fn create(&self, claim: &NodeClaim) -> Result<Instance, CloudError> {
-        let name = claim.metadata.name.clone().unwrap_or_default();
+        let name = claim.name_any();
         // A previous leader may have launched for this claim and died before recording it.
         if let Some(found) = self.lookups.submit((), name.clone()).await.unwrap_or(Ok(None))? {
             return Ok(found);
@@ -1443,7 +1444,7 @@ impl CloudProvider for AwsCloud {
             tags.insert(LAUNCH_GROUP.into(), group.clone());
         }
         let shape = FleetShape {
-            class: class.metadata.name.clone().unwrap_or_default(),
+            class: class.name_any(),
             // A claim without a group launches alone, tagged with its name at launch.
             group: group.unwrap_or_else(|| name.clone()),
             capacity_type,
@@ -1472,7 +1473,7 @@ impl CloudProvider for AwsCloud {
         let id = match claim.status.as_ref().and_then(|s| s.provider_id.as_deref()).and_then(parse_provider_id) {
             Some((_, id)) => id.to_string(),
             None => {
-                let name = claim.metadata.name.clone().unwrap_or_default();
+                let name = claim.name_any();
                 match self.lookups.submit((), name.clone()).await.unwrap_or(Ok(None))? {
                     Some(found) => found.id,
                     None => return Err(CloudError::NotFound { id: name }),

@@ -1,6 +1,7 @@
 //! EC2NodeClass resolution: selector terms → subnets, security groups, AMIs and an instance
 //! profile, with a readiness check per kind that names the selector that matched nothing.
 
+use kube::ResourceExt;
 use std::collections::{BTreeMap, BTreeSet};
 
 use aws_sdk_ec2::types::Filter;
@@ -387,7 +388,7 @@ async fn ensure_profile(clients: &Clients, cluster: &str, class: &EC2NodeClass, 
     let roles = match existing {
         Some(roles) => roles,
         None => {
-            let class_name = class.metadata.name.clone().unwrap_or_default();
+            let class_name = class.name_any();
             let tag =
                 |k: &str, v: &str| aws_sdk_iam::types::Tag::builder().key(k).value(v).build().map_err(AwsError::build);
             let tags = [

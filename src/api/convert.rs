@@ -4,6 +4,7 @@
 //! never expired its nodes, so its NodePool gets `expireAfter: Never`, not v1's 720h default.
 //! Settings v1 cannot express are errors, never silent drops.
 
+use kube::ResourceExt;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -66,7 +67,7 @@ pub fn convert(
     let mut errors = Vec::new();
     let mut out = Converted::default();
     for template in templates {
-        let name = template.metadata.name.clone().unwrap_or_default();
+        let name = template.name_any();
         let kubelet = shared_kubelet(&name, provisioners, &mut errors);
         match node_class_from_template(
             &name,
@@ -87,7 +88,7 @@ pub fn convert(
             Err(mut e) => errors.append(&mut e),
         }
         if let Some(provider) = &provisioner.spec.provider {
-            let name = provisioner.metadata.name.clone().unwrap_or_default();
+            let name = provisioner.name_any();
             let meta = ObjectMeta { name: Some(name.clone()), ..ObjectMeta::default() };
             let kubelet = provisioner.spec.kubelet_configuration.clone();
             match node_class_from_template(&name, &meta, provider, kubelet, options, "Provisioner", "spec.provider") {
@@ -99,7 +100,7 @@ pub fn convert(
     // An inline provider is named after its Provisioner; it must not collide with a template.
     let mut seen = std::collections::BTreeSet::new();
     for class in &out.node_classes {
-        let name = class.metadata.name.clone().unwrap_or_default();
+        let name = class.name_any();
         if !seen.insert(name.clone()) {
             errors.push(ConversionError {
                 kind: "Provisioner",
@@ -131,11 +132,11 @@ fn shared_kubelet(
         if other.spec.kubelet_configuration != kubelet {
             errors.push(ConversionError {
                 kind: "Provisioner",
-                name: other.metadata.name.clone().unwrap_or_default(),
+                name: other.name_any(),
                 field: "spec.kubeletConfiguration".into(),
                 message: format!(
                     "differs from Provisioner {}, which shares AWSNodeTemplate {template}; v1 keeps kubelet settings on the EC2NodeClass, so give each kubelet configuration its own AWSNodeTemplate",
-                    first.metadata.name.clone().unwrap_or_default()
+                    first.name_any()
                 ),
             });
         }
@@ -175,7 +176,7 @@ pub fn node_pool_from_provisioner(
     templates: &[AWSNodeTemplate],
 ) -> Result<NodePool, Vec<ConversionError>> {
     let spec = &provisioner.spec;
-    let name = provisioner.metadata.name.clone().unwrap_or_default();
+    let name = provisioner.name_any();
     let mut errors = Vec::new();
     let err = |field: &str, message: String| ConversionError {
         kind: "Provisioner",

@@ -1,5 +1,6 @@
 //! Reading multi-document YAML manifests into typed objects, with the line of every problem.
 
+use kube::ResourceExt;
 use std::fmt;
 
 use serde::Deserialize;
@@ -293,7 +294,7 @@ pub fn convert_manifests(text: &str, options: &ConversionOptions) -> Result<Stri
     // legacy object's line, not YAML the apply fails on.
     let mut invalid = Vec::new();
     for pool in &converted.node_pools {
-        let name = pool.metadata.name.clone().unwrap_or_default();
+        let name = pool.name_any();
         if name.len() > 253 {
             invalid.push(ManifestError {
                 line: line_of("Provisioner", &name),
@@ -316,7 +317,7 @@ pub fn convert_manifests(text: &str, options: &ConversionOptions) -> Result<Stri
         }
     }
     for class in &converted.node_classes {
-        let name = class.metadata.name.clone().unwrap_or_default();
+        let name = class.name_any();
         if let Err(e) = super::validation::validate_ec2_node_class(&class.spec) {
             let line = documents
                 .iter()

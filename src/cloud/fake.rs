@@ -6,6 +6,7 @@
 //! computed when read, so the fake needs no tasks of its own. Watchers learn of changes through
 //! [`FakeCloud::changes`] and of the next timed transition through [`FakeCloud::next_transition`].
 
+use kube::ResourceExt;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
@@ -250,7 +251,7 @@ impl FakeCloud {
     }
 
     fn claim_key(claim: &NodeClaim) -> String {
-        claim.metadata.uid.clone().unwrap_or_else(|| claim.metadata.name.clone().unwrap_or_default())
+        claim.metadata.uid.clone().unwrap_or_else(|| claim.name_any())
     }
 
     fn launch(&self, claim: &NodeClaim) -> Result<Instance, CloudError> {
@@ -317,7 +318,7 @@ impl FakeCloud {
         let x = splitmix64(self.config.seed ^ state.counter.wrapping_mul(0x9e37_79b9));
         let id = format!("i-{:017x}", x & 0x0fff_ffff_ffff_ffff_u64);
         let ip = format!("10.{}.{}.{}", (x >> 40) & 0xff, (x >> 48) & 0xff, 1 + ((x >> 56) % 254));
-        let name = claim.metadata.name.clone().unwrap_or_default();
+        let name = claim.name_any();
         let pool = claim.metadata.labels.as_ref().and_then(|l| l.get(labels::NODEPOOL)).cloned().unwrap_or_default();
         let mut tags = BTreeMap::from([
             (TAG_NODECLAIM.to_string(), name.clone()),
@@ -406,7 +407,7 @@ impl CloudProvider for FakeCloud {
             .and_then(parse_provider_id)
             .map(|(_, id)| id.to_string());
         let id = by_status.or_else(|| self.lock().by_claim.get(&Self::claim_key(claim)).cloned());
-        let id = id.ok_or_else(|| CloudError::NotFound { id: claim.metadata.name.clone().unwrap_or_default() })?;
+        let id = id.ok_or_else(|| CloudError::NotFound { id: claim.name_any() })?;
         let result = self.terminate(&id);
         self.changed();
         result

@@ -12,6 +12,7 @@
 //! - `daemonSets` (optional): DaemonSets whose pods would land on new nodes.
 //! - `volumeZones` (optional): `namespace/name` of a pod → the zones its volumes live in.
 
+use kube::ResourceExt;
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::DaemonSet;
@@ -179,7 +180,7 @@ pub fn read(
                 if let Some(class) = typed::<EC2NodeClass>(field.clone(), value, &mut errors) {
                     match kubelet_settings(&field, &class) {
                         Ok(settings) => {
-                            classes.insert(class.metadata.name.clone().unwrap_or_default(), settings);
+                            classes.insert(class.name_any(), settings);
                         }
                         Err(e) => errors.push(e),
                     }
@@ -187,7 +188,7 @@ pub fn read(
             }
             ("karpenter.k8s.aws/v1alpha1", "AWSNodeTemplate") => {
                 if let Some(t) = typed::<AWSNodeTemplate>(field, value, &mut errors) {
-                    classes.insert(t.metadata.name.clone().unwrap_or_default(), KubeletSettings::default());
+                    classes.insert(t.name_any(), KubeletSettings::default());
                     templates.push(t);
                 }
             }
@@ -268,7 +269,7 @@ pub fn read(
                 continue;
             }
         };
-        let name = node.metadata.name.clone().unwrap_or_default();
+        let name = node.name_any();
         let mut labels = node.metadata.labels.clone().unwrap_or_default();
         labels.entry(crate::api::labels::HOSTNAME.to_string()).or_insert_with(|| name.clone());
         nodes.push(ExistingNode {

@@ -50,6 +50,7 @@
 //! open capacity that would have satisfied its preference. Domains of zone-like keys are chosen
 //! per pod, not jointly.
 
+use kube::ResourceExt;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use k8s_openapi::api::core::v1::{Pod, PodSpec, Toleration};
@@ -128,7 +129,7 @@ impl PoolInput {
         instance_types: Vec<InstanceType>,
         in_use: &Resources,
     ) -> Result<Self, PoolError> {
-        let name = pool.metadata.name.clone().unwrap_or_default();
+        let name = pool.name_any();
         let template = &pool.spec.template;
         let mut requirements = Requirements::from_api(&template.spec.requirements)
             .map_err(|source| PoolError::Requirement { pool: name.clone(), source })?;

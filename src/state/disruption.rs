@@ -133,6 +133,7 @@ pub fn eviction_backoff(attempt: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kube::ResourceExt;
     use serde_json::json;
 
     fn pod(value: serde_json::Value) -> Pod {
@@ -189,7 +190,7 @@ mod tests {
         assert_eq!(eviction_tier(&mirror), None);
         assert_eq!(eviction_tier(&tolerant), None);
         let all = [&critical_daemon, &daemon, &plain, &critical, &mirror];
-        let names = |v: Vec<&Pod>| v.iter().map(|p| p.metadata.name.clone().unwrap_or_default()).collect::<Vec<_>>();
+        let names = |v: Vec<&Pod>| v.iter().map(|p| p.name_any()).collect::<Vec<_>>();
         assert_eq!(names(next_evictions(all)), ["a"]);
         assert_eq!(names(next_evictions([&critical_daemon, &daemon, &critical])), ["b"]);
         assert_eq!(names(next_evictions([&critical_daemon, &critical])), ["c"]);

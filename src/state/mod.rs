@@ -10,6 +10,7 @@ pub mod orphans;
 pub mod volumes;
 pub mod window;
 
+use kube::ResourceExt;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -181,7 +182,7 @@ pub fn scheduling_input(
     let mut in_use: HashMap<String, Resources> = HashMap::new();
     let mut existing = Vec::new();
     for node in snapshot.nodes {
-        let name = node.metadata.name.clone().unwrap_or_default();
+        let name = node.name_any();
         let capacity =
             node.status.as_ref().and_then(|s| s.capacity.as_ref()).and_then(|c| Resources::from_kube(c).ok());
         if let (Some(pool), Some(capacity)) = (pool_of(node.metadata.labels.as_ref()), &capacity) {
@@ -259,7 +260,7 @@ pub fn scheduling_input(
             requirements.add(Requirement::single(labels::INSTANCE_TYPE, type_name));
         }
         existing.push(ExistingNode {
-            name: claim.metadata.name.clone().unwrap_or_default(),
+            name: claim.name_any(),
             requirements,
             taints: claim.spec.template.taints.clone(),
             available,
