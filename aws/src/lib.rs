@@ -395,6 +395,11 @@ struct Inner {
     refreshing: tokio::sync::Mutex<()>,
     /// One adoption at a time, so two claims of a group never take the same instance.
     adopting: tokio::sync::Mutex<()>,
+    /// Per launch group: fleet calls hold it shared from `CreateFleet` until their instances
+    /// carry their claims' tags. An adoption only proceeds when it can hold it alone, so it never
+    /// takes an instance this process has just launched for another claim of the group (it
+    /// launches afresh instead; garbage collection reclaims any instance a dead leader left).
+    launching: Mutex<HashMap<String, Arc<tokio::sync::RwLock<()>>>>,
 }
 
 /// One fleet call's shape: requests with equal shapes are merged.
@@ -450,6 +455,7 @@ impl AwsCloud {
             state: Mutex::new(state),
             refreshing: tokio::sync::Mutex::new(()),
             adopting: tokio::sync::Mutex::new(()),
+            launching: Mutex::new(HashMap::new()),
         });
         let fleet_inner = inner.clone();
         let lookup_inner = inner.clone();
@@ -1134,6 +1140,8 @@ impl Inner {
     }
 
     async fn run_fleet(&self, shape: FleetShape, reqs: Vec<FleetRequest>) -> Vec<Result<Instance, CloudError>> {
+        let lock = self.group_lock(&shape.group);
+        let _launching = lock.read().await;
         let n = reqs.len();
         let mut configs: BTreeMap<&str, Vec<FleetLaunchTemplateOverridesRequest>> = BTreeMap::new();
         for (priority, (template, instance_type, subnet, _)) in shape.overrides.iter().enumerate() {
@@ -1320,12 +1328,21 @@ impl Inner {
             .collect()
     }
 
+    /// The launch-lock of a group (locks no one holds any more are dropped).
+    fn group_lock(&self, group: &str) -> Arc<tokio::sync::RwLock<()>> {
+        let mut locks = self.launching.lock().unwrap_or_else(|p| p.into_inner());
+        locks.retain(|g, l| g == group || Arc::strong_count(l) > 1);
+        locks.entry(group.to_string()).or_default().clone()
+    }
+
     /// Takes over an instance of the claim's launch group that no claim is tagged on (its launch
     /// outlived the leader that made it) and that fits the claim: tagged with the claim, it is
     /// the claim's instance from now on. Instances are taken lowest id first, one adoption at a
     /// time, so two claims never share one.
     async fn adopt(&self, claim: &NodeClaim, group: &str) -> Result<Option<Instance>, CloudError> {
         let _one = self.adopting.lock().await;
+        let lock = self.group_lock(group);
+        let Ok(_alone) = lock.try_write() else { return Ok(None) };
         let mut filters = self.live_filters();
         filters.push(Filter::builder().name(format!("tag:{LAUNCH_GROUP}")).values(group).build());
         let found = self.describe(Vec::new(), filters).await.map_err(|e| e.to_cloud())?;

@@ -417,3 +417,40 @@ async fn a_standby_only_reads_iam_and_a_leader_that_lost_an_iam_race_launches_on
     let second = leader.create(&claim("c1", "u1", m5_large_spot())).await.expect("the next try launches");
     assert_eq!(second.node_claim(), Some("c1"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_of_one_group_launched_in_two_waves_never_share_an_instance() {
+    let env = Env::new().await;
+    let cloud = Arc::new(env.cloud().await);
+    let (pool, _) = example();
+    cloud.instance_types(&pool).await.expect("warm catalog");
+    let shape = |t: &str| {
+        json!([
+            {"key": "node.kubernetes.io/instance-type", "operator": "In", "values": [t]},
+            {"key": "karpenter.sh/capacity-type", "operator": "In", "values": ["spot"]}
+        ])
+    };
+    // Claims of one group in two waves: the second wave looks for instances to adopt (the
+    // dead-leader path) while the first wave's merged fleet is being tagged — it may not take them.
+    let mut launches = Vec::new();
+    for i in 0..12 {
+        if i == 6 {
+            tokio::time::sleep(Duration::from_millis(60)).await;
+        }
+        let cloud = cloud.clone();
+        let mut c = claim(&format!("c{i}"), &format!("u{i}"), shape("m5.large"));
+        c.metadata.annotations =
+            Some(std::collections::BTreeMap::from([(rafter::cloud::LAUNCH_GROUP.to_string(), "plan".to_string())]));
+        launches.push(tokio::spawn(async move { cloud.create(&c).await }));
+    }
+    let mut ids = std::collections::BTreeSet::new();
+    for l in launches {
+        ids.insert(l.await.expect("task").expect("launch").id);
+    }
+    assert_eq!(ids.len(), 12, "twelve claims, twelve instances");
+    let listed = cloud.list().await.expect("list");
+    for i in 0..12 {
+        let name = format!("c{i}");
+        assert_eq!(listed.iter().filter(|x| x.node_claim() == Some(name.as_str())).count(), 1, "{name} is tagged once");
+    }
+}
