@@ -121,7 +121,11 @@ impl Rejected {
     }
 
     fn remove(&self, kind: &'static str, name: &str) {
-        self.lock().remove(&(kind, name.to_string()));
+        let mut map = self.lock();
+        // The common case, on every decoded event: nothing was ever rejected.
+        if !map.is_empty() {
+            map.remove(&(kind, name.to_string()));
+        }
     }
 
     fn clear(&self, kind: &'static str) {
@@ -230,20 +234,24 @@ fn reflect<K>(
 /// recorded as rejected and skipped, so the rest of the list still fills the cache.
 fn decode_object<K: DeserializeOwned>(kind: &'static str, rejected: &Rejected, object: DynamicObject) -> Option<K> {
     let name = object.name_any();
-    let value = match serde_json::to_value(&object) {
-        Ok(v) => v,
-        Err(error) => {
-            tracing::warn!(kind, %name, %error, "cannot re-read a watched object; skipping it");
-            return None;
+    // The object's fields are moved, not copied, into the document the type is decoded from:
+    // every watch event of every claim passes through here.
+    let DynamicObject { types, metadata, mut data } = object;
+    if let serde_json::Value::Object(fields) = &mut data {
+        if let Some(t) = &types {
+            fields.insert("apiVersion".into(), t.api_version.clone().into());
+            fields.insert("kind".into(), t.kind.clone().into());
         }
-    };
-    match decode::<K>(value) {
+        fields.insert("metadata".into(), serde_json::to_value(&metadata).unwrap_or_default());
+    }
+    match decode::<K>(&data) {
         Ok(k) => {
             rejected.remove(kind, &name);
             Some(k)
         }
         Err(error) => {
             let message = error.to_string();
+            let object = DynamicObject { types, metadata, data };
             if rejected.insert(kind, name.clone(), Rejection { error, object }) {
                 tracing::warn!(kind, %name, "{kind} {name} does not decode and is ignored until it is fixed: {message}");
             }

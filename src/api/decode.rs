@@ -12,8 +12,9 @@ pub struct DecodeError {
     pub message: String,
 }
 
-/// Decodes `value` as a `K`, naming the failing field.
-pub fn decode<K: DeserializeOwned>(value: serde_json::Value) -> Result<K, DecodeError> {
+/// Decodes `value` as a `K`, naming the failing field. Borrowed, so a caller that must keep the
+/// document when it does not decode needs no copy.
+pub fn decode<K: DeserializeOwned>(value: &serde_json::Value) -> Result<K, DecodeError> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         DecodeError { path, message: e.into_inner().to_string() }
@@ -34,7 +35,7 @@ mod tests {
                 "requirements": [{"key": "karpenter.sh/capacity-type", "operator": "Sometimes", "values": ["spot"]}]
             }}}
         });
-        let err = decode::<NodePool>(bad).expect_err("refused");
+        let err = decode::<NodePool>(&bad).expect_err("refused");
         assert_eq!(err.path, "spec.template.spec.requirements[0].operator");
         assert!(err.message.contains("Sometimes"), "{err}");
     }

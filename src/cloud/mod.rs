@@ -62,6 +62,11 @@ impl Instance {
     pub fn node_claim(&self) -> Option<&str> {
         self.tags.get(TAG_NODECLAIM).map(String::as_str)
     }
+
+    /// The launch group this instance was launched for, from its tag.
+    pub fn launch_group(&self) -> Option<&str> {
+        self.tags.get(LAUNCH_GROUP).map(String::as_str)
+    }
 }
 
 /// Tag naming the NodeClaim an instance belongs to.
@@ -74,13 +79,6 @@ pub const TAG_NODEPOOL: &str = "karpenter.sh/nodepool";
 /// a claim of that group whose launch outlived its caller, and the next leader adopts it instead of
 /// buying again.
 pub const LAUNCH_GROUP: &str = "rafter.sh/launch-group";
-
-impl Instance {
-    /// The launch group this instance was launched for, from its tag.
-    pub fn launch_group(&self) -> Option<&str> {
-        self.tags.get(LAUNCH_GROUP).map(String::as_str)
-    }
-}
 
 /// A claim's launch group, from its annotation.
 pub fn launch_group(claim: &NodeClaim) -> Option<&str> {
