@@ -5,20 +5,13 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use rafter::state::window::BatchWindow;
 use tokio::time::Instant;
 
-use crate::context::{Ctx, peer};
-use crate::solver::SolverMessage;
+use crate::context::Ctx;
+pub use crate::messages::BatcherMessage;
+use crate::messages::{SolverMessage, peer};
 use crate::timeline::Mark;
 
 #[derive(Debug)]
 pub struct Batcher;
-
-#[derive(Debug)]
-pub enum BatcherMessage {
-    /// A pod needs capacity (or an earlier batch left some pods without it).
-    Pending,
-    /// Check whether the window is due.
-    Tick,
-}
 
 #[derive(Debug)]
 pub struct BatcherState {

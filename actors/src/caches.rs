@@ -1,7 +1,5 @@
-//! The watched caches every replica keeps warm (hot standby), and the two actors that fill them:
-//! `PodWatcher` (pods; announces pods that need capacity to the Batcher) and `ClusterState`
-//! (nodes, NodeClaims, NodePools, node classes, legacy Provisioners and AWSNodeTemplates,
-//! DaemonSets, PodDisruptionBudgets).
+//! The watched caches every replica keeps warm (hot standby), and the reflectors that fill them;
+//! the actors that run the reflectors are `ClusterState` and `PodWatcher`.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,15 +14,12 @@ use kube::api::{ApiResource, DynamicObject};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Resource, ResourceExt};
-use ractor::{Actor, ActorProcessingErr, ActorRef};
 use rafter::api::decode::{DecodeError, decode};
 use rafter::api::legacy::{AWSNodeTemplate, Provisioner};
 use rafter::api::nodeclaim::NodeClaim;
 use rafter::api::{EC2NodeClass, NodePool};
 use serde::de::DeserializeOwned;
 use tokio::task::JoinSet;
-
-use crate::context::{Ctx, peer};
 
 /// A store that a restarted watcher replaces.
 #[derive(Debug)]
@@ -62,7 +57,7 @@ impl<K: kube::Resource<DynamicType = ()> + Clone + 'static> Slot<K> {
     }
 
     /// Marks a kind the API server does not serve (legacy CRDs not installed) as synced and empty.
-    fn absent(&self) {
+    pub fn absent(&self) {
         self.replace(None);
         self.synced.store(true, Ordering::Release);
     }
@@ -203,7 +198,7 @@ where
 
 /// Runs one reflector into `slot` until the task is aborted, calling `on_applied` for each object
 /// the watch delivers. A missing resource (legacy CRDs not installed) leaves the slot empty.
-fn reflect<K>(
+pub fn reflect<K>(
     tasks: &mut JoinSet<()>,
     api: Api<K>,
     slot: &'static str,
@@ -298,7 +293,7 @@ where
 /// Like [`reflect`], for Rafter's own kinds: the watch reads objects untyped and decodes each on
 /// its own, so an object stored under an older, looser schema (`operator: Sometimes`) is skipped
 /// and reported instead of failing every list (and with it all provisioning).
-fn reflect_custom<K>(
+pub fn reflect_custom<K>(
     tasks: &mut JoinSet<()>,
     client: kube::Client,
     kind: &'static str,
@@ -322,116 +317,11 @@ fn reflect_custom<K>(
 }
 
 /// Whether the API server serves a custom kind (the legacy CRDs are optional).
-async fn served<K: Resource<DynamicType = ()>>(client: &kube::Client) -> bool {
+pub async fn served<K: Resource<DynamicType = ()>>(client: &kube::Client) -> bool {
     let path = format!("{}/{}", K::group(&()), K::version(&()));
     match client.list_api_group_resources(&path).await {
         Ok(list) => list.resources.iter().any(|r| r.name == K::plural(&())),
         Err(_) => false,
-    }
-}
-
-/// Fills the cluster caches.
-#[derive(Debug)]
-pub struct ClusterState;
-
-#[derive(Debug)]
-pub enum ClusterStateMessage {}
-
-#[derive(Debug)]
-pub struct ClusterStateState {
-    tasks: JoinSet<()>,
-}
-
-pub type ClusterStateArgs = Ctx;
-
-impl Actor for ClusterState {
-    type Msg = ClusterStateMessage;
-    type State = ClusterStateState;
-    type Arguments = ClusterStateArgs;
-
-    async fn pre_start(&self, _: ActorRef<Self::Msg>, ctx: Ctx) -> Result<Self::State, ActorProcessingErr> {
-        let mut tasks = JoinSet::new();
-        let c = ctx.client.clone();
-        let caches = ctx.caches.clone();
-        reflect(&mut tasks, Api::<Node>::all(c.clone()), "nodes", caches.clone(), |c| &c.nodes, |_| {});
-        reflect_custom(&mut tasks, c.clone(), "NodeClaim", caches.clone(), |c| &c.claims);
-        reflect_custom(&mut tasks, c.clone(), "NodePool", caches.clone(), |c| &c.pools);
-        reflect_custom(&mut tasks, c.clone(), "EC2NodeClass", caches.clone(), |c| &c.classes);
-        reflect(&mut tasks, Api::<DaemonSet>::all(c.clone()), "daemonsets", caches.clone(), |c| &c.daemonsets, |_| {});
-        reflect(&mut tasks, Api::<PodDisruptionBudget>::all(c.clone()), "pdbs", caches.clone(), |c| &c.pdbs, |_| {});
-        reflect(&mut tasks, Api::<PersistentVolumeClaim>::all(c.clone()), "pvcs", caches.clone(), |c| &c.pvcs, |_| {});
-        reflect(&mut tasks, Api::<PersistentVolume>::all(c.clone()), "pvs", caches.clone(), |c| &c.pvs, |_| {});
-        reflect(
-            &mut tasks,
-            Api::<StorageClass>::all(c.clone()),
-            "storageclasses",
-            caches.clone(),
-            |c| &c.storage_classes,
-            |_| {},
-        );
-        if served::<Provisioner>(&c).await {
-            reflect_custom(&mut tasks, c.clone(), "Provisioner", caches.clone(), |c| &c.provisioners);
-        } else {
-            caches.provisioners.absent();
-        }
-        if served::<AWSNodeTemplate>(&c).await {
-            reflect_custom(&mut tasks, c.clone(), "AWSNodeTemplate", caches.clone(), |c| &c.templates);
-        } else {
-            caches.templates.absent();
-        }
-        Ok(ClusterStateState { tasks })
-    }
-
-    async fn post_stop(&self, _: ActorRef<Self::Msg>, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
-        state.tasks.abort_all();
-        Ok(())
-    }
-}
-
-/// Watches pods, and tells the Batcher about each pod that needs capacity.
-#[derive(Debug)]
-pub struct PodWatcher;
-
-#[derive(Debug)]
-pub enum PodWatcherMessage {}
-
-#[derive(Debug)]
-pub struct PodWatcherState {
-    tasks: JoinSet<()>,
-}
-
-pub type PodWatcherArgs = Ctx;
-
-impl Actor for PodWatcher {
-    type Msg = PodWatcherMessage;
-    type State = PodWatcherState;
-    type Arguments = PodWatcherArgs;
-
-    async fn pre_start(&self, _: ActorRef<Self::Msg>, ctx: Ctx) -> Result<Self::State, ActorProcessingErr> {
-        let mut tasks = JoinSet::new();
-        let peers = ctx.peers.clone();
-        let timeline = ctx.timeline.clone();
-        reflect(
-            &mut tasks,
-            Api::<Pod>::all(ctx.client.clone()),
-            "pods",
-            ctx.caches.clone(),
-            |c| &c.pods,
-            move |pod| {
-                if rafter::state::provisionable(pod) {
-                    timeline.pod_seen();
-                    if let Some(batcher) = peer(&peers.batcher) {
-                        let _ = batcher.cast(crate::batcher::BatcherMessage::Pending);
-                    }
-                }
-            },
-        );
-        Ok(PodWatcherState { tasks })
-    }
-
-    async fn post_stop(&self, _: ActorRef<Self::Msg>, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
-        state.tasks.abort_all();
-        Ok(())
     }
 }
 

@@ -2,10 +2,11 @@
 //! catalog, metrics, the timeline, the clock, and the current address of each leader-group actor.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ractor::ActorRef;
+use tokio::time::Instant;
+
 use rafter::cloud::CloudProvider;
 use rafter::interruption::plan::RebalancePolicy;
 use rafter::interruption::queue::MessageQueue;
@@ -13,6 +14,8 @@ use rafter::interruption::queue::MessageQueue;
 use crate::caches::Caches;
 use crate::catalog::Catalog;
 use crate::clock::Clock;
+use crate::in_flight::InFlight;
+use crate::messages::Peers;
 use crate::metrics::Metrics;
 use crate::timeline::Timeline;
 
@@ -91,32 +94,6 @@ impl Default for ControllerConfig {
     }
 }
 
-/// Addresses of the leader-group actors, replaced when the supervisor restarts one, so a sender
-/// always reaches the live instance.
-#[derive(Debug, Default)]
-pub struct Peers {
-    pub batcher: RwLock<Option<ActorRef<crate::batcher::BatcherMessage>>>,
-    pub solver: RwLock<Option<ActorRef<crate::solver::SolverMessage>>>,
-    pub launcher: RwLock<Option<ActorRef<crate::launcher::LauncherMessage>>>,
-    pub terminator: RwLock<Option<ActorRef<crate::terminator::TerminatorMessage>>>,
-}
-
-/// Reads a peer's address, tolerating a poisoned lock (a panicking writer cannot corrupt an Option).
-pub fn peer<T: Clone>(slot: &RwLock<Option<T>>) -> Option<T> {
-    match slot.read() {
-        Ok(guard) => guard.clone(),
-        Err(poisoned) => poisoned.into_inner().clone(),
-    }
-}
-
-/// Replaces a peer's address.
-pub fn set_peer<T>(slot: &RwLock<Option<T>>, value: Option<T>) {
-    match slot.write() {
-        Ok(mut guard) => *guard = value,
-        Err(poisoned) => *poisoned.into_inner() = value,
-    }
-}
-
 /// The open `interruption` span of each affected claim, so the actors that continue the work
 /// (replacement, drain, termination) add to one trace.
 #[derive(Debug, Default)]
@@ -154,6 +131,60 @@ impl Traces {
     }
 }
 
+/// What the elector last heard from the API server about the lease. A replica that cannot read
+/// or write it can neither lead nor stand by, so it is not ready, and says why.
+#[derive(Debug)]
+pub struct LeaseHealth(Mutex<LeaseSeen>);
+
+#[derive(Debug)]
+struct LeaseSeen {
+    started: Instant,
+    ok_at: Option<Instant>,
+    error: Option<String>,
+    failures: u64,
+}
+
+impl Default for LeaseHealth {
+    fn default() -> Self {
+        Self(Mutex::new(LeaseSeen { started: Instant::now(), ok_at: None, error: None, failures: 0 }))
+    }
+}
+
+impl LeaseHealth {
+    fn with<T>(&self, f: impl FnOnce(&mut LeaseSeen) -> T) -> T {
+        f(&mut self.0.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    pub fn succeeded(&self) {
+        self.with(|s| {
+            s.ok_at = Some(Instant::now());
+            s.error = None;
+            s.failures = 0;
+        });
+    }
+
+    /// Records a failed lease request; whether it is one to log at warn (the first of a run of
+    /// failures, then one in 20, so a lasting problem is visible without flooding the log).
+    pub fn failed(&self, error: String) -> bool {
+        self.with(|s| {
+            s.error = Some(error);
+            s.failures += 1;
+            s.failures % 20 == 1
+        })
+    }
+
+    /// Why this replica is not ready, if it is not: no lease request has succeeded for `window`.
+    pub fn problem(&self, window: Duration) -> Option<String> {
+        self.with(|s| {
+            let since = s.ok_at.unwrap_or(s.started);
+            (since.elapsed() >= window).then(|| {
+                let why = s.error.clone().unwrap_or_else(|| "no answer".into());
+                format!("the leader lease has not been reachable for {:?}: {why}", since.elapsed())
+            })
+        })
+    }
+}
+
 /// One replica's shared handles.
 #[derive(Clone)]
 pub struct Ctx {
@@ -173,9 +204,9 @@ pub struct Ctx {
     pub queue: Option<Arc<dyn MessageQueue>>,
     pub traces: Arc<Traces>,
     /// Whether the lease answers: part of readiness.
-    pub lease: Arc<crate::elector::LeaseHealth>,
+    pub lease: Arc<LeaseHealth>,
     /// Claims planned and not yet in the cache.
-    pub in_flight: Arc<crate::solver::InFlight>,
+    pub in_flight: Arc<InFlight>,
 }
 
 impl std::fmt::Debug for Ctx {

@@ -16,7 +16,8 @@ use serde_json::json;
 
 use crate::clock::age;
 use crate::context::Ctx;
-use crate::launcher::{condition_true, delete_claim};
+use crate::writes::delete_claim;
+use rafter::state::condition_true;
 
 /// Condition recording since when a node has had no workload pods, so any leader counts on.
 pub const EMPTY: &str = "Empty";
@@ -54,7 +55,7 @@ async fn awaited(ctx: &Ctx) -> HashSet<String> {
         return HashSet::new();
     }
     let solved =
-        crate::solver::solve_now(ctx, pods, pending, ctx.caches.claims.all(), ctx.caches.effective_pools()).await;
+        crate::planning::solve_now(ctx, pods, pending, ctx.caches.claims.all(), ctx.caches.effective_pools()).await;
     solved.map(|(plan, _, _)| plan.placements.into_iter().map(|p| p.node).collect()).unwrap_or_default()
 }
 
@@ -110,7 +111,7 @@ impl Disrupter {
                     let empty = decision == Emptiness::MarkEmpty;
                     let mut list = claim.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
                     let reason = if empty { "Empty" } else { "NotEmpty" };
-                    crate::launcher::set_condition(&mut list, EMPTY, empty, reason, "", ctx.clock.as_ref());
+                    crate::writes::set_condition(&mut list, EMPTY, empty, reason, "", ctx.clock.as_ref());
                     let patch = json!({"status": {"conditions": list}});
                     let api = kube::Api::<NodeClaim>::all(ctx.client.clone());
                     if api.patch_status(&name, &Default::default(), &kube::api::Patch::Merge(patch)).await.is_ok()

@@ -1,8 +1,7 @@
 //! LeaderElector: holds and renews a `coordination.k8s.io/v1` Lease on the replica's own client and
-//! tells the supervisor `Leader(epoch)` or `Follower`. A leader that has not renewed within the
+//! publishes `Leader(epoch)` or `Follower` on a channel (the supervisor holds the other end). A leader that has not renewed within the
 //! renew deadline steps down before anyone else can take the lease (the lease duration is longer).
 
-use std::sync::Mutex;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -16,68 +15,13 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::context::Ctx;
-use crate::supervisor::SupervisorMessage;
 
-/// What the elector tells the supervisor.
+/// What the elector publishes on its leadership channel (the supervisor listens).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Leadership {
     /// This replica holds the lease; `epoch` is the lease's transition count when it was taken.
     Leader(i32),
     Follower,
-}
-
-/// What the elector last heard from the API server about the lease. A replica that cannot read
-/// or write it can neither lead nor stand by, so it is not ready, and says why.
-#[derive(Debug)]
-pub struct LeaseHealth(Mutex<LeaseSeen>);
-
-#[derive(Debug)]
-struct LeaseSeen {
-    started: Instant,
-    ok_at: Option<Instant>,
-    error: Option<String>,
-    failures: u64,
-}
-
-impl Default for LeaseHealth {
-    fn default() -> Self {
-        Self(Mutex::new(LeaseSeen { started: Instant::now(), ok_at: None, error: None, failures: 0 }))
-    }
-}
-
-impl LeaseHealth {
-    fn with<T>(&self, f: impl FnOnce(&mut LeaseSeen) -> T) -> T {
-        f(&mut self.0.lock().unwrap_or_else(|p| p.into_inner()))
-    }
-
-    fn succeeded(&self) {
-        self.with(|s| {
-            s.ok_at = Some(Instant::now());
-            s.error = None;
-            s.failures = 0;
-        });
-    }
-
-    /// Records a failed lease request; whether it is one to log at warn (the first of a run of
-    /// failures, then one in 20, so a lasting problem is visible without flooding the log).
-    fn failed(&self, error: String) -> bool {
-        self.with(|s| {
-            s.error = Some(error);
-            s.failures += 1;
-            s.failures % 20 == 1
-        })
-    }
-
-    /// Why this replica is not ready, if it is not: no lease request has succeeded for `window`.
-    pub fn problem(&self, window: Duration) -> Option<String> {
-        self.with(|s| {
-            let since = s.ok_at.unwrap_or(s.started);
-            (since.elapsed() >= window).then(|| {
-                let why = s.error.clone().unwrap_or_else(|| "no answer".into());
-                format!("the leader lease has not been reachable for {:?}: {why}", since.elapsed())
-            })
-        })
-    }
 }
 
 /// The part of a Lease the decision needs.
@@ -134,13 +78,14 @@ pub enum LeaderElectorMessage {
 #[derive(Debug)]
 pub struct LeaderElectorArgs {
     pub ctx: Ctx,
-    pub supervisor: ActorRef<SupervisorMessage>,
+    /// Where leadership changes go, in order.
+    pub leadership: tokio::sync::mpsc::UnboundedSender<Leadership>,
 }
 
 #[derive(Debug)]
 pub struct LeaderElectorState {
     ctx: Ctx,
-    supervisor: ActorRef<SupervisorMessage>,
+    leadership: tokio::sync::mpsc::UnboundedSender<Leadership>,
     api: Api<Lease>,
     observed: Option<Observed>,
     observed_at: Instant,
@@ -259,7 +204,7 @@ impl LeaderElectorState {
     }
 
     fn publish(&mut self, leadership: Leadership) {
-        let _ = self.supervisor.cast(SupervisorMessage::Leadership(leadership));
+        let _ = self.leadership.send(leadership);
     }
 }
 
@@ -299,7 +244,7 @@ impl Actor for LeaderElector {
         let _ = myself.cast(LeaderElectorMessage::Tick);
         Ok(LeaderElectorState {
             ctx: args.ctx,
-            supervisor: args.supervisor,
+            leadership: args.leadership,
             api,
             observed: None,
             observed_at: Instant::now(),

@@ -12,7 +12,7 @@ use rafter::state::orphans::{Claims, Ownership, collectable, launched_ago, past_
 use tokio::time::Instant;
 
 use crate::context::Ctx;
-use crate::launcher::delete_claim;
+use crate::writes::delete_claim;
 
 #[derive(Debug)]
 pub struct GarbageCollector;

@@ -33,11 +33,12 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::context::{Ctx, peer};
-use crate::launcher::{LauncherMessage, condition_true, delete_claim, rebatch};
+use crate::context::Ctx;
+use crate::messages::{LauncherMessage, peer};
 use crate::metrics::{KindLabel, ReadyLabel};
-use crate::terminator::{node_of, taint_disrupted};
 use crate::timeline::Mark;
+use crate::writes::{delete_claim, node_of, rebatch, taint_disrupted};
+use rafter::state::condition_true;
 
 #[derive(Debug)]
 pub struct InterruptionHandler;
@@ -359,7 +360,7 @@ impl InterruptionHandler {
             .launched
             .is_none_or(|(at, expected)| replacements.len() >= expected || at.elapsed() >= LAUNCH_SETTLE);
         if settled && replacements.is_empty() {
-            let mut types = crate::solver::pool_types(&ctx, &pools).await;
+            let mut types = crate::planning::pool_types(&ctx, &pools).await;
             let job = {
                 let (pods, nodes, claims, pools, daemonsets, node_name) = (
                     pods.clone(),
@@ -402,7 +403,7 @@ impl InterruptionHandler {
                             let count = plan.claims.len();
                             match peer(&ctx.peers.launcher) {
                                 Some(launcher) => {
-                                    let claims = crate::launcher::plan_claims(
+                                    let claims = crate::planning::plan_claims(
                                         &ctx.caches.pools_by_name(),
                                         plan.claims,
                                         Some(&name),

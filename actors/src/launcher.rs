@@ -7,29 +7,28 @@
 use kube::ResourceExt;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::Api;
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Patch, PatchParams, PostParams};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use rafter::api::NodePool;
 use rafter::api::labels;
-use rafter::api::nodeclaim::{NodeClaim, NodeClaimSpec, NodeClaimTemplateSpec, ResourceRequirements, conditions};
+use rafter::api::nodeclaim::{NodeClaim, conditions};
 use rafter::cloud::{CloudError, Instance};
-use rafter::scheduling::solver::NewClaim;
 use rafter::state::disruption::{ClaimTimeout, claim_timeout};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::batcher::BatcherMessage;
-use crate::clock::{Clock, age};
-use crate::context::{BindingMode, Ctx, peer};
+use crate::clock::age;
+use crate::context::{BindingMode, Ctx};
+pub use crate::messages::LauncherMessage;
+use crate::messages::Planned;
 use crate::timeline::Mark;
+use crate::writes::{delete_claim, patch_status, rebatch};
+use rafter::state::condition_true;
 
 /// Why a launch step failed.
 #[derive(Debug, thiserror::Error)]
@@ -46,15 +45,6 @@ pub enum LaunchError {
 pub struct Launcher;
 
 #[derive(Debug)]
-pub enum LauncherMessage {
-    /// Create and launch these claims (built by [`plan_claims`]), inside the batch's `provision`
-    /// span (or an interruption's `replace` span).
-    Launch { claims: Vec<Planned>, span: tracing::Span },
-    /// Follow every claim one step further.
-    Reconcile,
-}
-
-#[derive(Debug)]
 pub struct LauncherState {
     ctx: Ctx,
     /// Each launch's span, so registration joins the batch's trace.
@@ -68,168 +58,10 @@ pub type LauncherArgs = Ctx;
 /// How long a freshly launched claim is left out of relaunch checks while the watch catches up.
 const CACHE_GRACE: Duration = Duration::from_secs(2);
 
-static NAMES: AtomicU64 = AtomicU64::new(0);
-
-/// A fresh `<pool>-xxxxx` name.
-fn claim_name(pool: &str) -> String {
-    let seed = NAMES.fetch_add(1, Ordering::Relaxed)
-        ^ jiff::Timestamp::now().as_nanosecond() as u64
-        ^ (std::process::id() as u64).rotate_left(32);
-    format!("{pool}-{}", rafter::mix::name_suffix(rafter::mix::splitmix64(seed), 5))
-}
-
-/// A fresh launch group: the claims of one plan share it, and may share launch calls.
-pub fn launch_group() -> String {
-    let seed = NAMES.fetch_add(1, Ordering::Relaxed)
-        ^ (jiff::Timestamp::now().as_nanosecond() as u64).rotate_left(17)
-        ^ (std::process::id() as u64).rotate_left(40);
-    format!("{:016x}", rafter::mix::splitmix64(seed))
-}
-
-/// The NodeClaim for a planned machine: the pool's template with the plan's requirements, its
-/// launch group, and the claim it replaces, if any.
-pub fn build_claim(pool: &NodePool, planned: &NewClaim, replaces: Option<&str>, group: &str) -> NodeClaim {
-    let pool_name = pool.name_any();
-    let template = &pool.spec.template;
-    let mut claim_labels: BTreeMap<String, String> =
-        template.metadata.as_ref().map(|m| m.labels.clone()).unwrap_or_default();
-    claim_labels.insert(labels::NODEPOOL.into(), pool_name.clone());
-    let mut annotations = template.metadata.as_ref().map(|m| m.annotations.clone()).unwrap_or_default();
-    annotations.insert(rafter::cloud::LAUNCH_GROUP.into(), group.into());
-    if let Some(replaced) = replaces {
-        annotations.insert(rafter::interruption::plan::REPLACES_ANNOTATION.into(), replaced.into());
-    }
-    let mut claim = NodeClaim::new(
-        &claim_name(&pool_name),
-        NodeClaimSpec {
-            template: NodeClaimTemplateSpec {
-                taints: template.spec.taints.clone(),
-                startup_taints: template.spec.startup_taints.clone(),
-                requirements: planned.requirements.clone(),
-                node_class_ref: template.spec.node_class_ref.clone(),
-                expire_after: template.spec.expire_after.clone(),
-                termination_grace_period: template.spec.termination_grace_period.clone(),
-            },
-            resources: Some(ResourceRequirements {
-                requests: planned.requests.iter().map(|(k, v)| (k.clone(), v.as_str().into())).collect(),
-            }),
-        },
-    );
-    claim.metadata.labels = Some(claim_labels);
-    claim.metadata.annotations = Some(annotations);
-    claim.metadata.finalizers = Some(vec![labels::TERMINATION_FINALIZER.into()]);
-    claim.metadata.owner_references = pool.metadata.uid.clone().map(|uid| {
-        vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
-            api_version: "karpenter.sh/v1".into(),
-            kind: "NodePool".into(),
-            name: pool_name.clone(),
-            uid,
-            block_owner_deletion: Some(true),
-            controller: None,
-        }]
-    });
-    claim
-}
-
-/// A claim a solve planned, built and named before it is created, and the pods it is for.
-#[derive(Debug, Clone)]
-pub struct Planned {
-    pub claim: NodeClaim,
-    pub pods: Vec<String>,
-}
-
-/// The NodeClaims of one plan, in one launch group, named now: the planner can count them as in
-/// flight before the Launcher has created them. Claims of pools that are gone are left out.
-pub fn plan_claims(pools: &HashMap<String, NodePool>, planned: Vec<NewClaim>, replaces: Option<&str>) -> Vec<Planned> {
-    let group = launch_group();
-    planned
-        .into_iter()
-        .filter_map(|p| match pools.get(&p.node_pool) {
-            Some(pool) => Some(Planned { claim: build_claim(pool, &p, replaces, &group), pods: p.pods }),
-            None => {
-                tracing::warn!("{}; its pods stay pending", LaunchError::PoolGone(p.node_pool.clone()));
-                None
-            }
-        })
-        .collect()
-}
-
-/// Sets one condition in a list (keeping `lastTransitionTime` when the status did not change).
-pub fn set_condition(
-    list: &mut Vec<Condition>,
-    type_: &str,
-    status: bool,
-    reason: &str,
-    message: &str,
-    clock: &dyn Clock,
-) {
-    let status = if status { "True" } else { "False" };
-    if let Some(c) = list.iter_mut().find(|c| c.type_ == type_) {
-        if c.status != status {
-            c.last_transition_time = Time(clock.now());
-        }
-        c.status = status.into();
-        c.reason = reason.into();
-        c.message = message.into();
-        return;
-    }
-    list.push(Condition {
-        type_: type_.into(),
-        status: status.into(),
-        reason: reason.into(),
-        message: message.into(),
-        last_transition_time: Time(clock.now()),
-        observed_generation: None,
-    });
-}
-
-pub use rafter::state::condition_true;
-
-fn name_of(claim: &NodeClaim) -> String {
-    claim.name_any()
-}
-
-/// Writes a claim's conditions (and optional other status fields) through the status subresource.
-async fn patch_status(
-    ctx: &Ctx,
-    claim: &NodeClaim,
-    extra: Value,
-    set: &[(&str, bool, &str, &str)],
-) -> Result<(), kube::Error> {
-    let mut list = claim.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
-    for (t, s, r, m) in set {
-        set_condition(&mut list, t, *s, r, m, ctx.clock.as_ref());
-    }
-    let mut status = extra;
-    status["conditions"] = serde_json::to_value(&list).unwrap_or(Value::Null);
-    Api::<NodeClaim>::all(ctx.client.clone())
-        .patch_status(&name_of(claim), &PatchParams::default(), &Patch::Merge(json!({ "status": status })))
-        .await
-        .map(|_| ())
-}
-
-/// Deletes a claim (the Terminator finishes it through the finalizer).
-pub async fn delete_claim(ctx: &Ctx, name: &str) -> Result<(), kube::Error> {
-    // A claim going away is no longer capacity in flight, even if the cache never showed it.
-    ctx.in_flight.forget(name);
-    match Api::<NodeClaim>::all(ctx.client.clone()).delete(name, &DeleteParams::default()).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(e) => Err(e),
-    }
-}
-
-/// Asks the batcher to look at pending pods again.
-pub fn rebatch(ctx: &Ctx) {
-    if let Some(b) = peer(&ctx.peers.batcher) {
-        let _ = b.cast(BatcherMessage::Pending);
-    }
-}
-
 /// Calls the cloud for a claim and records the result on it. Idempotent: a claim the cloud
 /// already launched gets the same instance back.
 async fn launch(ctx: &Ctx, claim: &NodeClaim, pods: &[String]) -> Result<Instance, LaunchError> {
-    let name = name_of(claim);
+    let name = claim.name_any();
     ctx.timeline.mark(Mark::CreateCalled { claim: name.clone() });
     let created = ctx.cloud.create(claim).instrument(tracing::info_span!("cloud.create", claim = %name)).await;
     let instance = match created {
@@ -341,7 +173,7 @@ async fn bind_direct(
 }
 
 fn owner(claim: &NodeClaim) -> Value {
-    json!({"apiVersion": "karpenter.sh/v1", "kind": "NodeClaim", "name": name_of(claim), "uid": claim.metadata.uid, "blockOwnerDeletion": true})
+    json!({"apiVersion": "karpenter.sh/v1", "kind": "NodeClaim", "name": claim.name_any(), "uid": claim.metadata.uid, "blockOwnerDeletion": true})
 }
 
 /// Registration: the Node with the claim's provider ID joined. Adopt it: pool labels, owner
@@ -397,12 +229,12 @@ impl Launcher {
                     let created = match Api::<NodeClaim>::all(ctx.client.clone()).create(&PostParams::default(), &planned.claim).await {
                         Ok(c) => c,
                         Err(e) => {
-                            ctx.in_flight.forget(&name_of(&planned.claim));
+                            ctx.in_flight.forget(&planned.claim.name_any());
                             return (None, launch_span, Err(LaunchError::Kube(e)));
                         }
                     };
                     ctx.metrics.claims_created.inc();
-                    let name = name_of(&created);
+                    let name = created.name_any();
                     ctx.in_flight.created(&name);
                     launch_span.record("nodeclaim", name.as_str());
                     let result = launch(&ctx, &created, &planned.pods).instrument(launch_span.clone()).await;
@@ -483,7 +315,7 @@ impl Launcher {
         let by_provider: HashMap<&str, &Arc<Node>> =
             nodes.iter().filter_map(|n| Some((n.spec.as_ref()?.provider_id.as_deref()?, n))).collect();
         let claims = ctx.caches.claims.all();
-        let live: HashSet<String> = claims.iter().map(|c| name_of(c)).collect();
+        let live: HashSet<String> = claims.iter().map(|c| c.name_any()).collect();
         state.spans.retain(|k, _| live.contains(k));
         state.retry.retain(|k, _| live.contains(k));
         let mut relaunch = Vec::new();
@@ -491,7 +323,7 @@ impl Launcher {
             if claim.metadata.deletion_timestamp.is_some() {
                 continue;
             }
-            let name = name_of(claim);
+            let name = claim.name_any();
             let created_age =
                 claim.metadata.creation_timestamp.as_ref().map(|t| age(ctx.clock.as_ref(), t)).unwrap_or_default();
             let provider = claim.status.as_ref().and_then(|s| s.provider_id.as_deref());
@@ -558,7 +390,7 @@ impl Launcher {
             .map(|claim| {
                 let ctx = ctx.clone();
                 async move {
-                    let name = name_of(&claim);
+                    let name = claim.name_any();
                     let result = launch(&ctx, &claim, &[]).await;
                     (name, result)
                 }

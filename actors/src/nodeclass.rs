@@ -17,7 +17,7 @@ use rafter_aws::NodeClassSource;
 
 use crate::clock::Clock;
 use crate::context::Ctx;
-use crate::launcher::set_condition;
+use crate::writes::set_condition;
 
 #[derive(Debug)]
 pub struct NodeClassStatus;

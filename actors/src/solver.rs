@@ -6,94 +6,31 @@
 use kube::ResourceExt;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant as StdInstant};
+use std::time::Instant as StdInstant;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use rafter::api::nodeclaim::NodeClaim;
-use rafter::scheduling::instance_types::InstanceType;
-use rafter::scheduling::solver::{Plan, solve};
-use rafter::state::{Snapshot, provisionable, scheduling_input};
-use tokio::time::Instant;
+use rafter::scheduling::solver::Plan;
+use rafter::state::provisionable;
 use tracing::Instrument;
 
-use crate::context::{Ctx, peer};
-use crate::launcher::{LauncherMessage, plan_claims};
+use crate::context::Ctx;
+pub use crate::messages::SolverMessage;
+use crate::messages::{LauncherMessage, peer};
+use crate::planning::{plan_claims, solve_now};
 use crate::timeline::Mark;
 
 #[derive(Debug)]
 pub struct Solver;
-
-#[derive(Debug)]
-pub enum SolverMessage {
-    /// Plan capacity for every pod pending now, within the batch's `provision` span.
-    Solve { span: tracing::Span },
-}
 
 pub struct SolverState {
     ctx: Ctx,
     recorder: Recorder,
     /// (pod uid, message) already reported, so each appears once.
     reported: HashSet<(String, String)>,
-}
-
-/// Claims the Solver planned that the claims cache does not show yet (the Launcher creates them a
-/// few at a time, between cloud calls): the next batch counts them as capacity in flight instead
-/// of buying it again. A claim leaves the list once the cache shows it, when Rafter deletes it or
-/// the Launcher could not create it (so capacity that will never come is not counted), and at the
-/// latest 10 s after its creation (deleted by someone else before the cache showed it).
-#[derive(Debug, Default)]
-pub struct InFlight(std::sync::Mutex<Vec<Planned>>);
-
-#[derive(Debug)]
-struct Planned {
-    at: Instant,
-    created: Option<Instant>,
-    claim: Arc<NodeClaim>,
-}
-
-/// How long after its creation a claim is left to the cache: well beyond a watch's delay under load.
-const CREATED_GRACE: Duration = Duration::from_secs(10);
-
-impl InFlight {
-    fn with<T>(&self, f: impl FnOnce(&mut Vec<Planned>) -> T) -> T {
-        f(&mut self.0.lock().unwrap_or_else(|p| p.into_inner()))
-    }
-
-    fn record(&self, claims: Vec<Arc<NodeClaim>>) {
-        let at = Instant::now();
-        self.with(|list| list.extend(claims.into_iter().map(|claim| Planned { at, created: None, claim })));
-    }
-
-    /// The planned claims still to come, given the names the cache shows.
-    fn pending(&self, cached: &HashSet<String>) -> Vec<Arc<NodeClaim>> {
-        let now = Instant::now();
-        self.with(|list| {
-            list.retain(|p| {
-                now.duration_since(p.at) < IN_FLIGHT_TTL
-                    && p.created.is_none_or(|c| now.duration_since(c) < CREATED_GRACE)
-                    && !p.claim.metadata.name.as_ref().is_some_and(|n| cached.contains(n))
-            });
-            list.iter().map(|p| p.claim.clone()).collect()
-        })
-    }
-
-    /// The Launcher created the claim: the cache shows it within moments.
-    pub fn created(&self, name: &str) {
-        let now = Instant::now();
-        self.with(|list| {
-            for p in list.iter_mut().filter(|p| p.claim.metadata.name.as_deref() == Some(name)) {
-                p.created = Some(now);
-            }
-        });
-    }
-
-    /// A planned claim that will not come (its create failed, or it was given up).
-    pub fn forget(&self, name: &str) {
-        self.with(|list| list.retain(|p| p.claim.metadata.name.as_deref() != Some(name)));
-    }
 }
 
 impl std::fmt::Debug for SolverState {
@@ -103,10 +40,6 @@ impl std::fmt::Debug for SolverState {
 }
 
 pub type SolverArgs = Ctx;
-
-/// How long a planned claim counts as in flight without the cache showing it: the Launcher creates
-/// it within seconds, or failed to and batches its pods again.
-pub const IN_FLIGHT_TTL: Duration = Duration::from_secs(30);
 
 /// Bound on remembered reports before the memory is cleared (it only suppresses duplicates).
 const REPORTED_LIMIT: usize = 200_000;
@@ -120,63 +53,6 @@ fn reference(pod: &Pod) -> ObjectReference {
         uid: pod.metadata.uid.clone(),
         ..ObjectReference::default()
     }
-}
-
-/// Each pool's instance types, from the catalog or (the first time) from the cloud, with
-/// recently exhausted offerings marked unavailable.
-pub async fn pool_types(ctx: &Ctx, pools: &[rafter::api::NodePool]) -> HashMap<String, Vec<InstanceType>> {
-    let mut types = HashMap::new();
-    for pool in pools {
-        let name = pool.name_any();
-        let list = match ctx.catalog.types_for(&name) {
-            Some(list) => list,
-            None => match ctx.cloud.instance_types(pool).await {
-                Ok(list) => {
-                    ctx.catalog.store(pool, list.clone());
-                    list
-                }
-                Err(error) => {
-                    tracing::warn!(pool = %name, %error, "no instance types for this pool yet");
-                    Vec::new()
-                }
-            },
-        };
-        types.insert(name, list);
-    }
-    types
-}
-
-/// A solve's result: the plan, the pools that could not be used, and how many pods were planned.
-pub type Solved = (Plan, Vec<rafter::state::PoolProblem>, usize);
-
-/// Solves `pending` against the caches (with `claims` standing for the cache's claims plus any the
-/// caller counts as in flight), on a blocking thread. `pods` must be the snapshot `pending` was
-/// taken from: a pod bound since would count both as pending and on its node.
-pub async fn solve_now(
-    ctx: &Ctx,
-    pods: Vec<Arc<Pod>>,
-    pending: Vec<Pod>,
-    claims: Vec<Arc<NodeClaim>>,
-    pools: Vec<rafter::api::NodePool>,
-) -> Result<Solved, tokio::task::JoinError> {
-    let (nodes, daemonsets, volumes) = (ctx.caches.nodes.all(), ctx.caches.daemonsets.all(), ctx.caches.volumes());
-    let mut types = pool_types(ctx, &pools).await;
-    let job = move || {
-        let snapshot = Snapshot {
-            pods: &pods,
-            nodes: &nodes,
-            claims: &claims,
-            pools: &pools,
-            daemonsets: &daemonsets,
-            storage: volumes.view(),
-        };
-        // Each pool's list is handed over, not copied: the catalog already made this copy.
-        let (input, problems) = scheduling_input(snapshot, pending, |pool| {
-            types.remove(pool.metadata.name.as_deref().unwrap_or_default()).unwrap_or_default()
-        });
-        (solve(&input), problems, input.pods.len())
-    };
-    tokio::task::spawn_blocking(job).in_current_span().await
 }
 
 impl Solver {

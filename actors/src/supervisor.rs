@@ -10,13 +10,15 @@ use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPo
 use tokio::time::Instant;
 
 use crate::batcher::Batcher;
-use crate::caches::{ClusterState, PodWatcher};
-use crate::catalog::CatalogRefresher;
-use crate::context::{Ctx, set_peer};
+use crate::catalog_refresher::CatalogRefresher;
+use crate::cluster_state::ClusterState;
+use crate::context::Ctx;
 use crate::disrupter::Disrupter;
 use crate::elector::{LeaderElector, LeaderElectorArgs, LeaderElectorMessage, Leadership};
 use crate::gc::GarbageCollector;
 use crate::launcher::Launcher;
+use crate::messages::set_peer;
+use crate::pod_watcher::PodWatcher;
 use crate::solver::Solver;
 use crate::terminator::Terminator;
 use crate::timeline::Mark;
@@ -80,6 +82,10 @@ pub struct SupervisorState {
     attempts: HashMap<Child, u32>,
     leading: Option<i32>,
     shutting_down: bool,
+    /// The elector's end of the leadership channel, handed to each elector the supervisor starts.
+    leadership: tokio::sync::mpsc::UnboundedSender<Leadership>,
+    /// Turns what the elector publishes into this actor's messages.
+    forward: tokio::task::JoinHandle<()>,
 }
 
 pub type SupervisorArgs = Ctx;
@@ -104,7 +110,7 @@ impl Supervisor {
             Child::PodWatcher => Actor::spawn_linked(None, PodWatcher, ctx, cell).await?.0.get_cell(),
             Child::Catalog => Actor::spawn_linked(None, CatalogRefresher, ctx, cell).await?.0.get_cell(),
             Child::Elector => {
-                let args = LeaderElectorArgs { ctx, supervisor: myself.clone() };
+                let args = LeaderElectorArgs { ctx, leadership: state.leadership.clone() };
                 Actor::spawn_linked(None, LeaderElector, args, cell).await?.0.get_cell()
             }
             Child::Terminator => {
@@ -189,8 +195,19 @@ impl Actor for Supervisor {
     type Arguments = SupervisorArgs;
 
     async fn pre_start(&self, myself: ActorRef<Self::Msg>, ctx: Ctx) -> Result<Self::State, ActorProcessingErr> {
+        let (leadership, mut published) = tokio::sync::mpsc::unbounded_channel();
+        let me = myself.clone();
+        let forward = tokio::spawn(async move {
+            while let Some(l) = published.recv().await {
+                if me.cast(SupervisorMessage::Leadership(l)).is_err() {
+                    break;
+                }
+            }
+        });
         let mut state = SupervisorState {
             ctx,
+            leadership,
+            forward,
             ids: HashMap::new(),
             cells: HashMap::new(),
             failures: VecDeque::new(),
@@ -202,6 +219,11 @@ impl Actor for Supervisor {
             self.spawn(&myself, &mut state, child).await?;
         }
         Ok(state)
+    }
+
+    async fn post_stop(&self, _: ActorRef<Self::Msg>, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+        state.forward.abort();
+        Ok(())
     }
 
     async fn handle(

@@ -25,16 +25,13 @@ use tracing::Instrument;
 
 use crate::clock::age;
 use crate::context::Ctx;
-use crate::launcher::condition_true;
+pub use crate::messages::TerminatorMessage;
 use crate::timeline::Mark;
+use crate::writes::{node_of, taint_disrupted};
+use rafter::state::condition_true;
 
 #[derive(Debug)]
 pub struct Terminator;
-
-#[derive(Debug)]
-pub enum TerminatorMessage {
-    Reconcile,
-}
 
 #[derive(Debug)]
 pub struct TerminatorState {
@@ -101,23 +98,6 @@ async fn evict(client: kube::Client, pod: Arc<Pod>, removal: Removal) -> (String
         }
     };
     (uid, outcome)
-}
-
-/// Taints a node `karpenter.sh/disrupted:NoSchedule` so nothing new lands on it; false when it
-/// already was.
-pub async fn taint_disrupted(ctx: &Ctx, node: &Node) -> Result<bool, kube::Error> {
-    let node_name = node.name_any();
-    let taints = node.spec.as_ref().and_then(|s| s.taints.clone()).unwrap_or_default();
-    if taints.iter().any(|t| t.key == labels::DISRUPTED_TAINT_KEY) {
-        return Ok(false);
-    }
-    let mut next: Vec<serde_json::Value> = taints.iter().filter_map(|t| serde_json::to_value(t).ok()).collect();
-    next.push(json!({"key": labels::DISRUPTED_TAINT_KEY, "effect": "NoSchedule"}));
-    // The resourceVersion makes this a compare-and-swap: a taint added meanwhile is not lost.
-    let patch = json!({"metadata": {"resourceVersion": node.metadata.resource_version}, "spec": {"taints": next}});
-    Api::<Node>::all(ctx.client.clone()).patch(&node_name, &PatchParams::default(), &Patch::Merge(patch)).await?;
-    tracing::info!("Cordoned node {node_name}");
-    Ok(true)
 }
 
 impl Terminator {
@@ -222,11 +202,6 @@ impl Terminator {
 
 /// The longest wait between eviction attempts of a pod whose node has a deadline.
 const DEADLINE_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// The Node registered for a provider ID.
-pub fn node_of<'a>(provider: Option<&str>, nodes: &'a [Arc<Node>]) -> Option<&'a Arc<Node>> {
-    provider.and_then(|p| nodes.iter().find(|n| n.spec.as_ref().and_then(|s| s.provider_id.as_deref()) == Some(p)))
-}
 
 /// An interrupted claim's node is drained: how much time was left.
 fn drained_interrupted(ctx: &Ctx, claim: &NodeClaim) {

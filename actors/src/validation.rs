@@ -16,7 +16,7 @@ use serde_json::json;
 
 use crate::caches::Rejection;
 use crate::context::Ctx;
-use crate::launcher::set_condition;
+use crate::writes::set_condition;
 
 /// The condition Karpenter reports a NodePool's (and node class's) validation with.
 pub const VALIDATION_SUCCEEDED: &str = "ValidationSucceeded";
