@@ -4,16 +4,18 @@
 //! Workers long-poll the queue. Each message is read (`rafter::interruption`), and its decision is
 //! recorded on the affected NodeClaim as an annotation (or the claim is deleted) before the
 //! message is deleted, so a re-delivery, a duplicate or a new leader finds the work already owned.
-//! The actor then, for every claim with a record: marks a reclaimed spot offering unavailable,
-//! launches replacement capacity for the node's pods once (a solve that counts claims in flight),
-//! taints the node, and deletes the claim (starting the drain) once the replacement is Ready, or
-//! once the deadline leaves only the time the drain needs.
+//! The actor then, for every claim with a record, runs one round of the core's stage machine
+//! (`rafter::interruption::stage`): mark a reclaimed spot offering unavailable, launch replacement
+//! capacity for the node's pods once (a solve that counts claims in flight), taint the node, and
+//! delete the claim (starting the drain) once the replacement is Ready, or once the deadline
+//! leaves only the time the drain needs. The machine decides; this module observes and executes.
 
 use kube::ResourceExt;
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::Api;
 use kube::api::{Patch, PatchParams};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
@@ -26,7 +28,9 @@ use rafter::interruption::plan::{
     latest_drain_start, merge, replacement, replacement_ready, unplaceable,
 };
 use rafter::interruption::queue::{MessageQueue, QueueMessage};
+use rafter::interruption::stage::{Effect, Event, Observed, Stage, step};
 use rafter::scheduling::instance_types::CapacityType;
+use rafter::scheduling::solver::Plan;
 use rafter::state::Snapshot;
 use serde_json::json;
 use tokio::task::JoinSet;
@@ -52,38 +56,20 @@ pub enum InterruptionHandlerMessage {
     Reconcile,
 }
 
-/// What this leader has done for one affected claim (a new leader starts afresh: every step is
-/// read back from the cluster).
-#[derive(Debug, Default)]
-struct Progress {
-    /// The spot offering was marked unavailable.
-    marked: bool,
-    /// When replacements were last handed to the launcher, and how many should then exist.
-    launched: Option<(Instant, usize)>,
-    /// Whether the `replace` step has been traced.
-    replace_traced: bool,
-    /// The node was tainted by this leader.
-    tainted: bool,
-    /// Pods the last replacement plan could place nowhere (they do not hold up the drain).
-    unplaceable: HashSet<String>,
-    /// This leader deleted the claim: the Terminator drains it. Until the cache shows the deletion,
-    /// the claim still looks live, and must not be planned for or drained (or counted) again.
-    drain_started: bool,
-}
-
 #[derive(Debug)]
 pub struct InterruptionHandlerState {
     ctx: Ctx,
     /// The queue workers; dropped (and so aborted) with the actor.
     _workers: JoinSet<()>,
-    progress: HashMap<String, Progress>,
+    /// Each affected claim's stage, as this leader has seen it (a new leader starts afresh: every
+    /// step is read back from the cluster).
+    stages: HashMap<String, Stage>,
+    /// The origin of the stage machine's monotonic clock.
+    started: Instant,
 }
 
 pub type InterruptionHandlerArgs = Ctx;
 
-/// How long replacements handed to the launcher may take to appear in the cache before the node's
-/// pods are planned again.
-const LAUNCH_SETTLE: Duration = Duration::from_secs(5);
 /// Longest pause between failed receives.
 const MAX_RECEIVE_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -287,7 +273,7 @@ impl InterruptionHandler {
         let recorded: Vec<(Arc<NodeClaim>, Record)> =
             claims.iter().filter_map(|c| Record::of(c.metadata.annotations.as_ref()).map(|r| (c.clone(), r))).collect();
         let names: HashSet<String> = recorded.iter().map(|(c, _)| name_of(c)).collect();
-        state.progress.retain(|k, _| names.contains(k));
+        state.stages.retain(|k, _| names.contains(k));
         ctx.traces.retain(|k| claims.iter().any(|c| c.metadata.name.as_deref() == Some(k)));
         for (claim, record) in recorded {
             let name = name_of(&claim);
@@ -306,7 +292,9 @@ impl InterruptionHandler {
         }
     }
 
-    /// One step for one affected claim: replacement, taint, and the start of the drain.
+    /// One round for one affected claim: observe it, let the core's interruption stage machine
+    /// decide (`rafter::interruption::stage`), carry out its effects in order, and feed each
+    /// outcome back.
     async fn advance(
         &self,
         state: &mut InterruptionHandlerState,
@@ -316,177 +304,215 @@ impl InterruptionHandler {
     ) {
         let ctx = state.ctx.clone();
         let name = name_of(claim);
-        if state.progress.get(&name).is_some_and(|p| p.drain_started) {
+        let stage = state.stages.remove(&name).unwrap_or_default();
+        if !matches!(stage, Stage::Acting(_)) {
+            // Removed or draining: the cache has not caught up with this leader's delete yet.
+            state.stages.insert(name, stage);
             return;
         }
         let provider = claim.status.as_ref().and_then(|s| s.provider_id.clone());
         let nodes = ctx.caches.nodes.all();
-        let node = node_of(provider.as_deref(), &nodes);
-        let Some(node) = node.cloned() else {
-            // Not registered (or already gone): no pods to move. Removing the claim is all there is.
-            tracing::info!("Interrupted nodeclaim {name} has no node; removing it and planning its pods again");
-            if delete_claim(&ctx, &name).await.is_ok() {
-                rebatch(&ctx);
-            }
-            return;
-        };
-        let node_name = node.name_any();
-        let progress = state.progress.entry(name.clone()).or_default();
-        if !progress.marked {
-            if record.kind.exhausts_spot_offering()
-                && let Some(offering) = spot_offering(claim)
-            {
-                let ttl = ctx.config.unavailable_offering_ttl;
-                ctx.catalog.mark_unavailable(std::slice::from_ref(&offering), ttl);
-                ctx.cloud.mark_unavailable(std::slice::from_ref(&offering), ttl);
-            }
-            progress.marked = true;
-        }
-
+        let node = node_of(provider.as_deref(), &nodes).cloned();
+        let node_name = node.as_ref().map(|n| n.name_any()).unwrap_or_default();
         let pods = ctx.caches.pods.all();
         let moving = evacuees(&pods, &node_name);
-        let pools = ctx.caches.effective_pools();
-        let daemonsets = ctx.caches.daemonsets.all();
-
-        // Replace: plan the node's pods as if it were gone; claims in flight count as capacity. The
-        // replacement is bought once: while claims made for it exist, it is not planned again
-        // (other pods may take room it planned on, and they get capacity of their own).
+        // Live claims made to replace this one.
         let replacements: Vec<&Arc<NodeClaim>> = claims
             .iter()
             .filter(|c| c.metadata.annotations.as_ref().and_then(|a| a.get(REPLACES_ANNOTATION)) == Some(&name))
             .filter(|c| c.metadata.deletion_timestamp.is_none())
             .collect();
-        let settled = progress
-            .launched
-            .is_none_or(|(at, expected)| replacements.len() >= expected || at.elapsed() >= LAUNCH_SETTLE);
-        if settled && replacements.is_empty() {
-            let mut types = crate::planning::pool_types(&ctx, &pools).await;
-            let job = {
-                let (pods, nodes, claims, pools, daemonsets, node_name) = (
-                    pods.clone(),
-                    nodes.clone(),
-                    claims.to_vec(),
-                    pools.clone(),
-                    daemonsets.clone(),
-                    node_name.clone(),
-                );
-                let volumes = ctx.caches.volumes();
-                move || {
-                    let snapshot = Snapshot {
-                        pods: &pods,
-                        nodes: &nodes,
-                        claims: &claims,
-                        pools: &pools,
-                        daemonsets: &daemonsets,
-                        storage: volumes.view(),
-                    };
-                    replacement(snapshot, &node_name, |p| {
-                        types.remove(p.metadata.name.as_deref().unwrap_or_default()).unwrap_or_default()
-                    })
+        let observed = Observed {
+            now: state.started.elapsed(),
+            has_node: node.is_some(),
+            exhausts_spot_offering: record.kind.exhausts_spot_offering() && spot_offering(claim).is_some(),
+            replacements: replacements.len(),
+            replacements_initialized: !replacements.is_empty()
+                && replacements.iter().all(|c| condition_true(c, conditions::INITIALIZED)),
+            deadline_reached: record.deadline.is_some_and(|d| ctx.clock.now() >= latest_drain_start(d, &moving)),
+        };
+        let (effects, mut stage) = step(stage, Event::Observed(observed));
+        let mut todo: VecDeque<Effect> = effects.into();
+        let mut plan = None;
+        while let Some(effect) = todo.pop_front() {
+            let outcome = match (effect, &node) {
+                (Effect::Remove, _) => {
+                    tracing::info!("Interrupted nodeclaim {name} has no node; removing it and planning its pods again");
+                    let ok = delete_claim(&ctx, &name).await.is_ok();
+                    if ok {
+                        rebatch(&ctx);
+                    }
+                    Some(Event::Removed { ok })
                 }
-            };
-            match tokio::task::spawn_blocking(job).await {
-                Ok(plan) => {
-                    progress.unplaceable = unplaceable(&plan);
-                    let moving = moving.len();
-                    if !plan.claims.is_empty() || !progress.replace_traced {
-                        let span = tracing::info_span!("replace", nodeclaim = %name, pods = moving, claims = plan.claims.len());
-                        span.in_scope(|| {
-                            tracing::info!(
-                                "Replacing interrupted nodeclaim {name}: {moving} pod(s) to move, {} new nodeclaim(s), {} pod(s) fit nowhere",
-                                plan.claims.len(),
-                                plan.unplaced.len()
-                            )
-                        });
-                        progress.replace_traced = true;
-                        if !plan.claims.is_empty() {
-                            let count = plan.claims.len();
-                            match peer(&ctx.peers.launcher) {
-                                Some(launcher) => {
-                                    let claims = crate::planning::plan_claims(
-                                        &ctx.caches.pools_by_name(),
-                                        plan.claims,
-                                        Some(&name),
-                                    );
-                                    let launch = LauncherMessage::Launch { claims, span };
-                                    if launcher.cast(launch).is_ok() {
-                                        progress.launched = Some((Instant::now(), count));
-                                        ctx.timeline
-                                            .mark(Mark::ReplacementPlanned { claim: name.clone(), claims: count });
-                                    }
-                                }
-                                None => tracing::warn!(
-                                    "the launcher is restarting; the replacement is planned again shortly"
-                                ),
-                            }
+                (Effect::MarkUnavailable, _) => {
+                    if let Some(offering) = spot_offering(claim) {
+                        let ttl = ctx.config.unavailable_offering_ttl;
+                        ctx.cloud.mark_unavailable(std::slice::from_ref(&offering), ttl);
+                    }
+                    None
+                }
+                (Effect::PlanReplacement, _) => {
+                    match self.plan_replacement(&ctx, claims, &pods, &nodes, &node_name).await {
+                        Ok(p) => {
+                            let event = Event::Planned { claims: p.claims.len(), unplaceable: unplaceable(&p) };
+                            plan = Some(p);
+                            Some(event)
+                        }
+                        Err(error) => {
+                            tracing::error!(%error, "the replacement plan failed; trying again");
+                            Some(Event::PlanFailed)
                         }
                     }
                 }
-                Err(error) => tracing::error!(%error, "the replacement plan failed; trying again"),
-            }
-        }
-
-        // Taint: nothing new lands on the node.
-        if !progress.tainted {
-            let span = tracing::info_span!("taint", node = %node_name);
-            match taint_disrupted(&ctx, &node).instrument(span).await {
-                Ok(added) => {
-                    progress.tainted = true;
-                    if added {
-                        let took = ctx.clock.now().duration_since(record.received_at);
-                        ctx.metrics.interruption_taint_latency.observe(took.as_secs_f64().max(0.0));
-                        ctx.timeline.mark(Mark::Tainted { claim: name.clone() });
+                (Effect::HandOver, _) => {
+                    let Some(plan) = plan.take() else { continue };
+                    self.hand_over(&ctx, &name, moving.len(), plan, state.started.elapsed())
+                }
+                (Effect::Taint, Some(node)) => {
+                    let span = tracing::info_span!("taint", node = %node_name);
+                    match taint_disrupted(&ctx, node).instrument(span).await {
+                        Ok(added) => {
+                            if added {
+                                let took = ctx.clock.now().duration_since(record.received_at);
+                                ctx.metrics.interruption_taint_latency.observe(took.as_secs_f64().max(0.0));
+                                ctx.timeline.mark(Mark::Tainted { claim: name.clone() });
+                            }
+                            Some(Event::Tainted { ok: true })
+                        }
+                        Err(error) => {
+                            tracing::debug!(%error, "cannot taint {node_name} yet; retrying");
+                            Some(Event::Tainted { ok: false })
+                        }
                     }
                 }
-                Err(error) => tracing::debug!(%error, "cannot taint {node_name} yet; retrying"),
-            }
-        }
-
-        // Drain once the replacement is ready, or once the deadline leaves only the drain's time.
-        let bought_ready =
-            !replacements.is_empty() && replacements.iter().all(|c| condition_true(c, conditions::INITIALIZED));
-        // Off the actor's thread, like the plan: with many pods waiting it is a solve of its own.
-        let ready = bought_ready || {
-            let (pods, nodes, daemonsets, node_name, unplaceable) =
-                (pods.clone(), nodes.clone(), daemonsets.clone(), node_name.clone(), progress.unplaceable.clone());
-            let volumes = ctx.caches.volumes();
-            let check = move || {
-                let snapshot = Snapshot {
-                    pods: &pods,
-                    nodes: &nodes,
-                    daemonsets: &daemonsets,
-                    storage: volumes.view(),
-                    ..Snapshot::default()
-                };
-                replacement_ready(snapshot, &node_name, &unplaceable)
+                (Effect::CheckReady { forced }, _) => {
+                    let unplaceable = match &stage {
+                        Stage::Acting(p) => p.unplaceable.clone(),
+                        _ => Default::default(),
+                    };
+                    let ready = self.replacement_ready(&ctx, &pods, &nodes, &node_name, unplaceable).await;
+                    Some(Event::ReadyChecked { ready, forced })
+                }
+                (Effect::StartDrain { replacement_ready: ready }, _) => match delete_claim(&ctx, &name).await {
+                    Ok(()) => {
+                        ctx.metrics
+                            .interruption_drains
+                            .get_or_create(&ReadyLabel { replacement_ready: ready.to_string() })
+                            .inc();
+                        ctx.timeline.mark(Mark::DrainStarted { claim: name.clone(), replacement_ready: ready });
+                        if ready {
+                            tracing::info!("Draining interrupted nodeclaim {name}: its replacement capacity is ready");
+                        } else {
+                            tracing::warn!(
+                                "Draining interrupted nodeclaim {name} before its replacement is ready: the deadline leaves no more time"
+                            );
+                        }
+                        Some(Event::DrainStarted { ok: true })
+                    }
+                    Err(error) => {
+                        tracing::debug!(%error, "cannot delete nodeclaim {name} yet; retrying");
+                        Some(Event::DrainStarted { ok: false })
+                    }
+                },
+                // The machine asks for a taint only of a claim it saw with a node.
+                (Effect::Taint, None) => None,
             };
-            match tokio::task::spawn_blocking(check).await {
-                Ok(ready) => ready,
-                Err(error) => {
-                    tracing::error!(%error, "the readiness check failed; trying again");
-                    false
+            if let Some(event) = outcome {
+                let (more, next) = step(stage, event);
+                stage = next;
+                for effect in more.into_iter().rev() {
+                    todo.push_front(effect);
                 }
             }
+        }
+        state.stages.insert(name, stage);
+    }
+
+    /// The replacement plan: the node's pods planned as if it were gone, claims in flight counted
+    /// as capacity; off the actor's thread, as it is a solve.
+    async fn plan_replacement(
+        &self,
+        ctx: &Ctx,
+        claims: &[Arc<NodeClaim>],
+        pods: &[Arc<Pod>],
+        nodes: &[Arc<Node>],
+        node_name: &str,
+    ) -> Result<Plan, tokio::task::JoinError> {
+        let pools = ctx.caches.effective_pools();
+        let mut types = crate::planning::pool_types(ctx, &pools).await;
+        let (pods, nodes, claims, daemonsets, node_name) =
+            (pods.to_vec(), nodes.to_vec(), claims.to_vec(), ctx.caches.daemonsets.all(), node_name.to_string());
+        let volumes = ctx.caches.volumes();
+        let job = move || {
+            let snapshot = Snapshot {
+                pods: &pods,
+                nodes: &nodes,
+                claims: &claims,
+                pools: &pools,
+                daemonsets: &daemonsets,
+                storage: volumes.view(),
+            };
+            replacement(snapshot, &node_name, |p| {
+                types.remove(p.metadata.name.as_deref().unwrap_or_default()).unwrap_or_default()
+            })
         };
-        let forced = record.deadline.is_some_and(|d| ctx.clock.now() >= latest_drain_start(d, &moving));
-        if ready || forced {
-            match delete_claim(&ctx, &name).await {
-                Ok(()) => {
-                    ctx.metrics
-                        .interruption_drains
-                        .get_or_create(&ReadyLabel { replacement_ready: ready.to_string() })
-                        .inc();
-                    ctx.timeline.mark(Mark::DrainStarted { claim: name.clone(), replacement_ready: ready });
-                    if ready {
-                        tracing::info!("Draining interrupted nodeclaim {name}: its replacement capacity is ready");
-                    } else {
-                        tracing::warn!(
-                            "Draining interrupted nodeclaim {name} before its replacement is ready: the deadline leaves no more time"
-                        );
-                    }
-                    progress.drain_started = true;
-                }
-                Err(error) => tracing::debug!(%error, "cannot delete nodeclaim {name} yet; retrying"),
+        tokio::task::spawn_blocking(job).await
+    }
+
+    /// Reports a replacement plan, and hands the claims it buys to the launcher.
+    fn hand_over(&self, ctx: &Ctx, name: &str, moving: usize, plan: Plan, now: Duration) -> Option<Event> {
+        let span = tracing::info_span!("replace", nodeclaim = %name, pods = moving, claims = plan.claims.len());
+        span.in_scope(|| {
+            tracing::info!(
+                "Replacing interrupted nodeclaim {name}: {moving} pod(s) to move, {} new nodeclaim(s), {} pod(s) fit nowhere",
+                plan.claims.len(),
+                plan.unplaced.len()
+            )
+        });
+        if plan.claims.is_empty() {
+            return None;
+        }
+        let count = plan.claims.len();
+        let Some(launcher) = peer(&ctx.peers.launcher) else {
+            tracing::warn!("the launcher is restarting; the replacement is planned again shortly");
+            return None;
+        };
+        let claims = crate::planning::plan_claims(&ctx.caches.pools_by_name(), plan.claims, Some(name));
+        if launcher.cast(LauncherMessage::Launch { claims, span }).is_err() {
+            return None;
+        }
+        ctx.timeline.mark(Mark::ReplacementPlanned { claim: name.to_string(), claims: count });
+        Some(Event::HandedOver { now, claims: count })
+    }
+
+    /// Whether the pods that must move fit on ready capacity now; off the actor's thread, like the
+    /// plan: with many pods waiting it is a solve of its own.
+    async fn replacement_ready(
+        &self,
+        ctx: &Ctx,
+        pods: &[Arc<Pod>],
+        nodes: &[Arc<Node>],
+        node_name: &str,
+        unplaceable: HashSet<String>,
+    ) -> bool {
+        let (pods, nodes, daemonsets, node_name) =
+            (pods.to_vec(), nodes.to_vec(), ctx.caches.daemonsets.all(), node_name.to_string());
+        let volumes = ctx.caches.volumes();
+        let check = move || {
+            let snapshot = Snapshot {
+                pods: &pods,
+                nodes: &nodes,
+                daemonsets: &daemonsets,
+                storage: volumes.view(),
+                ..Snapshot::default()
+            };
+            replacement_ready(snapshot, &node_name, &unplaceable)
+        };
+        match tokio::task::spawn_blocking(check).await {
+            Ok(ready) => ready,
+            Err(error) => {
+                tracing::error!(%error, "the readiness check failed; trying again");
+                false
             }
         }
     }
@@ -505,7 +531,7 @@ impl Actor for InterruptionHandler {
             }
         }
         let _ = myself.cast(InterruptionHandlerMessage::Reconcile);
-        Ok(InterruptionHandlerState { ctx, _workers: workers, progress: HashMap::new() })
+        Ok(InterruptionHandlerState { ctx, _workers: workers, stages: HashMap::new(), started: Instant::now() })
     }
 
     async fn handle(

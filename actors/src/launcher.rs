@@ -2,7 +2,8 @@
 //! finalizer), then into instances (idempotent per claim), and follows each claim through
 //! `Launched`, `Registered` (its Node appeared: labels, owner, `unregistered` taint lifted) and
 //! `Initialized` (Ready, startup taints gone). Claims that never launch or never register are
-//! deleted, and their pods are batched again.
+//! deleted, and their pods are batched again. Which step a claim needs is the core's lifecycle
+//! machine's decision (`rafter::state::lifecycle`); this module observes and executes.
 
 use kube::ResourceExt;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -17,7 +18,8 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use rafter::api::labels;
 use rafter::api::nodeclaim::{NodeClaim, conditions};
 use rafter::cloud::{CloudError, Instance};
-use rafter::state::disruption::{ClaimTimeout, claim_timeout};
+use rafter::state::disruption::ClaimTimeout;
+use rafter::state::lifecycle::{self, Effect, Phase};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -28,7 +30,6 @@ pub use crate::messages::LauncherMessage;
 use crate::messages::Planned;
 use crate::timeline::Mark;
 use crate::writes::{delete_claim, patch_status, rebatch};
-use rafter::state::condition_true;
 
 /// Why a launch step failed.
 #[derive(Debug, thiserror::Error)]
@@ -217,7 +218,50 @@ fn replaced_received_at(claim: &NodeClaim, claims: &[Arc<NodeClaim>]) -> Option<
     rafter::interruption::plan::Record::of(old.metadata.annotations.as_ref()).map(|r| r.received_at)
 }
 
+/// Marks a claim whose Node is ready, and the Node, initialized.
+async fn initialize(ctx: &Ctx, claim: &NodeClaim, node: &Node) {
+    let name = claim.name_any();
+    let node_name = node.name_any();
+    let label = json!({"metadata": {"labels": {labels::INITIALIZED: "true"}}});
+    let _ = Api::<Node>::all(ctx.client.clone()).patch(&node_name, &PatchParams::default(), &Patch::Merge(label)).await;
+    let set = [(conditions::INITIALIZED, true, "Initialized", ""), (conditions::READY, true, "Ready", "")];
+    if patch_status(ctx, claim, json!({}), &set).await.is_ok() {
+        ctx.metrics.claims_initialized.inc();
+        tracing::info!("Initialized nodeclaim {name}: node {node_name} is ready");
+    }
+}
+
 impl Launcher {
+    /// Registers a claim whose Node joined, within its launch's trace.
+    async fn register_claim(
+        &self,
+        state: &mut LauncherState,
+        claim: &NodeClaim,
+        node: &Node,
+        claims: &[Arc<NodeClaim>],
+    ) {
+        let ctx = state.ctx.clone();
+        let name = claim.name_any();
+        let span = match state.spans.get(&name) {
+            Some(parent) => tracing::info_span!(parent: parent, "register", nodeclaim = %name),
+            None => tracing::info_span!("register", nodeclaim = %name),
+        };
+        match register(&ctx, claim, node).instrument(span.clone()).await {
+            Ok(()) => {
+                let node_name = node.name_any();
+                span.in_scope(|| tracing::info!("Registered nodeclaim {name}: node {node_name}"));
+                ctx.metrics.claims_registered.inc();
+                ctx.timeline.mark(Mark::Registered { claim: name.clone(), node: node_name });
+                if let Some(received) = replaced_received_at(claim, claims) {
+                    let took = ctx.clock.now().duration_since(received);
+                    ctx.metrics.interruption_replacement_registered.observe(took.as_secs_f64().max(0.0));
+                }
+                state.spans.remove(&name);
+            }
+            Err(error) => tracing::debug!(nodeclaim = %name, %error, "registration failed; retrying"),
+        }
+    }
+
     async fn launch_planned(&self, state: &mut LauncherState, planned: Vec<Planned>, span: tracing::Span) {
         let ctx = state.ctx.clone();
         let results: Vec<(Option<String>, tracing::Span, Result<(), LaunchError>)> = futures::stream::iter(planned)
@@ -276,7 +320,7 @@ impl Launcher {
         let ctx = state.ctx.clone();
         match error {
             LaunchError::Cloud(CloudError::InsufficientCapacity { offerings }) => {
-                ctx.catalog.mark_unavailable(offerings, ctx.config.unavailable_offering_ttl);
+                ctx.cloud.mark_unavailable(offerings, ctx.config.unavailable_offering_ttl);
                 tracing::warn!(nodeclaim = %name, %error, "no capacity; deleting the claim and planning again without these offerings");
                 let _ = delete_claim(&ctx, name).await;
                 rebatch(&ctx);
@@ -320,67 +364,36 @@ impl Launcher {
         state.retry.retain(|k, _| live.contains(k));
         let mut relaunch = Vec::new();
         for claim in &claims {
-            if claim.metadata.deletion_timestamp.is_some() {
-                continue;
-            }
             let name = claim.name_any();
-            let created_age =
-                claim.metadata.creation_timestamp.as_ref().map(|t| age(ctx.clock.as_ref(), t)).unwrap_or_default();
             let provider = claim.status.as_ref().and_then(|s| s.provider_id.as_deref());
-            let registered = condition_true(claim, conditions::REGISTERED);
-            if let Some(timeout) = claim_timeout(created_age, provider.is_some(), registered) {
-                let why = match timeout {
-                    ClaimTimeout::NotLaunched => "was not launched within 5m",
-                    ClaimTimeout::NotRegistered => "did not register within 15m",
-                };
-                tracing::warn!("nodeclaim {name} {why}; deleting it and batching its pods again");
-                if delete_claim(&ctx, &name).await.is_ok() {
-                    rebatch(&ctx);
-                }
-                continue;
-            }
-            let Some(provider) = provider else {
-                if state.retry.get(&name).is_none_or(|(at, _)| *at <= Instant::now()) {
-                    relaunch.push(claim.clone());
-                }
-                continue;
+            let node = provider.and_then(|p| by_provider.get(p)).copied();
+            let phase = Phase::of(claim);
+            let seen = lifecycle::Observed {
+                age: claim.metadata.creation_timestamp.as_ref().map(|t| age(ctx.clock.as_ref(), t)).unwrap_or_default(),
+                launch_due: state.retry.get(&name).is_none_or(|(at, _)| *at <= Instant::now()),
+                node_joined: node.is_some(),
+                // Only a registered claim's machine looks at this; the check walks taints and resources.
+                node_initialized: phase == Phase::Registered
+                    && node.is_some_and(|n| rafter::state::not_initialized(claim, n).is_none()),
             };
-            let node = by_provider.get(provider);
-            if !registered {
-                let Some(node) = node else { continue };
-                let span = match state.spans.get(&name) {
-                    Some(parent) => tracing::info_span!(parent: parent, "register", nodeclaim = %name),
-                    None => tracing::info_span!("register", nodeclaim = %name),
-                };
-                match register(&ctx, claim, node).instrument(span.clone()).await {
-                    Ok(()) => {
-                        let node_name = node.name_any();
-                        span.in_scope(|| tracing::info!("Registered nodeclaim {name}: node {node_name}"));
-                        ctx.metrics.claims_registered.inc();
-                        ctx.timeline.mark(Mark::Registered { claim: name.clone(), node: node_name });
-                        if let Some(received) = replaced_received_at(claim, &claims) {
-                            let took = ctx.clock.now().duration_since(received);
-                            ctx.metrics.interruption_replacement_registered.observe(took.as_secs_f64().max(0.0));
+            let (effects, _) = lifecycle::step(phase, &seen);
+            for effect in effects {
+                match (effect, node) {
+                    (Effect::Delete(timeout), _) => {
+                        let why = match timeout {
+                            ClaimTimeout::NotLaunched => "was not launched within 5m",
+                            ClaimTimeout::NotRegistered => "did not register within 15m",
+                        };
+                        tracing::warn!("nodeclaim {name} {why}; deleting it and batching its pods again");
+                        if delete_claim(&ctx, &name).await.is_ok() {
+                            rebatch(&ctx);
                         }
-                        state.spans.remove(&name);
                     }
-                    Err(error) => tracing::debug!(nodeclaim = %name, %error, "registration failed; retrying"),
-                }
-                continue;
-            }
-            if !condition_true(claim, conditions::INITIALIZED)
-                && let Some(node) = node
-                && rafter::state::not_initialized(claim, node).is_none()
-            {
-                let node_name = node.name_any();
-                let label = json!({"metadata": {"labels": {labels::INITIALIZED: "true"}}});
-                let _ = Api::<Node>::all(ctx.client.clone())
-                    .patch(&node_name, &PatchParams::default(), &Patch::Merge(label))
-                    .await;
-                let set = [(conditions::INITIALIZED, true, "Initialized", ""), (conditions::READY, true, "Ready", "")];
-                if patch_status(&ctx, claim, json!({}), &set).await.is_ok() {
-                    ctx.metrics.claims_initialized.inc();
-                    tracing::info!("Initialized nodeclaim {name}: node {node_name} is ready");
+                    (Effect::Launch, _) => relaunch.push(claim.clone()),
+                    (Effect::Register, Some(node)) => self.register_claim(state, claim, node, &claims).await,
+                    (Effect::Initialize, Some(node)) => initialize(&ctx, claim, node).await,
+                    // The machine registers and initializes only claims it saw with a node.
+                    (Effect::Register | Effect::Initialize, None) => {}
                 }
             }
         }

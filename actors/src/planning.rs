@@ -18,8 +18,8 @@ use tracing::Instrument;
 use crate::context::Ctx;
 use crate::messages::Planned;
 
-/// Each pool's instance types, from the catalog or (the first time) from the cloud, with
-/// recently exhausted offerings marked unavailable.
+/// Each pool's instance types, from the catalog or (the first time) from the cloud, with the
+/// offerings in the cloud's unavailable cache marked.
 pub async fn pool_types(ctx: &Ctx, pools: &[rafter::api::NodePool]) -> HashMap<String, Vec<InstanceType>> {
     let mut types = HashMap::new();
     for pool in pools {
@@ -37,6 +37,9 @@ pub async fn pool_types(ctx: &Ctx, pools: &[rafter::api::NodePool]) -> HashMap<S
                 }
             },
         };
+        let mut list = list;
+        // Offerings the cloud has had no capacity for lately, or that an interruption takes back.
+        ctx.cloud.mask_unavailable(&mut list);
         types.insert(name, list);
     }
     types

@@ -1,7 +1,8 @@
 //! Terminator: the finalizer flow of a deleted NodeClaim. Taint the node
-//! `karpenter.sh/disrupted:NoSchedule`, evict its pods through the Eviction API in Karpenter's four
-//! tiers (429 → retry with backoff), wait for `do-not-disrupt` pods unless the claim's
-//! `terminationGracePeriod` has run out, terminate the instance until the cloud says it is gone,
+//! `karpenter.sh/disrupted:NoSchedule`, remove its pods as the core's drain plan says
+//! (`rafter::state::drain`: Karpenter's four tiers through the Eviction API, 429 → retry with
+//! backoff, `do-not-disrupt` waited for unless the claim's `terminationGracePeriod` has run out or
+//! an interruption deadline cuts it short), terminate the instance until the cloud says it is gone,
 //! delete the Node, and remove the finalizer. Every step is read back from the API server, so a
 //! crash anywhere resumes where it stopped.
 
@@ -17,18 +18,16 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use rafter::api::labels;
 use rafter::api::nodeclaim::NodeClaim;
 use rafter::cloud::{CloudError, InstanceState};
-use rafter::interruption::plan::{Record, eviction_grace, grace_seconds, must_delete_now};
-use rafter::state::disruption::{blocks_disruption, eviction_backoff, next_evictions};
+use rafter::interruption::plan::Record;
+use rafter::state::drain::{self, DrainOf, Removal};
 use serde_json::json;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::clock::age;
 use crate::context::Ctx;
 pub use crate::messages::TerminatorMessage;
 use crate::timeline::Mark;
 use crate::writes::{node_of, taint_disrupted};
-use rafter::state::condition_true;
 
 #[derive(Debug)]
 pub struct Terminator;
@@ -54,16 +53,6 @@ enum Evicted {
     Done,
     Refused,
     Failed,
-}
-
-/// How one pod leaves a draining node.
-#[derive(Debug, Clone, Copy)]
-enum Removal {
-    /// Through the Eviction API (disruption budgets apply), with this grace period if not its own.
-    Evict { grace: Option<i64> },
-    /// Deleted outright with this grace period: the node never became ready, its termination grace
-    /// period ran out, or its deadline leaves no more time to wait for a budget.
-    Delete { grace: i64 },
 }
 
 async fn evict(client: kube::Client, pod: Arc<Pod>, removal: Removal) -> (String, Evicted) {
@@ -119,59 +108,27 @@ impl Terminator {
                 tracing::debug!(%error, "cannot taint {node_name}; retrying");
                 return false;
             }
-            let on_node_all: Vec<&Arc<Pod>> =
-                pods.iter().filter(|p| rafter::state::node_name(p) == Some(node_name.as_str())).collect();
-            let on_node: Vec<&Arc<Pod>> =
-                on_node_all.iter().copied().filter(|p| p.metadata.deletion_timestamp.is_none()).collect();
-            // `terminationGracePeriod` bounds the drain: past it, pods are deleted, blocked or not.
-            let deadline_passed = claim
-                .spec
-                .template
-                .termination_grace_period
-                .as_ref()
-                .and_then(|g| g.parse().ok())
-                .zip(claim.metadata.deletion_timestamp.as_ref())
-                .is_some_and(|(grace, deleted)| age(ctx.clock.as_ref(), deleted) >= grace);
-            // A node that never became ready (a failed launch with pods bound directly) has nothing
-            // to drain gracefully: its pods are deleted so their controllers recreate them.
-            let never_ready = !condition_true(claim, rafter::api::nodeclaim::conditions::INITIALIZED)
-                && !rafter::state::node_ready(node);
-            let force = deadline_passed || never_ready;
-            // An interruption's deadline: the node goes then whatever its pods say, so
-            // `do-not-disrupt` cannot hold the drain, and grace periods are cut to end before it.
-            let deadline = Record::of(claim.metadata.annotations.as_ref()).and_then(|r| r.deadline);
-            let wall = ctx.clock.now();
-            let candidates: Vec<&Pod> = on_node
+            let on_node: Vec<&Pod> = pods
                 .iter()
                 .map(|p| p.as_ref())
-                .filter(|p| force || deadline.is_some() || !blocks_disruption(p))
+                .filter(|p| rafter::state::node_name(p) == Some(node_name.as_str()))
                 .collect();
+            let of = DrainOf::new(claim, rafter::state::node_ready(node), ctx.clock.now());
             let now = Instant::now();
-            let batch: Vec<(Arc<Pod>, Removal)> = next_evictions(candidates.iter().copied())
-                .into_iter()
-                .filter(|p| {
-                    let uid = p.metadata.uid.clone().unwrap_or_default();
-                    state.backoff.get(&uid).is_none_or(|(at, _)| *at <= now)
-                })
-                .filter_map(|p| on_node.iter().find(|q| q.metadata.uid == p.metadata.uid).map(|q| (*q).clone()))
-                .map(|p| {
-                    let grace = eviction_grace(&p, wall, deadline);
-                    let removal = if force {
-                        Removal::Delete { grace: 0 }
-                    } else if must_delete_now(&p, wall, deadline) {
-                        Removal::Delete { grace: grace.unwrap_or_else(|| grace_seconds(&p)) }
-                    } else {
-                        Removal::Evict { grace }
-                    };
-                    (p, removal)
-                })
-                .collect();
-            // Wait until every pod the drain is responsible for is gone (terminating ones included).
-            let still_there = on_node_all.iter().any(|p| rafter::state::disruption::eviction_tier(p).is_some());
-            if still_there {
+            let plan = drain::plan(&on_node, &of, |p| {
+                let uid = p.metadata.uid.as_deref().unwrap_or_default();
+                state.backoff.get(uid).is_some_and(|(at, _)| *at > now)
+            });
+            if !plan.drained {
                 let client = ctx.client.clone();
-                let overrides =
-                    if force { 0 } else { batch.iter().filter(|(_, r)| matches!(r, Removal::Delete { .. })).count() };
+                let overrides = plan.budget_overrides;
+                let batch: Vec<(Arc<Pod>, Removal)> = plan
+                    .removals
+                    .iter()
+                    .filter_map(|(p, removal)| {
+                        pods.iter().find(|q| q.metadata.uid == p.metadata.uid).map(|q| (q.clone(), *removal))
+                    })
+                    .collect();
                 let results: Vec<(String, Evicted)> = futures::stream::iter(batch)
                     .map(|(p, removal)| evict(client.clone(), p, removal))
                     .buffer_unordered(ctx.config.parallelism)
@@ -186,9 +143,7 @@ impl Terminator {
                         }
                         Evicted::Refused | Evicted::Failed => {
                             let entry = state.backoff.entry(uid).or_insert((now, 0));
-                            // Against a deadline a budget is asked again every second at most.
-                            let wait = eviction_backoff(entry.1);
-                            entry.0 = now + if deadline.is_some() { wait.min(DEADLINE_RETRY) } else { wait };
+                            entry.0 = now + drain::retry_after(entry.1, of.deadline.is_some());
                             entry.1 += 1;
                         }
                     }
@@ -199,9 +154,6 @@ impl Terminator {
         true
     }
 }
-
-/// The longest wait between eviction attempts of a pod whose node has a deadline.
-const DEADLINE_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// An interrupted claim's node is drained: how much time was left.
 fn drained_interrupted(ctx: &Ctx, claim: &NodeClaim) {

@@ -169,6 +169,9 @@ impl CloudProvider for PanicOnce {
     fn mark_unavailable(&self, offerings: &[rafter::cloud::OfferingKey], ttl: Duration) {
         self.inner.mark_unavailable(offerings, ttl)
     }
+    fn mask_unavailable(&self, types: &mut [rafter::scheduling::instance_types::InstanceType]) {
+        self.inner.mask_unavailable(types)
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -39,6 +39,7 @@ use rafter::api::labels;
 use rafter::api::nodeclaim::NodeClaim;
 use rafter::api::nodepool::NodePool;
 use rafter::api::quantity::parse_millis;
+use rafter::cloud::unavailable::UnavailableOfferings;
 use rafter::cloud::{
     CloudError, CloudProvider, DriftReason, Instance, InstanceState, LAUNCH_GROUP, NodeClassCheck, NodeClassReport,
     OfferingKey, TAG_NODECLAIM, TAG_NODEPOOL, launch_group, parse_provider_id,
@@ -377,7 +378,7 @@ struct State {
     templates: HashSet<String>,
     /// Class → its instance types and what they were built from.
     built: HashMap<String, (BuiltKey, Arc<Vec<InstanceType>>)>,
-    unavailable: HashMap<OfferingKey, Instant>,
+    unavailable: UnavailableOfferings,
     bad_subnets: HashMap<String, Instant>,
     /// Class → (generation, why, until): launches stopped after a configuration error.
     blocked: HashMap<String, (Option<i64>, String, Instant)>,
@@ -613,20 +614,7 @@ impl AwsCloud {
     /// A class's instance types for the solver, with offerings in the unavailable cache marked.
     async fn types_for(&self, class: &EC2NodeClass, resolved: &Arc<Resolved>) -> Result<Vec<InstanceType>, CloudError> {
         let mut types = self.built_types(class, resolved).await?.as_ref().clone();
-        let now = Instant::now();
-        let state = self.inner.lock();
-        for it in &mut types {
-            for o in &mut it.offerings {
-                let key = OfferingKey {
-                    instance_type: it.name.clone(),
-                    zone: o.zone.clone(),
-                    capacity_type: o.capacity_type,
-                };
-                if state.unavailable.get(&key).is_some_and(|until| *until > now) {
-                    o.available = false;
-                }
-            }
-        }
+        self.inner.lock().unavailable.mask(&mut types, Instant::now());
         Ok(types)
     }
 
@@ -1236,7 +1224,7 @@ impl Inner {
                 FleetErrorKind::Capacity => {
                     if let (Some(instance_type), Some(zone)) = (instance_type, zone) {
                         let key = OfferingKey { instance_type, zone, capacity_type: shape.capacity_type };
-                        self.lock().unavailable.insert(key.clone(), until);
+                        self.lock().unavailable.mark(std::slice::from_ref(&key), until);
                         exhausted.push(key);
                     }
                 }
@@ -1428,16 +1416,16 @@ impl CloudProvider for AwsCloud {
         let (unavailable, bad_subnets) = {
             let now = Instant::now();
             let mut s = self.inner.lock();
-            s.unavailable.retain(|_, until| *until > now);
+            s.unavailable.expire(now);
             s.bad_subnets.retain(|_, until| *until > now);
-            (s.unavailable.clone(), s.bad_subnets.keys().cloned().collect::<HashSet<_>>())
+            (s.unavailable.active(now), s.bad_subnets.keys().cloned().collect::<HashSet<_>>())
         };
         let (capacity_type, candidates) = launch::select(
             &types,
             &requirements,
             &resolved.subnets,
             &arches,
-            &|k| unavailable.contains_key(k),
+            &|k| unavailable.contains(k),
             &bad_subnets,
         )
         .map_err(|e| match e {
@@ -1541,12 +1529,11 @@ impl CloudProvider for AwsCloud {
     }
 
     fn mark_unavailable(&self, offerings: &[OfferingKey], ttl: Duration) {
-        let until = Instant::now() + ttl;
-        let mut state = self.inner.lock();
-        for o in offerings {
-            let at = state.unavailable.entry(o.clone()).or_insert(until);
-            *at = (*at).max(until);
-        }
+        self.inner.lock().unavailable.mark(offerings, Instant::now() + ttl);
+    }
+
+    fn mask_unavailable(&self, types: &mut [InstanceType]) {
+        self.inner.lock().unavailable.mask(types, Instant::now());
     }
 
     fn stats(&self) -> rafter::cloud::CloudStats {

@@ -100,7 +100,7 @@ pub struct Interruption {
 impl State {
     /// Whether an offering can still supply an instance.
     fn has_room(&self, key: &OfferingKey, default_limit: Option<u32>) -> bool {
-        if self.unavailable.get(key).is_some_and(|until| *until > Instant::now()) {
+        if self.unavailable.contains(key, Instant::now()) {
             return false;
         }
         let used = self.used.get(key).copied().unwrap_or(0);
@@ -115,7 +115,7 @@ struct State {
     used: HashMap<OfferingKey, u32>,
     limits: HashMap<OfferingKey, u32>,
     /// Offerings Rafter said to avoid, until when.
-    unavailable: HashMap<OfferingKey, Instant>,
+    unavailable: super::unavailable::UnavailableOfferings,
     throttle: u32,
     counter: u64,
     interruptions: Vec<Interruption>,
@@ -464,12 +464,14 @@ impl CloudProvider for FakeCloud {
     }
 
     fn mark_unavailable(&self, offerings: &[OfferingKey], ttl: Duration) {
-        let until = Instant::now() + ttl;
+        let now = Instant::now();
         let mut state = self.lock();
-        state.unavailable.retain(|_, at| *at > Instant::now());
-        for o in offerings {
-            state.unavailable.insert(o.clone(), until);
-        }
+        state.unavailable.expire(now);
+        state.unavailable.mark(offerings, now + ttl);
+    }
+
+    fn mask_unavailable(&self, types: &mut [InstanceType]) {
+        self.lock().unavailable.mask(types, Instant::now());
     }
 }
 

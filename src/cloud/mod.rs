@@ -4,6 +4,7 @@
 pub mod fake;
 #[cfg(any(test, feature = "test-util"))]
 pub mod suite;
+pub mod unavailable;
 
 use std::collections::BTreeMap;
 
@@ -169,6 +170,10 @@ pub trait CloudProvider: Send + Sync + std::fmt::Debug {
     /// Avoids these offerings for launches until `ttl` has passed: the cloud warned that their
     /// capacity is being taken back (a spot interruption), so a replacement must land elsewhere.
     fn mark_unavailable(&self, offerings: &[OfferingKey], ttl: std::time::Duration);
+    /// Marks the offerings of `types` that launches avoid now (`unavailable::UnavailableOfferings`)
+    /// unavailable, so the solver plans around them. The cloud holds the one cache: whoever marks
+    /// an offering marks it here, once.
+    fn mask_unavailable(&self, types: &mut [InstanceType]);
     /// Resolves a node class's selectors for its status; `None` where the cloud has no node classes.
     async fn node_class_report(&self, _class: &EC2NodeClass) -> Result<Option<NodeClassReport>, CloudError> {
         Ok(None)

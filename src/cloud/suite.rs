@@ -42,6 +42,21 @@ pub async fn run(cloud: &dyn CloudProvider, pool: &NodePool, claim: &dyn Fn(&str
         capacity_type: launched.capacity_type,
     };
     cloud.mark_unavailable(std::slice::from_ref(&used), std::time::Duration::from_secs(60));
+    // The solver sees the mark through the same cache.
+    let mut masked = types.clone();
+    cloud.mask_unavailable(&mut masked);
+    let offering_of = |types: &[crate::scheduling::instance_types::InstanceType]| {
+        types
+            .iter()
+            .filter(|t| t.name == used.instance_type)
+            .flat_map(|t| &t.offerings)
+            .find(|o| o.zone == used.zone && o.capacity_type == used.capacity_type)
+            .map(|o| o.available)
+    };
+    assert_eq!(offering_of(&masked), Some(false), "a marked offering is masked unavailable for the solver");
+    let others_before = types.iter().flat_map(|t| &t.offerings).filter(|o| !o.available).count();
+    let others_after = masked.iter().flat_map(|t| &t.offerings).filter(|o| !o.available).count();
+    assert_eq!(others_after, others_before + 1, "masking touches only the marked offering");
     let second = cloud.create(&claim("suite-b", "00000000-0000-0000-0000-00000000000b")).await.expect("create b");
     assert_ne!(second.id, launched.id, "another claim gets another instance");
     let second_offering = OfferingKey {

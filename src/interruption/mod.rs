@@ -8,6 +8,7 @@
 
 pub mod plan;
 pub mod queue;
+pub mod stage;
 
 #[cfg(test)]
 mod fuzz;

@@ -6,6 +6,8 @@
 //! given by the caller, so it is tested without a cluster, a cloud or a runtime.
 
 pub mod disruption;
+pub mod drain;
+pub mod lifecycle;
 pub mod orphans;
 pub mod volumes;
 pub mod window;
