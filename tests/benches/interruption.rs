@@ -1,4 +1,4 @@
-//! Interruption benchmark, release mode, JSON on stdout. `cargo bench -p rafter-actors --bench interruption`
+//! Interruption benchmark, release mode, JSON on stdout. `cargo bench -p rafter-e2e --bench interruption`
 //!
 //! Per run, a fresh world (simulator, fake cloud, moto SQS, one replica with 4 queue workers): one
 //! spot node holding all of `PODS` inflate pods is interrupted. Measured: receipt → taint, receipt
@@ -8,8 +8,7 @@
 //! pod takes to stop after SIGTERM (its grace period is 30 s), so the drain's finish reflects pods
 //! that take time to go rather than the simulator's instant stop.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
+use rafter_e2e as common;
 
 use std::time::Duration;
 

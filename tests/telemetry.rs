@@ -1,7 +1,7 @@
 //! One batch is one trace: `provision` → `solve`, `provision` → `launch` (per claim) → `register`,
 //! exported over OTLP/HTTP to an in-process receiver.
 
-mod common;
+use rafter_e2e as common;
 
 use std::time::Duration;
 

@@ -1,6 +1,6 @@
-//! Helpers shared by the end-to-end tests: an OTLP receiver, and a world whose leader consumes a
-//! moto SQS interruption queue. Each test binary uses a part of them.
-#![allow(dead_code)]
+//! The end-to-end tests' shared harness: an OTLP receiver, and a world whose leader consumes a
+//! moto SQS interruption queue.
+#![forbid(unsafe_code)]
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -123,12 +123,19 @@ spec:
       app: inflate
 "#;
 
+/// A world, moto with the interruption queue, and the replica consuming it.
 pub struct Harness {
     pub world: World,
     pub moto: Moto,
     pub sqs: aws_sdk_sqs::Client,
     pub url: String,
     pub replica: Replica,
+}
+
+impl std::fmt::Debug for Harness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Harness").field("url", &self.url).finish_non_exhaustive()
+    }
 }
 
 pub async fn sqs_client(endpoint: &str) -> aws_sdk_sqs::Client {

@@ -2,7 +2,7 @@
 //! moto's SQS through the real SDK. A spot warning for a node with a PodDisruptionBudget, duplicate
 //! and reordered deliveries, and a thousand poison messages mixed with valid ones.
 
-mod common;
+use rafter_e2e as common;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;

@@ -1,7 +1,7 @@
 //! An interruption is one trace: `interruption` → `replace` (→ `launch` → `cloud.create`), `taint`,
 //! `drain` (→ one `evict` per pod) and `terminate`, exported over OTLP/HTTP.
 
-mod common;
+use rafter_e2e as common;
 
 use std::time::Duration;
 
