@@ -2,6 +2,9 @@
 //! per-offering capacity pools that run dry, spot interruptions and throttling on demand, and
 //! idempotent creates per NodeClaim. It is what tests and `rafter demo` run on.
 //!
+//! It is one piece because every behaviour reads and writes the one `State` under one lock; a fifth
+//! of the file is its tests.
+//!
 //! Time is tokio's, so tests with paused time step through boots and interruptions; state changes are
 //! computed when read, so the fake needs no tasks of its own. Watchers learn of changes through
 //! [`FakeCloud::changes`] and of the next timed transition through [`FakeCloud::next_transition`].

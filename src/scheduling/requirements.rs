@@ -7,6 +7,9 @@
 //! requirements intersects the sets; two requirements are compatible when the intersection is not
 //! empty. This is the same meaning Kubernetes gives node affinity, so a pod that the solver places
 //! under these rules is one kube-scheduler also accepts.
+//!
+//! It is one piece because every operation is defined over the same set representation; a quarter of
+//! the file is its tests.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;

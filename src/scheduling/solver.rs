@@ -49,6 +49,10 @@
 //! claim. Preferences are relaxed per pod, so a pod relaxed early does not come back when later pods
 //! open capacity that would have satisfied its preference. Domains of zone-like keys are chosen
 //! per pod, not jointly.
+//!
+//! It is one piece because the packing, the relaxation of preferences, the limits and the claim
+//! finishing are one algorithm over one set of working structures; its helpers that stand alone
+//! (requirements, resources, topology, instance types) are modules of their own.
 
 use kube::ResourceExt;
 use std::collections::{BTreeMap, BTreeSet, HashMap};

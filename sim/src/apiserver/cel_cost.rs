@@ -12,6 +12,9 @@
 //! Known approximations: functions of Kubernetes' CEL libraries (`quantity`, `url`, `isSorted`, list
 //! and string extensions) are priced linearly in their receiver's size rather than by each one's own
 //! formula; an expression whose type the checker would leave `dyn` is priced by the dearest overload.
+//!
+//! It is one piece because it is one recursive estimator over cel-go's cost rules, which only make
+//! sense together; splitting it would scatter one algorithm.
 
 use std::collections::BTreeMap;
 

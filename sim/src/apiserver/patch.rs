@@ -1,4 +1,7 @@
 //! The four patch types: JSON merge, JSON patch, strategic merge and server-side apply with field managers.
+//!
+//! It is one piece because the four kinds share the merge walk and the field-manager bookkeeping;
+//! a seventh of the file is its tests.
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -1,4 +1,7 @@
 //! The HTTP side: connections, fault handling, and each verb on each resource.
+//!
+//! It is one piece because every verb goes through the same request parsing, fault injection,
+//! admission, store and response path, and reading one verb needs the others' shared steps.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;

@@ -3,6 +3,9 @@
 //!
 //! Tables are persistent ordered maps, so a list takes an O(1) snapshot under the lock and is filtered and
 //! serialised outside it, and `continue` tokens page through the snapshot they started from.
+//!
+//! It is one piece because the resourceVersion sequence, the tables and the watch fan-out change
+//! together under one lock; a seventh of the file is its tests.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
