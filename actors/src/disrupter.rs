@@ -1,8 +1,9 @@
-//! Disrupter: decides which nodes go. This methods are emptiness (`consolidateAfter` on an
-//! empty node, legacy `ttlSecondsAfterEmpty`) and expiry (`expireAfter`, legacy
+//! Disrupter: decides which nodes go. Its methods are emptiness (`consolidateAfter` on an empty
+//! node, legacy `ttlSecondsAfterEmpty`) and expiry (`expireAfter`, legacy
 //! `ttlSecondsUntilExpired`); each ends in deleting the NodeClaim, which the Terminator carries
 //! out. An empty node that a solve would place pending pods on is kept: it is waiting for them.
-//! Consolidation of under-used nodes, drift and budgets plug in as further [`Method`]s.
+//! Consolidation of under-used nodes, drift and disruption budgets are not built yet; they will be
+//! further [`Method`]s, reusing the core's drain plan and claim lifecycle.
 
 use kube::ResourceExt;
 use std::collections::{HashMap, HashSet};

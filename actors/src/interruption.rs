@@ -438,25 +438,14 @@ impl InterruptionHandler {
         nodes: &[Arc<Node>],
         node_name: &str,
     ) -> Result<Plan, tokio::task::JoinError> {
-        let pools = ctx.caches.effective_pools();
-        let mut types = crate::planning::pool_types(ctx, &pools).await;
-        let (pods, nodes, claims, daemonsets, node_name) =
-            (pods.to_vec(), nodes.to_vec(), claims.to_vec(), ctx.caches.daemonsets.all(), node_name.to_string());
-        let volumes = ctx.caches.volumes();
-        let job = move || {
-            let snapshot = Snapshot {
-                pods: &pods,
-                nodes: &nodes,
-                claims: &claims,
-                pools: &pools,
-                daemonsets: &daemonsets,
-                storage: volumes.view(),
-            };
+        let inputs = (pods.to_vec(), nodes.to_vec(), claims.to_vec(), ctx.caches.effective_pools());
+        let node_name = node_name.to_string();
+        crate::planning::off_thread(ctx, inputs, move |snapshot, mut types| {
             replacement(snapshot, &node_name, |p| {
                 types.remove(p.metadata.name.as_deref().unwrap_or_default()).unwrap_or_default()
             })
-        };
-        tokio::task::spawn_blocking(job).await
+        })
+        .await
     }
 
     /// Reports a replacement plan, and hands the claims it buys to the launcher.

@@ -34,8 +34,6 @@ use crate::writes::{delete_claim, patch_status, rebatch};
 /// Why a launch step failed.
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
-    #[error("NodePool {0} no longer exists")]
-    PoolGone(String),
     #[error("Kubernetes API: {0}")]
     Kube(#[source] kube::Error),
     #[error("cloud: {0}")]
@@ -324,10 +322,6 @@ impl Launcher {
                 tracing::warn!(nodeclaim = %name, %error, "no capacity; deleting the claim and planning again without these offerings");
                 let _ = delete_claim(&ctx, name).await;
                 rebatch(&ctx);
-            }
-            LaunchError::PoolGone(_) => {
-                tracing::error!(nodeclaim = %name, %error, "cannot launch; deleting the claim");
-                let _ = delete_claim(&ctx, name).await;
             }
             LaunchError::Cloud(CloudError::InvalidConfiguration { message }) => {
                 let entry = state.retry.entry(name.to_string()).or_insert((Instant::now(), 0));

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::ResourceExt;
 use rafter::api::NodePool;
 use rafter::api::labels;
@@ -20,7 +20,7 @@ use crate::messages::Planned;
 
 /// Each pool's instance types, from the catalog or (the first time) from the cloud, with the
 /// offerings in the cloud's unavailable cache marked.
-pub async fn pool_types(ctx: &Ctx, pools: &[rafter::api::NodePool]) -> HashMap<String, Vec<InstanceType>> {
+pub async fn pool_types(ctx: &Ctx, pools: &[NodePool]) -> HashMap<String, Vec<InstanceType>> {
     let mut types = HashMap::new();
     for pool in pools {
         let name = pool.name_any();
@@ -48,18 +48,19 @@ pub async fn pool_types(ctx: &Ctx, pools: &[rafter::api::NodePool]) -> HashMap<S
 /// A solve's result: the plan, the pools that could not be used, and how many pods were planned.
 pub type Solved = (Plan, Vec<rafter::state::PoolProblem>, usize);
 
-/// Solves `pending` against the caches (with `claims` standing for the cache's claims plus any the
-/// caller counts as in flight), on a blocking thread. `pods` must be the snapshot `pending` was
-/// taken from: a pod bound since would count both as pending and on its node.
-pub async fn solve_now(
+/// What a decision is taken over: pods, nodes, claims and pools.
+pub type Inputs = (Vec<Arc<Pod>>, Vec<Arc<Node>>, Vec<Arc<NodeClaim>>, Vec<NodePool>);
+
+/// Runs `decide` on a blocking thread, over a snapshot of these pods, nodes, claims and pools (with
+/// the caches' DaemonSets and volumes) and each pool's instance types, taken by `decide` so no list
+/// is copied again (the catalog already made this copy).
+pub async fn off_thread<T: Send + 'static>(
     ctx: &Ctx,
-    pods: Vec<Arc<Pod>>,
-    pending: Vec<Pod>,
-    claims: Vec<Arc<NodeClaim>>,
-    pools: Vec<rafter::api::NodePool>,
-) -> Result<Solved, tokio::task::JoinError> {
-    let (nodes, daemonsets, volumes) = (ctx.caches.nodes.all(), ctx.caches.daemonsets.all(), ctx.caches.volumes());
-    let mut types = pool_types(ctx, &pools).await;
+    (pods, nodes, claims, pools): Inputs,
+    decide: impl FnOnce(Snapshot<'_>, HashMap<String, Vec<InstanceType>>) -> T + Send + 'static,
+) -> Result<T, tokio::task::JoinError> {
+    let (daemonsets, volumes) = (ctx.caches.daemonsets.all(), ctx.caches.volumes());
+    let types = pool_types(ctx, &pools).await;
     let job = move || {
         let snapshot = Snapshot {
             pods: &pods,
@@ -69,13 +70,29 @@ pub async fn solve_now(
             daemonsets: &daemonsets,
             storage: volumes.view(),
         };
-        // Each pool's list is handed over, not copied: the catalog already made this copy.
+        decide(snapshot, types)
+    };
+    tokio::task::spawn_blocking(job).in_current_span().await
+}
+
+/// Solves `pending` against the caches (with `claims` standing for the cache's claims plus any the
+/// caller counts as in flight), on a blocking thread. `pods` must be the snapshot `pending` was
+/// taken from: a pod bound since would count both as pending and on its node.
+pub async fn solve_now(
+    ctx: &Ctx,
+    pods: Vec<Arc<Pod>>,
+    pending: Vec<Pod>,
+    claims: Vec<Arc<NodeClaim>>,
+    pools: Vec<NodePool>,
+) -> Result<Solved, tokio::task::JoinError> {
+    let nodes = ctx.caches.nodes.all();
+    off_thread(ctx, (pods, nodes, claims, pools), move |snapshot, mut types| {
         let (input, problems) = scheduling_input(snapshot, pending, |pool| {
             types.remove(pool.metadata.name.as_deref().unwrap_or_default()).unwrap_or_default()
         });
         (solve(&input), problems, input.pods.len())
-    };
-    tokio::task::spawn_blocking(job).in_current_span().await
+    })
+    .await
 }
 
 static NAMES: AtomicU64 = AtomicU64::new(0);
