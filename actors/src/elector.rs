@@ -1,6 +1,7 @@
 //! LeaderElector: holds and renews a `coordination.k8s.io/v1` Lease on the replica's own client and
-//! publishes `Leader(epoch)` or `Follower` on a channel (the supervisor holds the other end). A leader that has not renewed within the
-//! renew deadline steps down before anyone else can take the lease (the lease duration is longer).
+//! publishes `Leader(epoch)` or `Follower` on a channel (the supervisor holds the other end). A
+//! leader that has not renewed within the renew deadline steps down before anyone else can take the
+//! lease (the lease duration is longer).
 
 use std::time::Duration;
 
