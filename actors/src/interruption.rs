@@ -79,10 +79,6 @@ fn instance_of(claim: &NodeClaim) -> Option<&str> {
     parse_provider_id(provider).map(|(_, id)| id)
 }
 
-fn name_of(claim: &NodeClaim) -> String {
-    claim.name_any()
-}
-
 /// Why an interruption could not be recorded (its message stays on the queue and comes back).
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
@@ -115,7 +111,7 @@ async fn record(
     let cached = ctx.caches.claims.all().into_iter().find(|c| instance_of(c) == Some(instance));
     let Some(cached) = cached else { return Ok(Recorded::Unmanaged) };
     let api = Api::<NodeClaim>::all(ctx.client.clone());
-    let name = name_of(&cached);
+    let name = cached.name_any();
     let mut claim = cached.as_ref().clone();
     for _ in 0..5 {
         let existing = Record::of(claim.metadata.annotations.as_ref());
@@ -272,11 +268,11 @@ impl InterruptionHandler {
         let claims = ctx.caches.claims.all();
         let recorded: Vec<(Arc<NodeClaim>, Record)> =
             claims.iter().filter_map(|c| Record::of(c.metadata.annotations.as_ref()).map(|r| (c.clone(), r))).collect();
-        let names: HashSet<String> = recorded.iter().map(|(c, _)| name_of(c)).collect();
+        let names: HashSet<String> = recorded.iter().map(|(c, _)| c.name_any()).collect();
         state.stages.retain(|k, _| names.contains(k));
         ctx.traces.retain(|k| claims.iter().any(|c| c.metadata.name.as_deref() == Some(k)));
         for (claim, record) in recorded {
-            let name = name_of(&claim);
+            let name = claim.name_any();
             if claim.metadata.deletion_timestamp.is_some() {
                 continue;
             }
@@ -303,7 +299,7 @@ impl InterruptionHandler {
         record: &Record,
     ) {
         let ctx = state.ctx.clone();
-        let name = name_of(claim);
+        let name = claim.name_any();
         let stage = state.stages.remove(&name).unwrap_or_default();
         if !matches!(stage, Stage::Acting(_)) {
             // Removed or draining: the cache has not caught up with this leader's delete yet.

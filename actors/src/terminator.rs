@@ -108,14 +108,12 @@ impl Terminator {
                 tracing::debug!(%error, "cannot taint {node_name}; retrying");
                 return false;
             }
-            let on_node: Vec<&Pod> = pods
-                .iter()
-                .map(|p| p.as_ref())
-                .filter(|p| rafter::state::node_name(p) == Some(node_name.as_str()))
-                .collect();
+            let on_node: Vec<&Arc<Pod>> =
+                pods.iter().filter(|p| rafter::state::node_name(p) == Some(node_name.as_str())).collect();
+            let on_node_pods: Vec<&Pod> = on_node.iter().map(|p| p.as_ref()).collect();
             let of = DrainOf::new(claim, rafter::state::node_ready(node), ctx.clock.now());
             let now = Instant::now();
-            let plan = drain::plan(&on_node, &of, |p| {
+            let plan = drain::plan(&on_node_pods, &of, |p| {
                 let uid = p.metadata.uid.as_deref().unwrap_or_default();
                 state.backoff.get(uid).is_some_and(|(at, _)| *at > now)
             });
@@ -125,8 +123,9 @@ impl Terminator {
                 let batch: Vec<(Arc<Pod>, Removal)> = plan
                     .removals
                     .iter()
+                    // The plan hands back the node's own pods: find each among them, not in the cache.
                     .filter_map(|(p, removal)| {
-                        pods.iter().find(|q| q.metadata.uid == p.metadata.uid).map(|q| (q.clone(), *removal))
+                        on_node.iter().find(|q| std::ptr::eq(q.as_ref(), *p)).map(|q| ((*q).clone(), *removal))
                     })
                     .collect();
                 let results: Vec<(String, Evicted)> = futures::stream::iter(batch)

@@ -29,20 +29,16 @@ impl UnavailableOfferings {
         self.until.get(key).is_some_and(|until| *until > now)
     }
 
-    /// Sets `available = false` on the offerings of `types` avoided at `now`.
+    /// Sets `available = false` on the offerings of `types` avoided at `now`. It runs on every
+    /// solve, over every offering of every type, so it walks the few marks rather than building a
+    /// key per offering.
     pub fn mask(&self, types: &mut [InstanceType], now: Instant) {
-        if self.until.is_empty() {
-            return;
-        }
-        for it in types {
-            for offering in &mut it.offerings {
-                let key = OfferingKey {
-                    instance_type: it.name.clone(),
-                    zone: offering.zone.clone(),
-                    capacity_type: offering.capacity_type,
-                };
-                if self.contains(&key, now) {
-                    offering.available = false;
+        for key in self.until.iter().filter(|(_, until)| **until > now).map(|(key, _)| key) {
+            for it in types.iter_mut().filter(|t| t.name == key.instance_type) {
+                for offering in &mut it.offerings {
+                    if offering.zone == key.zone && offering.capacity_type == key.capacity_type {
+                        offering.available = false;
+                    }
                 }
             }
         }
