@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod cloud;
+pub mod disruption;
 pub mod interruption;
 pub mod mix;
 pub mod scheduling;

@@ -706,12 +706,13 @@ impl<'a> Solver<'a> {
         nodes.sort_by(|a, b| b.initialized.cmp(&a.initialized).then_with(|| a.name.cmp(&b.name)));
         let mut counts = Counts::default();
         let mut ports: HashMap<Target, Vec<HostPort>> = HashMap::new();
+        let index: HashMap<&str, usize> = nodes.iter().enumerate().map(|(i, n)| (n.name.as_str(), i)).collect();
         for pod in &input.bound_pods {
             let (Some(spec), Some(node)) = (pod.spec.as_ref(), pod.spec.as_ref().and_then(|s| s.node_name.as_ref()))
             else {
                 continue;
             };
-            if let Some(i) = nodes.iter().position(|n| &n.name == node) {
+            if let Some(&i) = index.get(node.as_str()) {
                 counts.record(&PodTopology::new(pod, spec), Target::Node(i), |t, k| domain_of(&nodes, &[], t, k));
                 ports.entry(Target::Node(i)).or_default().extend(host_ports(spec));
             }

@@ -1,0 +1,364 @@
+//! The disruption engine (pure): from a snapshot of the cluster, its PodDisruptionBudgets, the
+//! instance catalog and the time, the one command to carry out next — which nodes go, for what
+//! reason, and which node (if any) replaces them — and why every other node stays.
+//!
+//! Methods run in Karpenter's order, and the first that finds something wins:
+//!
+//! 1. **Emptiness**: candidates with no workload pods (both consolidation policies), every one the
+//!    budgets allow, in one command; an empty node that pending pods are planned onto stays.
+//! 2. **Drift** belongs here, between emptiness and consolidation; the lifecycle work adds it.
+//! 3. **Multi-node consolidation** (`WhenEmptyOrUnderutilized`): the longest prefix of the
+//!    candidates (cheapest to disrupt first, within budgets) whose pods fit on the rest of the
+//!    cluster plus at most one new node, found by binary search; then each later candidate is
+//!    tried on top of it and kept when the set still consolidates and saves more. Karpenter stops at
+//!    the prefix; trying the rest finds sets a prefix cannot (a costly-to-disrupt node in the way).
+//! 4. **Single-node consolidation**: the first candidate, in order, that can be deleted or replaced
+//!    by one cheaper node.
+//!
+//! A replacement must save at least the pool's threshold (`--consolidation-min-saving`, or the
+//! NodePool annotation [`MIN_SAVING_ANNOTATION`]) and lists only instance types that do; spot is
+//! replaced by spot only with [`Settings::spot_min_types`] cheaper types to choose from. Deleting a
+//! node always saves. Consolidation waits while pending pods would be placed: they are the
+//! provisioner's, and the capacity they are about to take is not spare.
+
+pub mod budgets;
+pub mod candidates;
+pub mod consolidation;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use jiff::Timestamp;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use serde::Serialize;
+
+use crate::api::nodepool::{ConsolidationPolicy, DisruptionReason, NodePool};
+use crate::scheduling::instance_types::InstanceType;
+use crate::scheduling::solver::{NewClaim, solve};
+use crate::state::{Snapshot, provisionable, scheduling_input};
+
+pub use candidates::{Candidate, Kept};
+use consolidation::{Outcome, Rules, Simulator, evaluate};
+
+/// The NodePool annotation that overrides `--consolidation-min-saving` for one pool (`"10%"` or
+/// `"0.1"`); an annotation keeps the v1 schema Karpenter's.
+pub const MIN_SAVING_ANNOTATION: &str = "rafter.sh/consolidation-min-saving";
+
+/// Which method found a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub enum Method {
+    Emptiness,
+    MultiNode,
+    SingleNode,
+}
+
+impl Method {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Emptiness => "emptiness",
+            Method::MultiNode => "multi-node",
+            Method::SingleNode => "single-node",
+        }
+    }
+}
+
+/// A node a command disrupts.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Target {
+    pub claim: String,
+    pub node: String,
+    pub pool: String,
+    /// $/h, when known.
+    pub price: Option<f64>,
+}
+
+/// One disruption to carry out: launch `replacements` (and wait until they are initialized), then
+/// delete `candidates`' claims, whose termination drains them.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Command {
+    pub method: Method,
+    pub reason: DisruptionReason,
+    pub candidates: Vec<Target>,
+    pub replacements: Vec<NewClaim>,
+    /// What it saves, $/h.
+    pub savings: f64,
+}
+
+impl Command {
+    /// `delete` or `replace`, as metrics and logs name the decision.
+    pub fn decision(&self) -> &'static str {
+        if self.replacements.is_empty() { "delete" } else { "replace" }
+    }
+}
+
+/// The engine's tunables.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Settings {
+    /// Default smallest saving of a replacement, as a fraction of what it replaces.
+    pub min_saving: f64,
+    /// Cheaper spot types needed before spot is replaced by spot (Karpenter's 15).
+    pub spot_min_types: usize,
+    /// Most candidates the multi-node search's prefix considers.
+    pub multi_node_max: usize,
+    /// Most simulations one decision runs (each is one solve); the search stops there.
+    pub simulations: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self { min_saving: 0.05, spot_min_types: 15, multi_node_max: 100, simulations: 200 }
+    }
+}
+
+/// Everything a decision is taken over.
+#[derive(Debug, Clone, Copy)]
+pub struct View<'a> {
+    pub snapshot: Snapshot<'a>,
+    pub pdbs: &'a [Arc<PodDisruptionBudget>],
+    pub types: &'a HashMap<String, Vec<InstanceType>>,
+    pub now: Timestamp,
+    pub settings: Settings,
+}
+
+/// The engine's answer.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Decision {
+    pub command: Option<Command>,
+    /// Nodes that stay, with why (candidates the methods looked at and refused included).
+    #[serde(skip)]
+    pub kept: Vec<Kept>,
+    /// Pools whose threshold annotation does not parse (the default applies), with the message.
+    pub warnings: Vec<(String, String)>,
+    /// Simulations run.
+    pub simulations: usize,
+}
+
+/// Parses a saving threshold: `"5%"` or `"0.05"`, between 0 and 1.
+pub fn parse_min_saving(text: &str) -> Result<f64, String> {
+    let text = text.trim();
+    let value = match text.strip_suffix('%') {
+        Some(pct) => pct.trim().parse::<f64>().map(|p| p / 100.0),
+        None => text.parse::<f64>(),
+    }
+    .map_err(|_| format!("{text:?} is not a fraction (0.05) or a percentage (5%)"))?;
+    if !(0.0..1.0).contains(&value) {
+        return Err(format!("{text:?} must be at least 0 and below 100%"));
+    }
+    Ok(value)
+}
+
+fn pool_threshold(pool: &NodePool, default: f64, warnings: &mut Vec<(String, String)>) -> f64 {
+    let name = pool.metadata.name.clone().unwrap_or_default();
+    match pool.metadata.annotations.as_ref().and_then(|a| a.get(MIN_SAVING_ANNOTATION)) {
+        None => default,
+        Some(text) => parse_min_saving(text).unwrap_or_else(|e| {
+            warnings.push((name, format!("annotation {MIN_SAVING_ANNOTATION}: {e}; using {default}")));
+            default
+        }),
+    }
+}
+
+fn target(c: &Candidate<'_>) -> Target {
+    Target { claim: c.name.clone(), node: c.node_name.clone(), pool: c.pool_name.clone(), price: c.price }
+}
+
+fn policy(pool: &NodePool) -> ConsolidationPolicy {
+    pool.spec.disruption.as_ref().map(|d| d.policy()).unwrap_or(ConsolidationPolicy::WhenEmptyOrUnderutilized)
+}
+
+/// Per-pool room left under the budgets for a reason.
+struct Room {
+    left: HashMap<String, usize>,
+    why: HashMap<String, String>,
+}
+
+impl Room {
+    fn new(view: &View<'_>, classified: &candidates::Classified<'_>, reason: DisruptionReason) -> Self {
+        let mut left = HashMap::new();
+        let mut why = HashMap::new();
+        for pool in view.snapshot.pools {
+            let name = pool.metadata.name.clone().unwrap_or_default();
+            let nodes = classified.pool_nodes.get(&name).copied().unwrap_or(0);
+            let busy = classified.disrupting.get(&name).copied().unwrap_or(0);
+            let allowance = budgets::allowance(pool, reason, nodes, view.now);
+            left.insert(name.clone(), allowance.nodes.saturating_sub(busy));
+            why.insert(
+                name.clone(),
+                format!("NodePool {name}'s {} allows no more now ({busy} being disrupted)", allowance.why),
+            );
+        }
+        Room { left, why }
+    }
+
+    /// Takes room for one node of `pool`; false when there is none.
+    fn take(&mut self, pool: &str) -> bool {
+        match self.left.get_mut(pool) {
+            Some(n) if *n > 0 => {
+                *n -= 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn why(&self, pool: &str) -> String {
+        self.why.get(pool).cloned().unwrap_or_else(|| format!("NodePool {pool} is gone"))
+    }
+}
+
+/// The set with the best outcome a multi-node search finds, if any has two nodes or more.
+fn multi_node<'c, 'a>(
+    sim: &mut Simulator,
+    pool: &'c [&'c Candidate<'a>],
+    rules: Rules,
+    settings: &Settings,
+) -> Option<(Vec<&'c Candidate<'a>>, Outcome)> {
+    let prefix = &pool[..pool.len().min(settings.multi_node_max)];
+    if prefix.len() < 2 {
+        return None;
+    }
+    let mut best: Option<(Vec<&Candidate<'a>>, Outcome)> = None;
+    let (mut lo, mut hi) = (2usize, prefix.len());
+    while lo <= hi && sim.runs < settings.simulations {
+        let mid = (lo + hi) / 2;
+        let set: Vec<&Candidate<'a>> = prefix[..mid].to_vec();
+        let outcome = evaluate(sim.run(&set), &set, rules);
+        if outcome.savings().is_some() {
+            best = Some((set, outcome));
+            lo = mid + 1;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    let (mut set, mut outcome) = best?;
+    // Beyond the prefix: each later candidate joins when the set still consolidates and saves more.
+    for c in pool.iter().skip(set.len()) {
+        if sim.runs >= settings.simulations {
+            break;
+        }
+        let mut tried = set.clone();
+        tried.push(c);
+        let next = evaluate(sim.run(&tried), &tried, rules);
+        if next.savings().unwrap_or(f64::MIN) > outcome.savings().unwrap_or(0.0) + 1e-9 {
+            set = tried;
+            outcome = next;
+        }
+    }
+    Some((set, outcome))
+}
+
+fn command(method: Method, reason: DisruptionReason, set: &[&Candidate<'_>], outcome: Outcome) -> Option<Command> {
+    let candidates = set.iter().map(|c| target(c)).collect();
+    match outcome {
+        Outcome::Delete { savings } => Some(Command { method, reason, candidates, replacements: Vec::new(), savings }),
+        Outcome::Replace { replacement, savings } => {
+            Some(Command { method, reason, candidates, replacements: vec![replacement], savings })
+        }
+        Outcome::Keep(_) => None,
+    }
+}
+
+/// Computes the next command, and why every other node stays.
+pub fn decide(view: View<'_>) -> Decision {
+    let mut decision = Decision::default();
+    let inputs = candidates::Inputs { pdbs: view.pdbs, types: view.types, now: view.now };
+    let mut classified = candidates::classify(view.snapshot, inputs);
+    decision.kept = std::mem::take(&mut classified.kept);
+    if classified.candidates.is_empty() {
+        return decision;
+    }
+    // One solver input for the whole decision; first, where the pending pods would go.
+    let pending = view.snapshot.pods.iter().filter(|p| provisionable(p)).map(|p| p.as_ref().clone()).collect();
+    let (input, _) = scheduling_input(view.snapshot, pending, |pool| {
+        view.types.get(pool.metadata.name.as_deref().unwrap_or_default()).cloned().unwrap_or_default()
+    });
+    let awaited_plan = solve(&input);
+    decision.simulations += 1;
+    let awaited: HashSet<&str> = awaited_plan.placements.iter().map(|p| p.node.as_str()).collect();
+    let provisioning = !awaited_plan.placements.is_empty() || !awaited_plan.claims.is_empty();
+
+    // 1. Emptiness.
+    let mut room = Room::new(&view, &classified, DisruptionReason::Empty);
+    let mut empty = Vec::new();
+    for c in classified.candidates.iter().filter(|c| c.pods.is_empty()) {
+        if awaited.contains(c.node_name.as_str()) || awaited.contains(c.name.as_str()) {
+            decision.kept.push(Kept {
+                claim: c.name.clone(),
+                node: c.node_name.clone(),
+                why: "pending pods are planned onto it".into(),
+            });
+        } else if room.take(&c.pool_name) {
+            empty.push(c);
+        } else {
+            decision.kept.push(Kept { claim: c.name.clone(), node: c.node_name.clone(), why: room.why(&c.pool_name) });
+        }
+    }
+    if !empty.is_empty() {
+        let savings = empty.iter().filter_map(|c| c.price).sum();
+        decision.command = command(Method::Emptiness, DisruptionReason::Empty, &empty, Outcome::Delete { savings });
+        return decision;
+    }
+
+    // 3–4. Consolidation of under-used nodes.
+    let mut warnings = Vec::new();
+    let thresholds: HashMap<String, f64> = view
+        .snapshot
+        .pools
+        .iter()
+        .map(|p| {
+            (p.metadata.name.clone().unwrap_or_default(), pool_threshold(p, view.settings.min_saving, &mut warnings))
+        })
+        .collect();
+    decision.warnings = warnings;
+    let mut room = Room::new(&view, &classified, DisruptionReason::Underutilized);
+    let mut eligible: Vec<&Candidate<'_>> = Vec::new();
+    for c in classified.candidates.iter().filter(|c| !c.pods.is_empty()) {
+        let keep = |why: String| Kept { claim: c.name.clone(), node: c.node_name.clone(), why };
+        if policy(c.pool) != ConsolidationPolicy::WhenEmptyOrUnderutilized {
+            decision.kept.push(keep(format!(
+                "NodePool {} removes only empty nodes (consolidationPolicy: WhenEmpty)",
+                c.pool_name
+            )));
+        } else if provisioning {
+            decision.kept.push(keep("pending pods are being provisioned; consolidation waits for them".into()));
+        } else if room.take(&c.pool_name) {
+            eligible.push(c);
+        } else {
+            decision.kept.push(keep(room.why(&c.pool_name)));
+        }
+    }
+    if eligible.is_empty() {
+        return decision;
+    }
+    let rules_for = |set: &[&Candidate<'_>]| Rules {
+        // The strictest threshold among the pools the set touches.
+        min_saving: set.iter().filter_map(|c| thresholds.get(&c.pool_name)).copied().fold(0.0, f64::max),
+        spot_min_types: view.settings.spot_min_types,
+    };
+    let mut sim = Simulator::new(input);
+    let settings = view.settings;
+    let multi_rules = rules_for(&eligible);
+    if let Some((set, outcome)) = multi_node(&mut sim, &eligible, multi_rules, &settings) {
+        decision.simulations += sim.runs;
+        decision.command = command(Method::MultiNode, DisruptionReason::Underutilized, &set, outcome);
+        return decision;
+    }
+    for c in &eligible {
+        if sim.runs >= settings.simulations {
+            break;
+        }
+        let set = [*c];
+        match evaluate(sim.run(&set), &set, rules_for(&set)) {
+            Outcome::Keep(why) => decision.kept.push(Kept { claim: c.name.clone(), node: c.node_name.clone(), why }),
+            outcome => {
+                decision.command = command(Method::SingleNode, DisruptionReason::Underutilized, &set, outcome);
+                break;
+            }
+        }
+    }
+    decision.simulations += sim.runs;
+    decision
+}
+
+#[cfg(test)]
+mod tests;
