@@ -108,6 +108,15 @@ pub struct RunArgs {
     /// What a rebalance recommendation leads to: `replace` (replacement first, then drain) or `ignore`.
     #[arg(long, env = "RAFTER_REBALANCE", default_value = "replace")]
     pub rebalance: rafter::interruption::plan::RebalancePolicy,
+    /// The smallest saving a consolidation replacement must make, as a percentage (`5%`) or a
+    /// fraction (`0.05`) of what it replaces; a NodePool's `rafter.sh/consolidation-min-saving`
+    /// annotation overrides it. Deleting a node always saves.
+    #[arg(long, env = "RAFTER_CONSOLIDATION_MIN_SAVING", default_value = "5%", value_parser = parse_min_saving)]
+    pub consolidation_min_saving: f64,
+}
+
+fn parse_min_saving(text: &str) -> Result<f64, String> {
+    rafter::disruption::parse_min_saving(text)
 }
 
 /// Why the flags do not make a working controller.
@@ -155,6 +164,10 @@ impl RunArgs {
             binding: self.binding,
             interruption_workers: self.interruption_workers,
             rebalance: self.rebalance,
+            disruption: rafter::disruption::Settings {
+                min_saving: self.consolidation_min_saving,
+                ..rafter::disruption::Settings::default()
+            },
             ..rafter_actors::context::ControllerConfig::default()
         }
     }

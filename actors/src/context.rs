@@ -64,6 +64,14 @@ pub struct ControllerConfig {
     pub interruption_workers: usize,
     /// What a rebalance recommendation leads to.
     pub rebalance: RebalancePolicy,
+    /// The disruption engine's tunables (the replacement threshold, the spot-to-spot rule, the
+    /// search's limits).
+    pub disruption: rafter::disruption::Settings,
+    /// How long a disruption command waits before it is computed again and carried out only if it
+    /// still holds (Karpenter waits 15 s).
+    pub disruption_validation: std::time::Duration,
+    /// How long a replacement may take to initialize before its command is abandoned.
+    pub replacement_timeout: std::time::Duration,
 }
 
 impl Default for ControllerConfig {
@@ -90,6 +98,9 @@ impl Default for ControllerConfig {
             parallelism: 32,
             interruption_workers: 4,
             rebalance: RebalancePolicy::Replace,
+            disruption: rafter::disruption::Settings::default(),
+            disruption_validation: Duration::from_secs(15),
+            replacement_timeout: rafter::state::disruption::REGISTRATION_TTL,
         }
     }
 }

@@ -24,6 +24,15 @@ pub struct ReasonLabel {
     pub reason: String,
 }
 
+/// A disruption command's reason (Empty, Underutilized), decision (delete, replace) and outcome
+/// (executed, abandoned, invalidated).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabel {
+    pub reason: String,
+    pub decision: String,
+    pub outcome: String,
+}
+
 /// Labels of cloud API calls.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ApiCallLabel {
@@ -77,6 +86,11 @@ pub struct Metrics {
     pub interruption_drain_margin: Histogram,
     pub interruption_budget_overrides: Counter,
     pub interruption_deadline_misses: Counter,
+    pub disruption_decisions: Family<DecisionLabel, Counter>,
+    pub disruption_budget_blocked: Gauge,
+    pub disruption_savings: Counter<f64, std::sync::atomic::AtomicU64>,
+    pub disruption_abandoned: Counter,
+    pub disruption_decision_duration: Histogram,
     /// Where the cloud counters come from (set once the replica has its cloud).
     cloud: std::sync::OnceLock<Arc<dyn rafter::cloud::CloudProvider>>,
     ready: AtomicBool,
@@ -116,6 +130,11 @@ impl Default for Metrics {
             interruption_drain_margin: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
             interruption_budget_overrides: Counter::default(),
             interruption_deadline_misses: Counter::default(),
+            disruption_decisions: Family::default(),
+            disruption_budget_blocked: Gauge::default(),
+            disruption_savings: Counter::default(),
+            disruption_abandoned: Counter::default(),
+            disruption_decision_duration: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             cloud: std::sync::OnceLock::new(),
             ready: AtomicBool::new(false),
             registry: Registry::default(),
@@ -221,6 +240,31 @@ impl Default for Metrics {
             "interruption_deadline_misses",
             "Interrupted instances still running when their deadline passed",
             m.interruption_deadline_misses.clone(),
+        );
+        registry.register(
+            "disruption_decisions",
+            "Disruption commands by reason, decision (delete, replace) and outcome (executed, abandoned, invalidated)",
+            m.disruption_decisions.clone(),
+        );
+        registry.register(
+            "disruption_budget_blocked_candidates",
+            "Candidates the last disruption decision kept because a budget allowed no more",
+            m.disruption_budget_blocked.clone(),
+        );
+        registry.register(
+            "disruption_savings_dollars_per_hour",
+            "Hourly cost removed by executed disruption commands (USD per hour, summed)",
+            m.disruption_savings.clone(),
+        );
+        registry.register(
+            "disruption_commands_abandoned",
+            "Disruption commands given up because a replacement failed to launch or initialize",
+            m.disruption_abandoned.clone(),
+        );
+        registry.register(
+            "disruption_decision_duration_seconds",
+            "Time to compute one disruption decision",
+            m.disruption_decision_duration.clone(),
         );
         Self { registry, ..m }
     }

@@ -32,6 +32,12 @@ pub enum Mark {
         epoch: i32,
     },
     SteppedDown,
+    /// A disruption command was carried out: its claims deleted after any replacement initialized.
+    Disrupted {
+        claims: usize,
+        replacements: usize,
+        savings: f64,
+    },
     Terminated {
         claim: String,
     },

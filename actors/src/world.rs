@@ -190,6 +190,7 @@ impl World {
             batch_max: Duration::from_secs(3),
             reconcile_period: Duration::from_millis(200),
             disruption_period: Duration::from_millis(300),
+            disruption_validation: Duration::from_millis(300),
             gc_period: Duration::from_secs(1),
             gc_grace: Duration::from_secs(5),
             ..self.config(identity)

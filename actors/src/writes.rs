@@ -98,6 +98,25 @@ pub async fn taint_disrupted(ctx: &Ctx, node: &Node) -> Result<bool, kube::Error
     Ok(true)
 }
 
+/// Takes the `karpenter.sh/disrupted` taint off a node whose disruption was abandoned; false when
+/// it had none.
+pub async fn untaint_disrupted(ctx: &Ctx, node: &Node) -> Result<bool, kube::Error> {
+    let node_name = node.name_any();
+    let taints = node.spec.as_ref().and_then(|s| s.taints.clone()).unwrap_or_default();
+    if !taints.iter().any(|t| t.key == labels::DISRUPTED_TAINT_KEY) {
+        return Ok(false);
+    }
+    let next: Vec<serde_json::Value> = taints
+        .iter()
+        .filter(|t| t.key != labels::DISRUPTED_TAINT_KEY)
+        .filter_map(|t| serde_json::to_value(t).ok())
+        .collect();
+    let patch = json!({"metadata": {"resourceVersion": node.metadata.resource_version}, "spec": {"taints": next}});
+    Api::<Node>::all(ctx.client.clone()).patch(&node_name, &PatchParams::default(), &Patch::Merge(patch)).await?;
+    tracing::info!("Uncordoned node {node_name}");
+    Ok(true)
+}
+
 /// The Node registered for a provider ID.
 pub fn node_of<'a>(provider: Option<&str>, nodes: &'a [Arc<Node>]) -> Option<&'a Arc<Node>> {
     provider.and_then(|p| nodes.iter().find(|n| n.spec.as_ref().and_then(|s| s.provider_id.as_deref()) == Some(p)))

@@ -1,5 +1,6 @@
-//! Disruption decisions: when an empty node goes, when a node has expired, when an in-flight claim
-//! has waited too long, and in which order a draining node's pods are evicted.
+//! Disruption rules shared by the engine and the drain: which pods make a node non-empty, when a
+//! node has expired, when an in-flight claim has waited too long, and in which order a draining
+//! node's pods are evicted. The engine itself is `crate::disruption`.
 
 use std::time::Duration;
 
@@ -7,48 +8,11 @@ use k8s_openapi::api::core::v1::Pod;
 
 use super::{is_mirror, is_terminal, owned_by_daemonset};
 use crate::api::labels;
-use crate::api::nodepool::{ConsolidationPolicy, NodePool};
 use crate::scheduling::taints;
-
-/// What to do about a node's emptiness.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Emptiness {
-    /// Nothing to record or do.
-    Keep,
-    /// It has just become empty: record when (the `Empty` condition), so any leader can count on.
-    MarkEmpty,
-    /// A workload pod arrived: forget the emptiness.
-    ClearEmpty,
-    /// Empty for the pool's `consolidateAfter`: remove it.
-    Remove { after: Duration },
-}
-
-/// How long a pool lets an empty node live, or `None` when it never removes empty nodes.
-/// Both policies remove empty nodes; `WhenEmptyOrUnderutilized` also consolidates (a later step).
-pub fn empty_ttl(pool: &NodePool) -> Option<Duration> {
-    let policy =
-        pool.spec.disruption.as_ref().map(|d| d.policy()).unwrap_or(ConsolidationPolicy::WhenEmptyOrUnderutilized);
-    match policy {
-        ConsolidationPolicy::WhenEmpty | ConsolidationPolicy::WhenEmptyOrUnderutilized => pool.spec.consolidate_after(),
-    }
-}
 
 /// Pods that make a node non-empty: running workload pods, not DaemonSet or mirror pods.
 pub fn is_workload(pod: &Pod) -> bool {
     !is_terminal(pod) && !owned_by_daemonset(pod) && !is_mirror(pod)
-}
-
-/// Decides on emptiness. `empty_for` is how long the recorded `Empty` condition has been true
-/// (`None` when it is not recorded); `ttl` comes from [`empty_ttl`].
-pub fn emptiness(ttl: Option<Duration>, workload_pods: usize, empty_for: Option<Duration>) -> Emptiness {
-    let Some(ttl) = ttl.filter(|_| workload_pods == 0) else {
-        return if empty_for.is_some() { Emptiness::ClearEmpty } else { Emptiness::Keep };
-    };
-    match empty_for {
-        None => Emptiness::MarkEmpty,
-        Some(elapsed) if elapsed >= ttl => Emptiness::Remove { after: ttl },
-        Some(_) => Emptiness::Keep,
-    }
 }
 
 /// Whether a claim has outlived its `expireAfter` (`None` = never expires).
@@ -138,21 +102,6 @@ mod tests {
 
     fn pod(value: serde_json::Value) -> Pod {
         serde_json::from_value(value).expect("pod")
-    }
-
-    #[test]
-    fn an_empty_node_is_marked_then_removed_after_its_ttl() {
-        let ttl = Some(Duration::from_secs(30));
-        assert_eq!(emptiness(ttl, 0, None), Emptiness::MarkEmpty);
-        assert_eq!(emptiness(ttl, 0, Some(Duration::from_secs(29))), Emptiness::Keep);
-        assert_eq!(
-            emptiness(ttl, 0, Some(Duration::from_secs(30))),
-            Emptiness::Remove { after: Duration::from_secs(30) }
-        );
-        assert_eq!(emptiness(ttl, 2, Some(Duration::from_secs(40))), Emptiness::ClearEmpty);
-        assert_eq!(emptiness(ttl, 2, None), Emptiness::Keep);
-        assert_eq!(emptiness(None, 0, None), Emptiness::Keep, "consolidateAfter: Never");
-        assert_eq!(emptiness(None, 0, Some(Duration::from_secs(1))), Emptiness::ClearEmpty);
     }
 
     #[test]

@@ -9,6 +9,11 @@
 //! deadline means the node goes then whatever its pods say: `do-not-disrupt` cannot hold the drain,
 //! grace periods are cut to end before the deadline, and a pod whose budget would hold it past the
 //! deadline is deleted rather than evicted.
+//!
+//! Before a `terminationGracePeriod` runs out, each pod that would not otherwise end in time is
+//! deleted early enough to: once the time left is no more than its own grace period, it is
+//! deleted with what is left, past any disruption budget or `do-not-disrupt`, so the node's drain
+//! ends at the claim's deadline rather than after it.
 
 use std::time::Duration;
 
@@ -38,6 +43,8 @@ pub struct DrainOf {
     pub never_ready: bool,
     /// The interruption's deadline, if one was recorded.
     pub deadline: Option<Timestamp>,
+    /// When the claim's `terminationGracePeriod` runs out, if it has one.
+    pub grace_deadline: Option<Timestamp>,
     pub now: Timestamp,
 }
 
@@ -46,13 +53,14 @@ impl DrainOf {
     pub fn new(claim: &NodeClaim, node_ready: bool, now: Timestamp) -> DrainOf {
         let grace: Option<Duration> =
             claim.spec.template.termination_grace_period.as_ref().and_then(|g| g.parse().ok());
-        let grace_expired = grace.zip(claim.metadata.deletion_timestamp.as_ref()).is_some_and(|(grace, deleted)| {
-            Duration::try_from(now.duration_since(deleted.0)).unwrap_or(Duration::ZERO) >= grace
-        });
+        let grace_deadline = grace
+            .zip(claim.metadata.deletion_timestamp.as_ref())
+            .and_then(|(grace, deleted)| deleted.0.checked_add(jiff::SignedDuration::try_from(grace).ok()?).ok());
         DrainOf {
-            grace_expired,
+            grace_expired: grace_deadline.is_some_and(|end| now >= end),
             never_ready: !condition_true(claim, conditions::INITIALIZED) && !node_ready,
             deadline: Record::of(claim.metadata.annotations.as_ref()).and_then(|r| r.deadline),
+            grace_deadline,
             now,
         }
     }
@@ -60,6 +68,13 @@ impl DrainOf {
     /// Every pod goes now, with no grace and no budget.
     pub fn forced(&self) -> bool {
         self.grace_expired || self.never_ready
+    }
+
+    /// The seconds left before the grace period runs out, when they are no more than the pod's own
+    /// grace period: it must be deleted now to end in time.
+    pub fn grace_due(&self, pod: &Pod) -> Option<i64> {
+        let left = self.grace_deadline?.duration_since(self.now).as_secs().max(0);
+        (left <= grace_seconds(pod)).then_some(left)
     }
 }
 
@@ -85,7 +100,7 @@ pub fn plan<'a>(pods: &[&'a Pod], of: &DrainOf, waiting: impl Fn(&Pod) -> bool) 
         .iter()
         .copied()
         .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .filter(|p| force || of.deadline.is_some() || !blocks_disruption(p));
+        .filter(|p| force || of.deadline.is_some() || !blocks_disruption(p) || of.grace_due(p).is_some());
     let removals: Vec<(&Pod, Removal)> = next_evictions(candidates)
         .into_iter()
         .filter(|p| !waiting(p))
@@ -95,6 +110,8 @@ pub fn plan<'a>(pods: &[&'a Pod], of: &DrainOf, waiting: impl Fn(&Pod) -> bool) 
                 Removal::Delete { grace: 0 }
             } else if must_delete_now(p, of.now, of.deadline) {
                 Removal::Delete { grace: grace.unwrap_or_else(|| grace_seconds(p)) }
+            } else if let Some(left) = of.grace_due(p) {
+                Removal::Delete { grace: grace.map_or(left, |g| g.min(left)) }
             } else {
                 Removal::Evict { grace }
             };
@@ -147,7 +164,7 @@ mod tests {
     }
 
     fn of() -> DrainOf {
-        DrainOf { grace_expired: false, never_ready: false, deadline: None, now: at(0) }
+        DrainOf { grace_expired: false, never_ready: false, deadline: None, grace_deadline: None, now: at(0) }
     }
 
     fn names(plan: &DrainPlan<'_>) -> Vec<(String, Removal)> {
@@ -192,6 +209,22 @@ mod tests {
                 vec![("web", Removal::Delete { grace: 0 }), ("blocked", Removal::Delete { grace: 0 })],
                 false,
                 0,
+            ),
+            (
+                "a grace period far from its end leaves do-not-disrupt pods alone",
+                vec![&web, &blocked],
+                DrainOf { grace_deadline: Some(at(300)), ..of() },
+                vec![("web", evict(None))],
+                false,
+                0,
+            ),
+            (
+                "a grace period ending within a pod's own grace deletes it now with what is left",
+                vec![&blocked],
+                DrainOf { grace_deadline: Some(at(20)), ..of() },
+                vec![("blocked", Removal::Delete { grace: 20 })],
+                false,
+                1,
             ),
             (
                 "a node that never became ready has its pods deleted",
@@ -253,6 +286,7 @@ mod tests {
         claim.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(at(0)));
         assert!(!DrainOf::new(&claim, true, at(59)).grace_expired);
         assert!(DrainOf::new(&claim, true, at(60)).grace_expired);
+        assert_eq!(DrainOf::new(&claim, true, at(0)).grace_deadline, Some(at(60)));
         assert!(DrainOf::new(&claim, false, at(0)).never_ready);
         assert!(!DrainOf::new(&claim, true, at(0)).never_ready);
     }
