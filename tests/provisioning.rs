@@ -2,11 +2,11 @@
 //! that fit and run; scaled to 0, the nodes go once `consolidateAfter` has passed (v1 NodePool and
 //! legacy Provisioner alike).
 
-use kube::ResourceExt;
 use std::time::Duration;
 
 use rafter_actors::context::ControllerConfig;
 use rafter_actors::world::{INFLATE, NODEPOOL_DEFAULT, PROVISIONER_SPOT_DEFAULT, World, WorldConfig};
+use rafter_e2e::fresh_plan_price;
 use rafter_sim::nodes::NodeSimConfig;
 
 async fn scale_up_run_and_scale_down(pool_manifest: &str, consolidate_after: Duration) {
@@ -326,33 +326,6 @@ async fn a_nodepool_that_does_not_decode_is_reported_on_itself_and_the_other_poo
         "a warning event on the pool"
     );
     replica.shutdown().await;
-}
-
-/// What a fresh solve of `pods` on an empty cluster costs, $/h: the lower bound of any arrival
-/// order.
-async fn fresh_plan_price(world: &World, pods: Vec<k8s_openapi::api::core::v1::Pod>) -> f64 {
-    use kube::api::Api;
-    let pools: Vec<rafter::api::NodePool> =
-        Api::<rafter::api::NodePool>::all(world.client.clone()).list(&Default::default()).await.expect("pools").items;
-    let mut types = std::collections::HashMap::new();
-    for pool in &pools {
-        types.insert(pool.name_any(), world.provider.instance_types(pool).await.expect("types"));
-    }
-    let pending = pods
-        .into_iter()
-        .map(|mut p| {
-            if let Some(spec) = p.spec.as_mut() {
-                spec.node_name = None;
-            }
-            p.status = None;
-            p
-        })
-        .collect();
-    let snapshot = rafter::state::Snapshot { pools: &pools, ..Default::default() };
-    let (input, _) = rafter::state::scheduling_input(snapshot, pending, |p| {
-        types.get(p.metadata.name.as_deref().unwrap_or_default()).cloned().unwrap_or_default()
-    });
-    rafter::scheduling::solver::solve(&input).price()
 }
 
 /// Scales inflate to `total` in `waves` equal steps `pause` apart, waits for every pod to run,

@@ -16,7 +16,6 @@ use std::sync::Arc;
 use std::time::Instant as StdInstant;
 
 use k8s_openapi::api::core::v1::{Node, ObjectReference, Pod};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use rafter::api::nodeclaim::{NodeClaim, conditions};
 use rafter::disruption::{Command, Decision, Kept, View, decide};
@@ -29,7 +28,7 @@ use crate::clock::age;
 use crate::context::Ctx;
 use crate::messages::{LauncherMessage, peer};
 use crate::metrics::DecisionLabel;
-use crate::writes::{delete_claim, node_of, patch_status, taint_disrupted, untaint_disrupted};
+use crate::writes::{delete_claim, node_of, patch_status, record_event, taint_disrupted, untaint_disrupted};
 
 #[derive(Debug)]
 pub struct Disrupter;
@@ -51,7 +50,6 @@ struct Active {
 
 pub struct DisrupterState {
     ctx: Ctx,
-    recorder: Recorder,
     /// Per claim, the workload pods its node had last round (for `lastPodEventTime`).
     seen: HashMap<String, BTreeSet<String>>,
     /// Per claim, the reason last reported for keeping it.
@@ -61,6 +59,16 @@ pub struct DisrupterState {
     active: Option<Active>,
     /// Whether taints a previous leader left on nodes it never disrupted were cleared.
     swept: bool,
+    /// Candidate sets whose command was abandoned, and until when they are not tried again (a
+    /// replacement that cannot come up would otherwise be launched again every round).
+    abandoned: HashMap<BTreeSet<String>, Instant>,
+}
+
+/// How long an abandoned command's candidates wait before the same command is tried again.
+pub const ABANDON_BACKOFF: std::time::Duration = std::time::Duration::from_secs(300);
+
+fn claim_set(command: &Command) -> BTreeSet<String> {
+    command.candidates.iter().map(|t| t.claim.clone()).collect()
 }
 
 impl std::fmt::Debug for DisrupterState {
@@ -104,8 +112,7 @@ fn label(command: &Command, outcome: &str) -> DecisionLabel {
 
 /// Whether two computations of a command agree on what to do.
 fn same(a: &Command, b: &Command) -> bool {
-    let names = |c: &Command| c.candidates.iter().map(|t| t.claim.clone()).collect::<BTreeSet<_>>();
-    names(a) == names(b) && a.replacements.len() == b.replacements.len()
+    claim_set(a) == claim_set(b) && a.replacements.len() == b.replacements.len()
 }
 
 /// Computes a decision off the actor's thread, over the caches and the claims planned but not yet
@@ -217,20 +224,17 @@ impl Disrupter {
                     if state.reported.get(&name) == Some(&k.why) {
                         continue;
                     }
-                    let note = format!("Unconsolidatable: {}", k.why);
-                    tracing::debug!(nodeclaim = %name, "{note}");
-                    let event = Event {
-                        type_: EventType::Normal,
-                        reason: "Unconsolidatable".into(),
-                        note: Some(k.why.clone()),
-                        action: "Consolidate".into(),
-                        secondary: None,
-                    };
+                    tracing::debug!(nodeclaim = %name, "Unconsolidatable: {}", k.why);
                     let provider = claim.status.as_ref().and_then(|s| s.provider_id.as_deref());
-                    if let Some(node) = node_of(provider, &nodes) {
-                        let _ = state.recorder.publish(&event, &reference_of_node(node)).await;
+                    let mut regarding = vec![reference_of_claim(claim)];
+                    regarding.extend(node_of(provider, &nodes).map(|n| reference_of_node(n)));
+                    for reference in regarding {
+                        if let Err(error) =
+                            record_event(&ctx, reference, false, "Unconsolidatable", "Consolidate", &k.why).await
+                        {
+                            tracing::debug!(%error, "cannot record an event");
+                        }
                     }
-                    let _ = state.recorder.publish(&event, &reference_of_claim(claim)).await;
                     let stale = condition.is_none_or(|c| c.status != "False" || c.message != k.why);
                     if stale {
                         let set = [(conditions::CONSOLIDATABLE, false, "Unconsolidatable", k.why.as_str())];
@@ -253,20 +257,13 @@ impl Disrupter {
         for (pool, warning) in &decision.warnings {
             if state.reported.get(&format!("pool/{pool}")) != Some(warning) {
                 tracing::warn!(pool = %pool, "{warning}");
-                let event = Event {
-                    type_: EventType::Warning,
-                    reason: "InvalidAnnotation".into(),
-                    note: Some(warning.clone()),
-                    action: "Consolidate".into(),
-                    secondary: None,
-                };
                 let reference = ObjectReference {
                     api_version: Some("karpenter.sh/v1".into()),
                     kind: Some("NodePool".into()),
                     name: Some(pool.clone()),
                     ..ObjectReference::default()
                 };
-                let _ = state.recorder.publish(&event, &reference).await;
+                let _ = record_event(&ctx, reference, true, "InvalidAnnotation", "Consolidate", warning).await;
                 state.reported.insert(format!("pool/{pool}"), warning.clone());
             }
         }
@@ -433,6 +430,7 @@ impl Disrupter {
         }
         if let Some(why) = failure {
             self.abandon(&ctx, &active.command, &active.replacements, &why).await;
+            state.abandoned.insert(claim_set(&active.command), Instant::now() + ABANDON_BACKOFF);
             return;
         }
         if ready {
@@ -463,7 +461,16 @@ impl Disrupter {
         }
         let Some(decision) = decision(&ctx).await else { return };
         self.report(state, &decision).await;
-        let Some(command) = decision.command else {
+        let now = Instant::now();
+        state.abandoned.retain(|_, until| *until > now);
+        let command = decision.command.filter(|c| {
+            let backing_off = state.abandoned.contains_key(&claim_set(c));
+            if backing_off {
+                tracing::debug!("a command over {:?} was abandoned lately; not tried again yet", claim_set(c));
+            }
+            !backing_off
+        });
+        let Some(command) = command else {
             if let Some((dropped, _)) = state.proposed.take() {
                 tracing::info!("A disruption command no longer holds; dropped");
                 ctx.metrics.disruption_decisions.get_or_create(&label(&dropped, "invalidated")).inc();
@@ -495,17 +502,15 @@ impl Actor for Disrupter {
     type Arguments = DisrupterArgs;
 
     async fn pre_start(&self, myself: ActorRef<Self::Msg>, ctx: Ctx) -> Result<Self::State, ActorProcessingErr> {
-        let reporter = Reporter { controller: "rafter".into(), instance: Some(ctx.config.identity.clone()) };
-        let recorder = Recorder::new(ctx.client.clone(), reporter);
         let _ = myself.cast(DisrupterMessage::Reconcile);
         Ok(DisrupterState {
             ctx,
-            recorder,
             seen: HashMap::new(),
             reported: HashMap::new(),
             proposed: None,
             active: None,
             swept: false,
+            abandoned: HashMap::new(),
         })
     }
 

@@ -117,6 +117,38 @@ pub async fn untaint_disrupted(ctx: &Ctx, node: &Node) -> Result<bool, kube::Err
     Ok(true)
 }
 
+/// Records an Event (events.k8s.io/v1) with this note. Unlike kube-runtime's `Recorder`, which
+/// folds every later event of the same reason into the first one's series and keeps its note,
+/// each call is a new Event: callers that say something new (a node kept for another reason)
+/// must be heard, and they call only when what they say changes.
+pub async fn record_event(
+    ctx: &Ctx,
+    regarding: k8s_openapi::api::core::v1::ObjectReference,
+    warning: bool,
+    reason: &str,
+    action: &str,
+    note: &str,
+) -> Result<(), kube::Error> {
+    use k8s_openapi::api::events::v1::Event;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+    let now = jiff::Timestamp::now();
+    let namespace = regarding.namespace.clone().unwrap_or_else(|| "default".into());
+    let name = format!("{}.{:x}", regarding.name.as_deref().unwrap_or("rafter"), now.as_nanosecond());
+    let event = Event {
+        metadata: kube::core::ObjectMeta { name: Some(name), namespace: Some(namespace.clone()), ..Default::default() },
+        action: Some(action.into()),
+        reason: Some(reason.into()),
+        note: Some(note.chars().take(1024).collect()),
+        event_time: Some(MicroTime(now)),
+        regarding: Some(regarding),
+        reporting_controller: Some("rafter".into()),
+        reporting_instance: Some(ctx.config.identity.clone()),
+        type_: Some(if warning { "Warning" } else { "Normal" }.into()),
+        ..Default::default()
+    };
+    Api::<Event>::namespaced(ctx.client.clone(), &namespace).create(&Default::default(), &event).await.map(|_| ())
+}
+
 /// The Node registered for a provider ID.
 pub fn node_of<'a>(provider: Option<&str>, nodes: &'a [Arc<Node>]) -> Option<&'a Arc<Node>> {
     provider.and_then(|p| nodes.iter().find(|n| n.spec.as_ref().and_then(|s| s.provider_id.as_deref()) == Some(p)))

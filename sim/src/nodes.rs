@@ -151,6 +151,21 @@ pub struct NodeSimConfig {
     pub kubelet_version: String,
     /// This NodeSim's name, the value of [`SIMULATED`] on the Nodes it registers.
     pub owner: String,
+    /// Instance types whose kubelets never report Ready (a broken image for that type), shared so a
+    /// test can break a type after the world started.
+    pub never_ready: Arc<std::sync::RwLock<std::collections::BTreeSet<String>>>,
+}
+
+impl NodeSimConfig {
+    /// Whether a node of this instance type never becomes Ready.
+    fn broken(&self, instance_type: &str) -> bool {
+        self.never_ready.read().map(|s| s.contains(instance_type)).unwrap_or(false)
+    }
+
+    /// Whether a new node of this type is Ready at once.
+    fn ready_at_once(&self, instance_type: &str) -> bool {
+        self.ready_delay.is_zero() && !self.broken(instance_type)
+    }
 }
 
 impl Default for NodeSimConfig {
@@ -162,6 +177,7 @@ impl Default for NodeSimConfig {
             heartbeat: Duration::from_secs(10),
             kubelet_version: "v1.33.0-eks".into(),
             owner: "rafter-sim".into(),
+            never_ready: Arc::default(),
         }
     }
 }
@@ -290,7 +306,7 @@ fn node_object(
                 {"type": "MemoryPressure", "status": "False", "reason": "KubeletHasSufficientMemory", "message": "kubelet has sufficient memory available", "lastHeartbeatTime": now, "lastTransitionTime": now},
                 {"type": "DiskPressure", "status": "False", "reason": "KubeletHasNoDiskPressure", "message": "kubelet has no disk pressure", "lastHeartbeatTime": now, "lastTransitionTime": now},
                 {"type": "PIDPressure", "status": "False", "reason": "KubeletHasSufficientPID", "message": "kubelet has sufficient PID available", "lastHeartbeatTime": now, "lastTransitionTime": now},
-                ready_condition(config.ready_delay.is_zero(), &now)
+                ready_condition(config.ready_at_once(&instance.instance_type), &now)
             ],
             "addresses": [
                 {"type": "InternalIP", "address": instance.private_ip},
@@ -363,7 +379,7 @@ async fn reconcile(
                     registered_at: now,
                     startup_taints: Vec::new(),
                     startup_cleared: true,
-                    ready: config.ready_delay.is_zero(),
+                    ready: config.ready_at_once(&instance.instance_type),
                     last_heartbeat: now,
                     last_status: now,
                 },
@@ -397,7 +413,7 @@ async fn reconcile(
                 registered_at: now,
                 startup_cleared: startup.is_empty(),
                 startup_taints: startup,
-                ready: config.ready_delay.is_zero(),
+                ready: config.ready_at_once(&instance.instance_type),
                 last_heartbeat: now,
                 last_status: now,
             },
@@ -466,7 +482,10 @@ async fn reconcile(
         if node.annotations().get(HEARTBEAT).is_some_and(|v| v == "stopped") {
             continue;
         }
-        if !state.ready && now.duration_since(state.registered_at) >= config.ready_delay {
+        if !state.ready
+            && now.duration_since(state.registered_at) >= config.ready_delay
+            && !config.broken(&state.instance.instance_type)
+        {
             let ready = json!({"status": {"conditions": [ready_condition(true, &components::now())]}});
             if node_api.patch_status(name, &PatchParams::default(), &Patch::Strategic(ready)).await.is_ok() {
                 state.ready = true;

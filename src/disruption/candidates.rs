@@ -217,11 +217,8 @@ pub fn classify<'a>(snapshot: Snapshot<'a>, inputs: Inputs<'a>) -> Classified<'a
         };
         let quiet = last_pod_event(claim).map(|t| since(inputs.now, t)).unwrap_or_default();
         if quiet < after {
-            out.kept.push(keep(format!(
-                "its pods changed {}s ago; consolidateAfter is {}s",
-                quiet.as_secs(),
-                after.as_secs()
-            )));
+            // Worded without the seconds: a reason is reported once per change, not every second.
+            out.kept.push(keep(format!("its pods changed within consolidateAfter ({}s)", after.as_secs())));
             continue;
         }
         let types = inputs.types.get(pool_name).map(Vec::as_slice).unwrap_or_default();

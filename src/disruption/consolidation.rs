@@ -146,7 +146,7 @@ impl Outcome {
 pub struct Rules {
     /// The smallest fraction of the candidates' price a replacement must save.
     pub min_saving: f64,
-    /// Cheaper spot types needed before spot is replaced by spot.
+    /// Cheaper spot types needed before one spot node is replaced by another.
     pub spot_min_types: usize,
 }
 
@@ -197,16 +197,24 @@ pub fn evaluate(plan: Plan, removed: &[&Candidate<'_>], rules: Rules) -> Outcome
                     )
                 });
             }
-            if removed.iter().all(|c| c.spot)
-                && allows_spot(&narrowed)
-                && narrowed.instance_types.len() < rules.spot_min_types
-            {
-                return Outcome::Keep(format!(
-                    "only {} cheaper instance types; spot is replaced by spot only with {} to choose from",
-                    narrowed.instance_types.len(),
-                    rules.spot_min_types
-                ));
-            }
+            // Spot replaced by spot, one node for one (Karpenter's rule, for single-node
+            // consolidation only): only with enough cheaper types to choose from, and launched from
+            // the cheapest of them alone, so the cloud's capacity-aware choice among them does
+            // not chase the cheapest, least available offering.
+            let narrowed = if removed.len() == 1 && removed.iter().all(|c| c.spot) && allows_spot(&narrowed) {
+                if narrowed.instance_types.len() < rules.spot_min_types {
+                    return Outcome::Keep(format!(
+                        "only {} cheaper instance types; spot is replaced by spot only with {} to choose from",
+                        narrowed.instance_types.len(),
+                        rules.spot_min_types
+                    ));
+                }
+                let cap =
+                    narrowed.instance_types.get(rules.spot_min_types.saturating_sub(1)).map_or(limit, |o| o.price);
+                cheaper_only(narrowed, cap)
+            } else {
+                narrowed
+            };
             let savings = known - narrowed.price;
             Outcome::Replace { replacement: narrowed, savings }
         }

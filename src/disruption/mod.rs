@@ -16,9 +16,10 @@
 //!    by one cheaper node.
 //!
 //! A replacement must save at least the pool's threshold (`--consolidation-min-saving`, or the
-//! NodePool annotation [`MIN_SAVING_ANNOTATION`]) and lists only instance types that do; spot is
-//! replaced by spot only with [`Settings::spot_min_types`] cheaper types to choose from. Deleting a
-//! node always saves. Consolidation waits while pending pods would be placed: they are the
+//! NodePool annotation [`MIN_SAVING_ANNOTATION`]) and lists only instance types that do. In
+//! single-node consolidation spot is replaced by spot only with [`Settings::spot_min_types`]
+//! cheaper types to choose from, and from the cheapest that many alone (as Karpenter); several
+//! nodes replaced by one need no such rule. Deleting a node always saves. Consolidation waits while pending pods would be placed: they are the
 //! provisioner's, and the capacity they are about to take is not spare.
 
 pub mod budgets;
@@ -96,7 +97,7 @@ impl Command {
 pub struct Settings {
     /// Default smallest saving of a replacement, as a fraction of what it replaces.
     pub min_saving: f64,
-    /// Cheaper spot types needed before spot is replaced by spot (Karpenter's 15).
+    /// Cheaper spot types needed before one spot node is replaced by another (Karpenter's 15).
     pub spot_min_types: usize,
     /// Most candidates the multi-node search's prefix considers.
     pub multi_node_max: usize,
