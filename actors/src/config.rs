@@ -113,6 +113,10 @@ pub struct RunArgs {
     /// annotation overrides it. Deleting a node always saves.
     #[arg(long, env = "RAFTER_CONSOLIDATION_MIN_SAVING", default_value = "5%", value_parser = parse_min_saving)]
     pub consolidation_min_saving: f64,
+    /// Cheaper instance types a spot node's single-node replacement must have to choose from, and
+    /// the most it launches from (Karpenter's 15): fewer, and spot stays on the spot it has.
+    #[arg(long, env = "RAFTER_SPOT_TO_SPOT_MIN_TYPES", default_value_t = 15)]
+    pub spot_to_spot_min_types: usize,
 }
 
 fn parse_min_saving(text: &str) -> Result<f64, String> {
@@ -122,8 +126,8 @@ fn parse_min_saving(text: &str) -> Result<f64, String> {
 /// Why the flags do not make a working controller.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
-    /// A duration flag is zero.
-    #[error("--{flag} must be longer than 0")]
+    /// A duration or count flag is zero.
+    #[error("--{flag} must be more than 0")]
     Zero {
         /// The flag.
         flag: &'static str,
@@ -166,6 +170,7 @@ impl RunArgs {
             rebalance: self.rebalance,
             disruption: rafter::disruption::Settings {
                 min_saving: self.consolidation_min_saving,
+                spot_min_types: self.spot_to_spot_min_types,
                 ..rafter::disruption::Settings::default()
             },
             ..rafter_actors::context::ControllerConfig::default()
@@ -193,6 +198,9 @@ impl RunArgs {
             if value.is_zero() {
                 errors.push(ConfigError::Zero { flag });
             }
+        }
+        if self.spot_to_spot_min_types == 0 {
+            errors.push(ConfigError::Zero { flag: "spot-to-spot-min-types" });
         }
         if self.interruption_queue.is_some() && self.interruption_workers == 0 {
             errors.push(ConfigError::Zero { flag: "interruption-workers" });

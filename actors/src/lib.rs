@@ -12,6 +12,7 @@ pub mod context;
 pub mod controller;
 pub mod demo;
 pub mod disrupter;
+pub mod dry_run;
 pub mod elector;
 pub mod gc;
 pub mod in_flight;

@@ -70,6 +70,31 @@ enum Command {
         #[arg(long, default_value_t = 0.4)]
         spot_price_ratio: f64,
     },
+    /// Print the disruption command the controller would issue next against a live cluster, and
+    /// why every other node stays. Reads the cluster once and writes nothing.
+    Disrupt {
+        /// Required: this command only ever shows what would happen; the controller carries it out.
+        #[arg(long)]
+        dry_run: bool,
+        /// Kubeconfig to use.
+        #[arg(long, env = "KUBECONFIG")]
+        kubeconfig: Option<PathBuf>,
+        /// Kubeconfig context to use instead of the current one.
+        #[arg(long)]
+        context: Option<String>,
+        /// Prices: `aws-us-east-1` (shipped) or a CSV file in the same layout.
+        #[arg(long, default_value = "aws-us-east-1")]
+        catalog: String,
+        /// Spot price as a share of on-demand; the catalog carries no spot prices.
+        #[arg(long, default_value_t = 0.4)]
+        spot_price_ratio: f64,
+        /// The smallest saving of a replacement, as `rafter run` takes it.
+        #[arg(long, default_value = "5%", value_parser = parse_min_saving)]
+        consolidation_min_saving: f64,
+        /// Print the decision as JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// The simulated world Rafter is tested in.
     #[command(subcommand)]
     Sim(SimCommand),
@@ -190,6 +215,22 @@ fn other(command: Command) -> anyhow::Result<()> {
             convert(&file, &ConversionOptions { default_instance_profile, role, cluster_name })
         }
         Command::Solve { input, catalog, spot_price_ratio } => solve(&input, &catalog, spot_price_ratio),
+        Command::Disrupt {
+            dry_run,
+            kubeconfig,
+            context,
+            catalog,
+            spot_price_ratio,
+            consolidation_min_saving,
+            json,
+        } => {
+            if !dry_run {
+                bail!(
+                    "rafter disrupt only runs with --dry-run: it shows what the controller would do, and the controller does it"
+                );
+            }
+            disrupt_dry_run(kubeconfig, context, &catalog, spot_price_ratio, consolidation_min_saving, json)
+        }
         Command::Sim(SimCommand::Apiserver { port, kubeconfig_out, api_only, install_crds }) => {
             sim_apiserver(port, kubeconfig_out.as_deref(), api_only, install_crds)
         }
@@ -369,18 +410,59 @@ fn read_input(file: &str) -> anyhow::Result<(String, String)> {
     }
 }
 
-fn solve(file: &str, catalog: &str, spot_price_ratio: f64) -> anyhow::Result<()> {
-    use rafter::scheduling::{catalog as shipped, input, solver};
+fn parse_min_saving(text: &str) -> Result<f64, String> {
+    rafter::disruption::parse_min_saving(text)
+}
+
+/// The instance catalog `--catalog` names, and a checked `--spot-price-ratio`.
+fn load_catalog(
+    catalog: &str,
+    spot_price_ratio: f64,
+) -> anyhow::Result<Vec<rafter::scheduling::instance_types::InstanceTypeSpec>> {
+    use rafter::scheduling::catalog as shipped;
     if !(spot_price_ratio > 0.0 && spot_price_ratio <= 1.0) {
         bail!("--spot-price-ratio must be above 0 and at most 1, got {spot_price_ratio}");
     }
-    let specs = match catalog {
+    Ok(match catalog {
         "aws-us-east-1" => shipped::us_east_1().context("reading the shipped catalog")?,
         path => {
             let text = std::fs::read_to_string(path).with_context(|| format!("reading catalog {path}"))?;
             shipped::parse(&text).with_context(|| format!("catalog {path}"))?
         }
-    };
+    })
+}
+
+fn disrupt_dry_run(
+    kubeconfig: Option<PathBuf>,
+    context: Option<String>,
+    catalog: &str,
+    spot_price_ratio: f64,
+    min_saving: f64,
+    json: bool,
+) -> anyhow::Result<()> {
+    let pricing =
+        rafter_actors::dry_run::Pricing { catalog: load_catalog(catalog, spot_price_ratio)?, spot_price_ratio };
+    let settings = rafter::disruption::Settings { min_saving, ..rafter::disruption::Settings::default() };
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let config = match &kubeconfig {
+            Some(path) => rafter_actors::world::kubeconfig(path, context).await?,
+            None => kube::Config::infer().await.context("no --kubeconfig, and no in-cluster or default kubeconfig")?,
+        };
+        let client = kube::Client::try_from(config).context("building the Kubernetes client")?;
+        let decision = rafter_actors::dry_run::dry_run(&client, &pricing, settings, jiff::Timestamp::now()).await?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&decision).context("serialising the decision")?);
+        } else {
+            print!("{}", rafter_actors::dry_run::render(&decision));
+        }
+        Ok(())
+    })
+}
+
+fn solve(file: &str, catalog: &str, spot_price_ratio: f64) -> anyhow::Result<()> {
+    use rafter::scheduling::{input, solver};
+    let specs = load_catalog(catalog, spot_price_ratio)?;
     let (name, text) = read_input(file)?;
     let problem = match input::read(&text, &specs, |spec, _zone| Some(spec.on_demand_price * spot_price_ratio)) {
         Ok(problem) => problem,

@@ -504,3 +504,106 @@ spec:
         Some("*")
     );
 }
+
+/// Every object's resourceVersion: any write changes one.
+async fn versions(client: &kube::Client) -> std::collections::BTreeMap<String, String> {
+    use k8s_openapi::api::core::v1::{Node, Pod};
+    use kube::api::{Api, ListParams};
+    use rafter::api::NodePool;
+    use rafter::api::nodeclaim::NodeClaim;
+    let mut out = std::collections::BTreeMap::new();
+    let lp = ListParams::default();
+    for n in Api::<Node>::all(client.clone()).list(&lp).await.expect("nodes").items {
+        out.insert(
+            format!("node/{}", n.metadata.name.unwrap_or_default()),
+            n.metadata.resource_version.unwrap_or_default(),
+        );
+    }
+    for c in Api::<NodeClaim>::all(client.clone()).list(&lp).await.expect("claims").items {
+        out.insert(
+            format!("nodeclaim/{}", c.metadata.name.unwrap_or_default()),
+            c.metadata.resource_version.unwrap_or_default(),
+        );
+    }
+    for p in Api::<Pod>::all(client.clone()).list(&lp).await.expect("pods").items {
+        out.insert(
+            format!("pod/{}", p.metadata.name.unwrap_or_default()),
+            p.metadata.resource_version.unwrap_or_default(),
+        );
+    }
+    for p in Api::<NodePool>::all(client.clone()).list(&lp).await.expect("pools").items {
+        out.insert(
+            format!("nodepool/{}", p.metadata.name.unwrap_or_default()),
+            p.metadata.resource_version.unwrap_or_default(),
+        );
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disrupt_dry_run_prints_the_next_command_and_why_nodes_stay_and_writes_nothing() {
+    use k8s_openapi::api::core::v1::Node;
+    use kube::api::{Api, Patch, PatchParams};
+    use rafter_actors::world::{INFLATE, NODEPOOL_DEFAULT, World, WorldConfig};
+    use std::time::Duration;
+
+    let world = World::start(WorldConfig::default()).await.expect("world");
+    let pool = NODEPOOL_DEFAULT.replace(r#"values: ["spot", "on-demand"]"#, r#"values: ["on-demand"]"#);
+    world.apply(&pool).await.expect("pool");
+    world.apply(INFLATE).await.expect("inflate");
+    let replica = world.replica(world.quick_config("rafter-0")).await.expect("replica");
+    world.wait_for("leadership", Duration::from_secs(10), || async { Ok(replica.is_leader()) }).await.expect("leads");
+    for pods in [100usize, 30] {
+        world.scale(pods as u32).await.expect("scaled");
+        world
+            .wait_for("pods running", Duration::from_secs(60), || async {
+                Ok(world.pods().await?.len() == pods && world.running().await? == pods)
+            })
+            .await
+            .expect("running");
+    }
+    replica.shutdown().await;
+    // Consolidation is due at once, and one node is pinned by its operator.
+    world.apply(&pool.replace("consolidateAfter: 1m", "consolidateAfter: 0s")).await.expect("pool");
+    let nodes = world.nodes().await.expect("nodes");
+    let pinned = nodes[0].metadata.name.clone().expect("name");
+    let annotate = serde_json::json!({"metadata": {"annotations": {"karpenter.sh/do-not-disrupt": "true"}}});
+    Api::<Node>::all(world.client.clone())
+        .patch(&pinned, &PatchParams::default(), &Patch::Merge(annotate))
+        .await
+        .expect("pinned");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = dir.path().join("kubeconfig");
+    world.sim.as_ref().expect("simulator").write_kubeconfig(&kubeconfig).expect("kubeconfig");
+    let kc = kubeconfig.display().to_string();
+    let before = versions(&world.client).await;
+    let (text_out, json_out, refused) = tokio::task::spawn_blocking(move || {
+        (
+            rafter(&["disrupt", "--dry-run", "--kubeconfig", &kc], None),
+            rafter(&["disrupt", "--dry-run", "--json", "--kubeconfig", &kc], None),
+            rafter(&["disrupt", "--kubeconfig", &kc], None),
+        )
+    })
+    .await
+    .expect("ran");
+    let stdout = text(&text_out.stdout);
+    assert!(text_out.status.success(), "{}\n{}", stdout, text(&text_out.stderr));
+    assert!(stdout.starts_with("Would delete") || stdout.starts_with("Would replace"), "{stdout}");
+    assert!(stdout.contains(&format!("{pinned} (nodeclaim ")), "{stdout}");
+    assert!(stdout.contains(&format!("node {pinned} has karpenter.sh/do-not-disrupt")), "{stdout}");
+    let decision: serde_json::Value = serde_json::from_slice(&json_out.stdout).expect("json");
+    let named: Vec<&str> = decision["command"]["candidates"]
+        .as_array()
+        .expect("candidates")
+        .iter()
+        .filter_map(|c| c["node"].as_str())
+        .collect();
+    assert!(!named.is_empty() && !named.contains(&pinned.as_str()), "{decision}");
+    for node in &named {
+        assert!(stdout.contains(&format!("node {node} (nodeclaim")), "text and JSON agree: {stdout}");
+    }
+    assert!(!refused.status.success());
+    assert!(text(&refused.stderr).contains("only runs with --dry-run"), "{}", text(&refused.stderr));
+    assert_eq!(versions(&world.client).await, before, "the dry run wrote nothing");
+}

@@ -49,7 +49,7 @@ pub struct Candidate<'a> {
 }
 
 /// A node that stays, and why (for the `Unconsolidatable` Event and the dry run).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Kept {
     pub claim: String,
     pub node: String,

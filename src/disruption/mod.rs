@@ -126,7 +126,6 @@ pub struct View<'a> {
 pub struct Decision {
     pub command: Option<Command>,
     /// Nodes that stay, with why (candidates the methods looked at and refused included).
-    #[serde(skip)]
     pub kept: Vec<Kept>,
     /// Pools whose threshold annotation does not parse (the default applies), with the message.
     pub warnings: Vec<(String, String)>,

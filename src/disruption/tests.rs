@@ -345,3 +345,32 @@ fn thresholds_parse_as_fractions_or_percentages() {
     assert!(parse_min_saving("-1").is_err());
     assert!(parse_min_saving("x").unwrap_err().contains("\"x\""));
 }
+
+#[test]
+fn a_spot_to_spot_replacement_lists_only_the_fifteen_cheapest_cheaper_types() {
+    // Every c/m/r type fits: far more than 15 are cheaper than an m5.8xlarge.
+    let mut pool =
+        pool_with(json!({}), json!([{"key": "karpenter.sh/capacity-type", "operator": "In", "values": ["spot"]}]));
+    pool.spec.template.spec.requirements[0] = serde_json::from_value(
+        json!({"key": "karpenter.k8s.aws/instance-category", "operator": "In", "values": ["c", "m", "r"]}),
+    )
+    .expect("requirement");
+    let mut c = Cluster::new(pool);
+    c.node("s", "m5.8xlarge", "spot", 2, "500m");
+    let command = c.decide(Settings::default()).command.expect("replaced");
+    assert_eq!(command.replacements[0].instance_types.len(), 15);
+}
+
+#[test]
+fn several_spot_nodes_become_one_without_the_single_node_spot_rule() {
+    let spot = json!([{"key": "karpenter.sh/capacity-type", "operator": "In", "values": ["spot"]}]);
+    let mut c = Cluster::new(pool_with(json!({"budgets": [{"nodes": "100%"}]}), spot));
+    for i in 0..4 {
+        c.node(&format!("s{i}"), "m5.xlarge", "spot", 1, "1500m");
+    }
+    let command = c.decide(Settings::default()).command.expect("a command");
+    assert_eq!(command.method, Method::MultiNode);
+    assert!(command.candidates.len() >= 2);
+    assert!(command.replacements.len() <= 1);
+    assert!(command.savings > 0.0);
+}

@@ -117,7 +117,8 @@ fn resources(field: &str, map: &BTreeMap<String, String>) -> Result<Resources, I
     })
 }
 
-fn kubelet_settings(field: &str, class: &EC2NodeClass) -> Result<KubeletSettings, InputError> {
+/// The kubelet settings of a node class that shape its instance types' allocatable.
+pub fn kubelet_settings(field: &str, class: &EC2NodeClass) -> Result<KubeletSettings, InputError> {
     let mut settings = KubeletSettings::default();
     if let Some(k) = &class.spec.kubelet {
         settings.max_pods = k.max_pods.map(i64::from);
