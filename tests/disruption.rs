@@ -627,3 +627,39 @@ async fn a_replacement_that_never_initializes_abandons_its_command_and_the_node_
     assert!(metrics.contains("rafter_disruption_commands_abandoned_total 1"), "{metrics}");
     replica.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_arriving_and_leaving_around_consolidate_after_cause_no_launch_and_consolidate_loop() {
+    let example = NODEPOOL_DEFAULT.replace("values: [\"spot\", \"on-demand\"]", "values: [\"on-demand\"]");
+    let (world, replica) = start(WorldConfig::default(), &[&example, INFLATE]).await;
+    scale_and_run(&world, 30).await;
+    let claims_now = || async {
+        world.claims().await.map(|c| c.iter().map(|c| c.name_any()).collect::<BTreeSet<_>>()).unwrap_or_default()
+    };
+    let mut seen = claims_now().await;
+    let (mut created, mut removed) = (0usize, 0usize);
+    let cycles = 5;
+    for _ in 0..cycles {
+        scale_and_run(&world, 45).await;
+        // Half of consolidateAfter passes, the extra pods leave, then the rest of it.
+        world.clock.advance(Duration::from_secs(30));
+        scale_and_run(&world, 30).await;
+        for _ in 0..3 {
+            world.clock.advance(Duration::from_secs(31));
+            tokio::time::sleep(Duration::from_millis(700)).await;
+        }
+        let now = claims_now().await;
+        created += now.difference(&seen).count();
+        removed += seen.difference(&now).count();
+        seen = now;
+    }
+    eprintln!("{cycles} cycles of 30 → 45 → 30 pods: {created} nodes bought, {removed} removed");
+    assert!(created <= cycles, "at most one node bought per arrival: {created}");
+    assert!(removed <= cycles + 1, "at most one node removed per departure: {removed}");
+    let fresh = rafter_e2e::fresh_plan(&world, world.pods().await.expect("pods")).await.price();
+    advance_until(&world, "the fleet back at a fresh solve's cost", Duration::from_secs(60), || async {
+        fleet_price(&world) <= fresh * 1.05 + 1e-9 && deleting_claims(&world).await == 0
+    })
+    .await;
+    replica.shutdown().await;
+}
