@@ -329,27 +329,5 @@ pub async fn fresh_plan_price(world: &World, pods: Vec<k8s_openapi::api::core::v
 
 /// A fresh solve of `pods` on an empty cluster.
 pub async fn fresh_plan(world: &World, pods: Vec<k8s_openapi::api::core::v1::Pod>) -> rafter::scheduling::solver::Plan {
-    use kube::ResourceExt;
-    use kube::api::Api;
-    let pools: Vec<rafter::api::NodePool> =
-        Api::<rafter::api::NodePool>::all(world.client.clone()).list(&Default::default()).await.expect("pools").items;
-    let mut types = std::collections::HashMap::new();
-    for pool in &pools {
-        types.insert(pool.name_any(), world.provider.instance_types(pool).await.expect("types"));
-    }
-    let pending = pods
-        .into_iter()
-        .map(|mut p| {
-            if let Some(spec) = p.spec.as_mut() {
-                spec.node_name = None;
-            }
-            p.status = None;
-            p
-        })
-        .collect();
-    let snapshot = rafter::state::Snapshot { pools: &pools, ..Default::default() };
-    let (input, _) = rafter::state::scheduling_input(snapshot, pending, |p| {
-        types.get(p.metadata.name.as_deref().unwrap_or_default()).cloned().unwrap_or_default()
-    });
-    rafter::scheduling::solver::solve(&input)
+    world.fresh_plan(pods).await.expect("a fresh solve")
 }

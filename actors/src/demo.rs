@@ -1,6 +1,7 @@
 //! `rafter demo`: the scenes of DESIGN.md on a laptop. The simulator, its kubelets, scheduler and
 //! workload controllers, and the fake cloud; two Rafter replicas; inflate scaled 0 → 100; the
-//! leader killed; a spot node interrupted; scaled to 0; a timeline and a summary.
+//! leader killed; a spot node interrupted; scaled to 30% and consolidated; scaled to 0; a timeline
+//! and a summary.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -68,6 +69,7 @@ pub struct Summary {
     pub scale_down: Duration,
     pub launches: u64,
     pub interruption: Option<InterruptionScene>,
+    pub consolidation: Option<ConsolidationScene>,
     pub timeline: Vec<(Duration, String)>,
 }
 
@@ -85,6 +87,24 @@ pub struct InterruptionScene {
     /// Until the instance was terminated and every pod Running again.
     pub to_gone: Duration,
 }
+
+/// What the consolidation scene measured: the fleet when inflate was scaled down, and once it
+/// settled.
+#[derive(Debug, Clone, Default)]
+pub struct ConsolidationScene {
+    pub pods: usize,
+    pub nodes_before: usize,
+    pub price_before: f64,
+    pub nodes_after: usize,
+    pub price_after: f64,
+    /// What a fresh solve of the remaining pods costs.
+    pub fresh: f64,
+    /// From the scale-down until the fleet settled.
+    pub took: Duration,
+}
+
+/// How long the demo's disruption commands wait to be validated.
+const DEMO_VALIDATION: Duration = Duration::from_secs(2);
 
 /// The two minutes EC2 gives between a spot warning and the reclaim.
 const SPOT_NOTICE: Duration = Duration::from_secs(120);
@@ -129,6 +149,20 @@ impl Summary {
                 i.to_drain.as_secs_f64(),
                 i.to_gone.as_secs_f64(),
                 SPOT_NOTICE.saturating_sub(i.to_gone).as_secs_f64()
+            );
+        }
+        if let Some(c) = &self.consolidation {
+            let _ = writeln!(
+                out,
+                "  consolidation      {} nodes ${:.4}/h → {} nodes ${:.4}/h in {:.2}s after scaling to {} pods \
+                 (a fresh solve of them: ${:.4}/h)",
+                c.nodes_before,
+                c.price_before,
+                c.nodes_after,
+                c.price_after,
+                c.took.as_secs_f64(),
+                c.pods,
+                c.fresh
             );
         }
         let _ = writeln!(out, "  scale-down         {:.2}s (scale to 0 → nodes gone)", self.scale_down.as_secs_f64());
@@ -202,6 +236,9 @@ pub async fn run(config: DemoConfig, say: impl Fn(&str)) -> Result<Summary, Worl
     let mut replicas: Vec<Option<Replica>> = Vec::new();
     for i in 0..config.replicas.max(1) {
         let cfg = ControllerConfig {
+            // A disruption command is computed again this long after it is found (15 s in
+            // production, as Karpenter): the demo's short consolidateAfter wants a short one too.
+            disruption_validation: DEMO_VALIDATION,
             lease_duration: config.lease_duration,
             renew_deadline: config.renew_deadline,
             retry_period: config.retry_period,
@@ -277,6 +314,13 @@ pub async fn run(config: DemoConfig, say: impl Fn(&str)) -> Result<Summary, Worl
         events.extend(lines);
     }
 
+    let scene_started = since(t0, Instant::now());
+    summary.consolidation =
+        Some(consolidation_scene(&world, pods, config.consolidate_after, &mut |what| note(what, &mut events)).await?);
+    if let Some(leader) = leader_index(&replicas).and_then(|i| replicas[i].as_ref()) {
+        events.extend(leader_lines(&leader.ctx.timeline, t0).into_iter().filter(|(at, _)| *at >= scene_started));
+    }
+
     world.scale(0).await?;
     let down = Instant::now();
     note("scaled inflate to 0".into(), &mut events);
@@ -325,11 +369,62 @@ fn leader_lines(timeline: &crate::timeline::Timeline, t0: Instant) -> Vec<(Durat
             }
             Mark::Drained { claim } => format!("{claim} drained"),
             Mark::Terminated { claim } => format!("{claim} terminated"),
+            Mark::Disrupted { claims, replacements: 0, savings } => {
+                format!("consolidated {claims} node(s) away, saving ${savings:.4}/h")
+            }
+            Mark::Disrupted { claims, replacements, savings } => {
+                format!("consolidated {claims} node(s) onto {replacements} cheaper node(s), saving ${savings:.4}/h")
+            }
             _ => continue,
         };
         lines.push((since(t0, at), line));
     }
     lines
+}
+
+/// Scales inflate to 30% of its pods and waits until consolidation has settled: no claim created
+/// or deleted for longer than a command takes to be found and validated, every pod Running.
+async fn consolidation_scene(
+    world: &World,
+    pods: usize,
+    consolidate_after: Duration,
+    note: &mut dyn FnMut(String),
+) -> Result<ConsolidationScene, WorldError> {
+    let target = (pods * 3 / 10).max(1);
+    let fleet = |instances: &[Instance]| (instances.len(), instances.iter().map(|i| i.price).sum::<f64>());
+    let (nodes_before, price_before) = fleet(&world.instances().await?);
+    world.scale(target as u32).await?;
+    let started = Instant::now();
+    note(format!("scaled inflate to {target}: {nodes_before} nodes at ${price_before:.4}/h hold them"));
+    // Settled: nothing changed for longer than a command takes to be found and validated.
+    let quiet = consolidate_after * 2 + DEMO_VALIDATION + Duration::from_secs(5);
+    let limit = Duration::from_secs(240);
+    let mut last: Option<(Vec<String>, Instant)> = None;
+    let took = loop {
+        let claims = world.claims().await?;
+        let names: Vec<String> = claims.iter().filter_map(|c| c.metadata.name.clone()).collect();
+        let deleting = claims.iter().any(|c| c.metadata.deletion_timestamp.is_some());
+        let running = world.running().await? == target && world.pods().await?.len() == target;
+        match &last {
+            Some((before, since)) if *before == names && !deleting && running => {
+                if since.elapsed() >= quiet {
+                    break since.saturating_duration_since(started);
+                }
+            }
+            _ => last = Some((names, Instant::now())),
+        }
+        if started.elapsed() > limit {
+            return Err(WorldError::Timeout(limit, "consolidation to settle".into()));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let (nodes_after, price_after) = fleet(&world.instances().await?);
+    let fresh = world.fresh_plan(world.pods().await?).await?.price();
+    note(format!(
+        "consolidation settled: {nodes_after} nodes at ${price_after:.4}/h ({:.2}s); a fresh solve of {target} pods costs ${fresh:.4}/h",
+        took.as_secs_f64()
+    ));
+    Ok(ConsolidationScene { pods: target, nodes_before, price_before, nodes_after, price_after, fresh, took })
 }
 
 /// Warns of a spot reclaim for the spot node with the most pods, as EC2 does through EventBridge,

@@ -33,7 +33,8 @@ enum Command {
     /// Run the controller against a cluster.
     Run(Box<RunArgs>),
     /// The whole story on this machine, no cluster or cloud needed: a simulated cluster and cloud,
-    /// two replicas, inflate scaled 0 → 100, the leader killed, scaled to 0; a timeline and summary.
+    /// two replicas, inflate scaled 0 → 100, the leader killed, a spot node interrupted, scaled to 30
+    /// and consolidated, scaled to 0; a timeline and summary.
     Demo(DemoArgs),
     /// Print every CustomResourceDefinition Rafter serves (v1 and legacy) as YAML.
     Crds {

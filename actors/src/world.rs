@@ -250,6 +250,37 @@ impl World {
         Ok(self.pods().await?.iter().filter(|p| rafter_sim::components::ready(p)).count())
     }
 
+    /// A fresh solve of `pods` (bound or not) on an empty cluster with this world's pools: what
+    /// the pods need at the least, whatever order they came in.
+    pub async fn fresh_plan(&self, pods: Vec<Pod>) -> Result<rafter::scheduling::solver::Plan, WorldError> {
+        use kube::ResourceExt;
+        let pools: Vec<rafter::api::NodePool> =
+            Api::<rafter::api::NodePool>::all(self.client.clone()).list(&ListParams::default()).await?.items;
+        let mut types = std::collections::HashMap::new();
+        for pool in &pools {
+            let list =
+                self.provider.instance_types(pool).await.map_err(|e| {
+                    WorldError::Manifest(format!("instance types of NodePool {}: {e}", pool.name_any()))
+                })?;
+            types.insert(pool.name_any(), list);
+        }
+        let pending = pods
+            .into_iter()
+            .map(|mut p| {
+                if let Some(spec) = p.spec.as_mut() {
+                    spec.node_name = None;
+                }
+                p.status = None;
+                p
+            })
+            .collect();
+        let snapshot = rafter::state::Snapshot { pools: &pools, ..Default::default() };
+        let (input, _) = rafter::state::scheduling_input(snapshot, pending, |p| {
+            types.get(p.metadata.name.as_deref().unwrap_or_default()).cloned().unwrap_or_default()
+        });
+        Ok(rafter::scheduling::solver::solve(&input))
+    }
+
     /// Polls `check` every 100 ms until it is true, at most `limit`.
     pub async fn wait_for<F, Fut>(&self, what: &str, limit: Duration, mut check: F) -> Result<Duration, WorldError>
     where

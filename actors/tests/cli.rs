@@ -201,7 +201,7 @@ fn solve_rejects_bad_input_naming_the_file_and_field() {
 
 /// The README's first command, smaller: every scene runs, in order, and the summary adds up.
 #[test]
-fn the_demo_scales_up_fails_over_survives_a_spot_interruption_and_scales_down() {
+fn the_demo_scales_up_fails_over_survives_a_spot_interruption_consolidates_and_scales_down() {
     let out = rafter(&["demo", "--pods", "30", "--boot-delay", "500ms", "--consolidate-after", "2s"], None);
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
@@ -222,6 +222,13 @@ fn the_demo_scales_up_fails_over_survives_a_spot_interruption_and_scales_down() 
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("time to spare in {interruption:?}"));
     assert!(spare > 0.0, "{interruption}");
+    let consolidation = summary("consolidation ");
+    let figures: Vec<f64> = consolidation
+        .split(['$', '/'])
+        .filter_map(|part| part.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .collect();
+    assert!(consolidation.contains("after scaling to 9 pods"), "{consolidation}");
+    assert!(figures.len() >= 3 && figures[1] < figures[0], "the fleet got cheaper: {consolidation}");
 
     // The timeline is sorted by time: each scene's steps appear in the order they must happen.
     let timeline = stdout
@@ -240,6 +247,9 @@ fn the_demo_scales_up_fails_over_survives_a_spot_interruption_and_scales_down() 
         "its replacement is Ready",
         "drained",
         "pods Running again",
+        "scaled inflate to 9",
+        "consolidated ",
+        "consolidation settled",
         "scaled inflate to 0",
         "all nodes gone",
     ];
