@@ -2,6 +2,9 @@
 //! solved by the provisioning solver; and what that says — the nodes can go (their pods fit on the
 //! rest), can be replaced by one cheaper node, or must stay, and why.
 //!
+//! The solver packs the moving pods into as few new nodes as fit (a replacement is one node or
+//! none), rather than the cheapest set a provisioning solve would buy.
+//!
 //! The solver's input is built from the snapshot once. Each simulation then changes only what the
 //! candidates touch: their nodes leave the existing capacity, their pods become the pods to place,
 //! their capacity is given back to their pools' limits, and of the bound pods only those that can
@@ -19,7 +22,6 @@ use crate::api::labels;
 use crate::api::nodeclaim::Operator;
 use crate::scheduling::resources::{Resources, pod_requests};
 use crate::scheduling::solver::{ExistingNode, Limit, NewClaim, Plan, SchedulingInput, host_ports, solve};
-use crate::scheduling::topology::PodTopology;
 
 /// The solver's input for the whole cluster, reused by every simulation of one decision.
 #[derive(Debug)]
@@ -35,12 +37,23 @@ pub struct Simulator {
     pub runs: usize,
 }
 
-fn constrains_everyone(pod: &Pod) -> bool {
+/// Whether a bound pod constrains where any pod goes, whatever that pod asks: host ports and
+/// required anti-affinity.
+pub fn constrains_everyone(pod: &Pod) -> bool {
     let Some(spec) = pod.spec.as_ref() else { return false };
     !host_ports(spec).is_empty()
         || spec.affinity.as_ref().and_then(|a| a.pod_anti_affinity.as_ref()).is_some_and(|a| {
             a.required_during_scheduling_ignored_during_execution.as_ref().is_some_and(|r| !r.is_empty())
         })
+}
+
+/// Whether a pod has topology constraints (spreads, pod affinity or anti-affinity): the bound pods
+/// its selectors pick count for it.
+pub fn has_topology(pod: &Pod) -> bool {
+    pod.spec.as_ref().is_some_and(|s| {
+        s.topology_spread_constraints.as_ref().is_some_and(|t| !t.is_empty())
+            || s.affinity.as_ref().is_some_and(|a| a.pod_affinity.is_some() || a.pod_anti_affinity.is_some())
+    })
 }
 
 /// A candidate's pod as the solver plans it: pending, as it will be once evicted.
@@ -58,6 +71,7 @@ impl Simulator {
     /// Takes the cluster's solver input (its pending pods are not moved by any simulation).
     pub fn new(mut input: SchedulingInput) -> Self {
         input.pods.clear();
+        input.fewest_new_nodes = true;
         let nodes = std::mem::take(&mut input.nodes);
         let bound = std::mem::take(&mut input.bound_pods);
         let always = bound.iter().map(constrains_everyone).collect();
@@ -70,7 +84,7 @@ impl Simulator {
         self.runs += 1;
         let gone: HashSet<&str> = removed.iter().map(|c| c.node_name.as_str()).collect();
         let moving: Vec<Pod> = removed.iter().flat_map(|c| c.pods.iter().map(|p| as_pending(p))).collect();
-        let constrained = moving.iter().any(|p| p.spec.as_ref().is_some_and(|s| !PodTopology::new(p, s).is_empty()));
+        let constrained = moving.iter().any(has_topology);
         let mut smallest: Option<Resources> = None;
         for pod in &moving {
             let r = pod.spec.as_ref().and_then(|s| pod_requests(s).ok()).unwrap_or_else(Resources::zero);

@@ -8,10 +8,12 @@
 //!    budgets allow, in one command; an empty node that pending pods are planned onto stays.
 //! 2. **Drift** belongs here, between emptiness and consolidation; the lifecycle work adds it.
 //! 3. **Multi-node consolidation** (`WhenEmptyOrUnderutilized`): the longest prefix of the
-//!    candidates (cheapest to disrupt first, within budgets) whose pods fit on the rest of the
-//!    cluster plus at most one new node, found by binary search; then each later candidate is
-//!    tried on top of it and kept when the set still consolidates and saves more. Karpenter stops at
-//!    the prefix; trying the rest finds sets a prefix cannot (a costly-to-disrupt node in the way).
+//!    candidates (cheapest to disrupt first, as many as the budgets allow, up to
+//!    [`Settings::multi_node_max`]) whose pods fit on the rest of the cluster plus at most one new
+//!    node, found by binary search; then the next [`EXTENSION_TRIES`] candidates are tried on top of
+//!    it, each kept when the set still consolidates and saves more. Karpenter searches at most 100
+//!    candidates and stops at the prefix; trying those after it finds sets a prefix cannot (one
+//!    node in the way). A decision runs at most [`Settings::simulations`] solves.
 //! 4. **Single-node consolidation**: the first candidate, in order, that can be deleted or replaced
 //!    by one cheaper node.
 //!
@@ -36,7 +38,7 @@ use serde::Serialize;
 use crate::api::nodepool::{ConsolidationPolicy, DisruptionReason, NodePool};
 use crate::scheduling::instance_types::InstanceType;
 use crate::scheduling::solver::{NewClaim, solve};
-use crate::state::{Snapshot, provisionable, scheduling_input};
+use crate::state::{Snapshot, provisionable, scheduling_input_keeping};
 
 pub use candidates::{Candidate, Kept};
 use consolidation::{Outcome, Rules, Simulator, evaluate};
@@ -99,7 +101,8 @@ pub struct Settings {
     pub min_saving: f64,
     /// Cheaper spot types needed before one spot node is replaced by another (Karpenter's 15).
     pub spot_min_types: usize,
-    /// Most candidates the multi-node search's prefix considers.
+    /// Most candidates the multi-node search's prefix considers (Karpenter: 100; the budget is
+    /// usually the tighter bound).
     pub multi_node_max: usize,
     /// Most simulations one decision runs (each is one solve); the search stops there.
     pub simulations: usize,
@@ -107,7 +110,7 @@ pub struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        Self { min_saving: 0.05, spot_min_types: 15, multi_node_max: 100, simulations: 200 }
+        Self { min_saving: 0.05, spot_min_types: 15, multi_node_max: 1_000, simulations: 64 }
     }
 }
 
@@ -167,6 +170,7 @@ fn policy(pool: &NodePool) -> ConsolidationPolicy {
 }
 
 /// Per-pool room left under the budgets for a reason.
+#[derive(Clone)]
 struct Room {
     left: HashMap<String, usize>,
     why: HashMap<String, String>,
@@ -201,10 +205,18 @@ impl Room {
         }
     }
 
+    /// Whether one more node of `pool` may be disrupted.
+    fn has(&self, pool: &str) -> bool {
+        self.left.get(pool).is_some_and(|n| *n > 0)
+    }
+
     fn why(&self, pool: &str) -> String {
         self.why.get(pool).cloned().unwrap_or_else(|| format!("NodePool {pool} is gone"))
     }
 }
+
+/// How many candidates past the multi-node prefix are tried on top of it.
+pub const EXTENSION_TRIES: usize = 16;
 
 /// The set with the best outcome a multi-node search finds, if any has two nodes or more.
 fn multi_node<'c, 'a>(
@@ -231,8 +243,9 @@ fn multi_node<'c, 'a>(
         }
     }
     let (mut set, mut outcome) = best?;
-    // Beyond the prefix: each later candidate joins when the set still consolidates and saves more.
-    for c in pool.iter().skip(set.len()) {
+    // Beyond the prefix: each later candidate joins when the set still consolidates and saves more
+    // (the first few tried: each try is a solve).
+    for c in pool.iter().skip(set.len()).take(EXTENSION_TRIES) {
         if sim.runs >= settings.simulations {
             break;
         }
@@ -268,12 +281,19 @@ pub fn decide(view: View<'_>) -> Decision {
         return decision;
     }
     // One solver input for the whole decision; first, where the pending pods would go.
-    let pending = view.snapshot.pods.iter().filter(|p| provisionable(p)).map(|p| p.as_ref().clone()).collect();
-    let (input, _) = scheduling_input(view.snapshot, pending, |pool| {
-        view.types.get(pool.metadata.name.as_deref().unwrap_or_default()).cloned().unwrap_or_default()
-    });
-    let awaited_plan = solve(&input);
-    decision.simulations += 1;
+    let pending: Vec<_> = view.snapshot.pods.iter().filter(|p| provisionable(p)).map(|p| p.as_ref().clone()).collect();
+    // Bound pods matter to a simulation only when they constrain every placement, or some pod
+    // that may be placed (a candidate's or a pending one) has topology constraints: then all do.
+    let topology = view.snapshot.pods.iter().any(|p| consolidation::has_topology(p));
+    let (input, _) = scheduling_input_keeping(
+        view.snapshot,
+        pending,
+        |pool| view.types.get(pool.metadata.name.as_deref().unwrap_or_default()).cloned().unwrap_or_default(),
+        |pod| topology || consolidation::constrains_everyone(pod),
+    );
+    // With nothing pending the answer is known; the solve would still read every bound pod.
+    let awaited_plan = if input.pods.is_empty() { Default::default() } else { solve(&input) };
+    decision.simulations += usize::from(!input.pods.is_empty());
     let awaited: HashSet<&str> = awaited_plan.placements.iter().map(|p| p.node.as_str()).collect();
     let provisioning = !awaited_plan.placements.is_empty() || !awaited_plan.claims.is_empty();
 
@@ -310,7 +330,9 @@ pub fn decide(view: View<'_>) -> Decision {
         })
         .collect();
     decision.warnings = warnings;
-    let mut room = Room::new(&view, &classified, DisruptionReason::Underutilized);
+    // A pool with room for one more node lets each of its candidates be tried alone; the
+    // multi-node search takes, of each pool, only as many as its room.
+    let room = Room::new(&view, &classified, DisruptionReason::Underutilized);
     let mut eligible: Vec<&Candidate<'_>> = Vec::new();
     for c in classified.candidates.iter().filter(|c| !c.pods.is_empty()) {
         let keep = |why: String| Kept { claim: c.name.clone(), node: c.node_name.clone(), why };
@@ -321,7 +343,7 @@ pub fn decide(view: View<'_>) -> Decision {
             )));
         } else if provisioning {
             decision.kept.push(keep("pending pods are being provisioned; consolidation waits for them".into()));
-        } else if room.take(&c.pool_name) {
+        } else if room.has(&c.pool_name) {
             eligible.push(c);
         } else {
             decision.kept.push(keep(room.why(&c.pool_name)));
@@ -330,6 +352,8 @@ pub fn decide(view: View<'_>) -> Decision {
     if eligible.is_empty() {
         return decision;
     }
+    let mut multi_room = room.clone();
+    let within: Vec<&Candidate<'_>> = eligible.iter().copied().filter(|c| multi_room.take(&c.pool_name)).collect();
     let rules_for = |set: &[&Candidate<'_>]| Rules {
         // The strictest threshold among the pools the set touches.
         min_saving: set.iter().filter_map(|c| thresholds.get(&c.pool_name)).copied().fold(0.0, f64::max),
@@ -337,8 +361,8 @@ pub fn decide(view: View<'_>) -> Decision {
     };
     let mut sim = Simulator::new(input);
     let settings = view.settings;
-    let multi_rules = rules_for(&eligible);
-    if let Some((set, outcome)) = multi_node(&mut sim, &eligible, multi_rules, &settings) {
+    let multi_rules = rules_for(&within);
+    if let Some((set, outcome)) = multi_node(&mut sim, &within, multi_rules, &settings) {
         decision.simulations += sim.runs;
         decision.command = command(Method::MultiNode, DisruptionReason::Underutilized, &set, outcome);
         return decision;

@@ -351,6 +351,7 @@ pub fn read(
             daemonsets,
             bound_pods: bound,
             volume_zones: document.volume_zones,
+            fewest_new_nodes: false,
         })
     } else {
         Err(errors)

@@ -194,6 +194,10 @@ pub struct SchedulingInput {
     pub bound_pods: Vec<Pod>,
     /// Zones a pod's volumes live in (namespace/name → zones); the pod may only run there.
     pub volume_zones: BTreeMap<String, Vec<String>>,
+    /// Pack pods into as few new claims as fit, instead of the cheapest set: a pod joins any open
+    /// claim some type still holds, however much dearer it gets. Consolidation asks this, since a
+    /// replacement is one node or none.
+    pub fewest_new_nodes: bool,
 }
 
 /// One instance type a new claim may launch as.
@@ -650,7 +654,9 @@ struct Solver<'a> {
     pools: Vec<Pool<'a>>,
     /// Pool indexes by weight (descending), then name.
     pool_order: Vec<usize>,
-    nodes: Vec<ExistingNode>,
+    nodes: Vec<&'a ExistingNode>,
+    /// What each of `nodes` has left.
+    available: Vec<Resources>,
     claims: Vec<Claim>,
     placements: Vec<Placement>,
     counts: Counts,
@@ -670,10 +676,12 @@ struct Solver<'a> {
     still_admits: HashMap<(usize, Requirements), Vec<bool>>,
     /// Host ports already bound on each node or claim.
     ports: HashMap<Target, Vec<HostPort>>,
+    /// [`SchedulingInput::fewest_new_nodes`].
+    fewest_new_nodes: bool,
 }
 
 /// The domain of a target in a topology key, when it is known.
-fn domain_of(nodes: &[ExistingNode], claims: &[Claim], target: Target, key: &str) -> Option<String> {
+fn domain_of(nodes: &[&ExistingNode], claims: &[Claim], target: Target, key: &str) -> Option<String> {
     match target {
         Target::Node(i) if is_hostname(key) => Some(nodes[i].name.clone()),
         Target::Node(i) => nodes[i].requirements.get(key).and_then(|r| r.single_value()).map(String::from),
@@ -701,9 +709,12 @@ impl<'a> Solver<'a> {
             let (a, b) = (&input.pools[a], &input.pools[b]);
             b.weight.cmp(&a.weight).then_with(|| a.name.cmp(&b.name))
         });
-        let mut nodes = input.nodes.clone();
+        // Borrowed, not copied (a consolidation simulates thousands of nodes, many times); only
+        // what is left on each is the solver's own.
+        let mut nodes: Vec<&'a ExistingNode> = input.nodes.iter().collect();
         // Initialised nodes first, then in-flight claims; by name within each.
         nodes.sort_by(|a, b| b.initialized.cmp(&a.initialized).then_with(|| a.name.cmp(&b.name)));
+        let available = nodes.iter().map(|n| n.available.clone()).collect();
         let mut counts = Counts::default();
         let mut ports: HashMap<Target, Vec<HostPort>> = HashMap::new();
         let index: HashMap<&str, usize> = nodes.iter().enumerate().map(|(i, n)| (n.name.as_str(), i)).collect();
@@ -721,6 +732,7 @@ impl<'a> Solver<'a> {
             pools,
             pool_order,
             nodes,
+            available,
             claims: Vec::new(),
             placements: Vec::new(),
             counts,
@@ -730,6 +742,7 @@ impl<'a> Solver<'a> {
             admitted: HashMap::new(),
             still_admits: HashMap::new(),
             ports,
+            fewest_new_nodes: input.fewest_new_nodes,
         }
     }
 
@@ -909,8 +922,8 @@ impl<'a> Solver<'a> {
 
     fn try_existing(&mut self, pod: &PodInfo<'_>, reqs: &Requirements, c: &Constraints<'_>) -> Option<Target> {
         for i in 0..self.nodes.len() {
-            let node = &self.nodes[i];
-            if !pod.requests.fits_in(&node.available)
+            let node: &'a ExistingNode = self.nodes[i];
+            if !pod.requests.fits_in(&self.available[i])
                 || first_untolerated(pod.tolerations, &node.taints, c.strict).is_some()
             {
                 continue;
@@ -920,8 +933,7 @@ impl<'a> Solver<'a> {
                 && self.ports_free(pod, Target::Node(i))
                 && self.host_allows(pod, c, Target::Node(i))
             {
-                let node = &mut self.nodes[i];
-                node.available.sub(&pod.requests);
+                self.available[i].sub(&pod.requests);
                 self.placements.push(Placement { pod: pod.key.clone(), node: node.name.clone() });
                 return Some(Target::Node(i));
             }
@@ -1022,7 +1034,7 @@ impl<'a> Solver<'a> {
         }
         // Joining must not cost more than a node of the pod's own would. A claim's cheapest type
         // only gets dearer as it fills, so such a refusal is taken to stand, like the others.
-        if price - old_price > self.alone_price(pod, pool_index) + 1e-9 {
+        if !self.fewest_new_nodes && price - old_price > self.alone_price(pod, pool_index) + 1e-9 {
             return None;
         }
         let admits = admits_key.as_ref().and_then(|k| self.still_admits.get(k)).map(Vec::as_slice);

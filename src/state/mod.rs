@@ -154,7 +154,19 @@ fn claim_node<'a>(claim: &NodeClaim, nodes_by_provider: &HashMap<&str, &'a Node>
 pub fn scheduling_input(
     snapshot: Snapshot<'_>,
     pending: Vec<Pod>,
+    instance_types: impl FnMut(&NodePool) -> Vec<InstanceType>,
+) -> (SchedulingInput, Vec<PoolProblem>) {
+    scheduling_input_keeping(snapshot, pending, instance_types, |_| true)
+}
+
+/// [`scheduling_input`], passing on as bound pods only those `keep` says can constrain a
+/// placement: every bound pod still counts against its node's room, but copying a hundred
+/// thousand pods that no topology constraint selects is most of the cost of a large cluster's input.
+pub fn scheduling_input_keeping(
+    snapshot: Snapshot<'_>,
+    pending: Vec<Pod>,
     mut instance_types: impl FnMut(&NodePool) -> Vec<InstanceType>,
+    keep: impl Fn(&Pod) -> bool,
 ) -> (SchedulingInput, Vec<PoolProblem>) {
     let nodes_by_provider: HashMap<&str, &Node> =
         snapshot.nodes.iter().filter_map(|n| Some((n.spec.as_ref()?.provider_id.as_deref()?, n.as_ref()))).collect();
@@ -170,7 +182,9 @@ pub fn scheduling_input(
         {
             requested.entry(node).or_insert_with(Resources::zero).add(&r);
         }
-        bound_pods.push(pod.as_ref().clone());
+        if keep(pod) {
+            bound_pods.push(pod.as_ref().clone());
+        }
     }
 
     // A claim's node that has not initialized yet is planned as the claim would be: the taints that
@@ -286,7 +300,15 @@ pub fn scheduling_input(
     pools.sort_by(|a, b| a.name.cmp(&b.name));
     let daemonsets = snapshot.daemonsets.iter().filter_map(|d| d.spec.as_ref()?.template.spec.clone()).collect();
     let volume_zones = volumes::volume_zones(&pending, snapshot.storage);
-    let input = SchedulingInput { pods: pending, pools, nodes: existing, daemonsets, bound_pods, volume_zones };
+    let input = SchedulingInput {
+        pods: pending,
+        pools,
+        nodes: existing,
+        daemonsets,
+        bound_pods,
+        volume_zones,
+        fewest_new_nodes: false,
+    };
     (input, problems)
 }
 
