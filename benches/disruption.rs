@@ -118,8 +118,9 @@ impl Fleet {
     }
 }
 
-/// `nodes` nodes of the fleet's types, each with 10–30 pods (about 20), filled to 40–95% of its CPU.
-fn fleet(nodes: usize, types: &[InstanceType]) -> Fleet {
+/// `nodes` nodes of the fleet's types, each with 10–30 pods (about 20), filled to 40–95% of its CPU
+/// (`fill_from` 40) or to at least `fill_from`%.
+fn fleet(nodes: usize, types: &[InstanceType], fill_from: u64) -> Fleet {
     let mut rng = Lcg(7);
     let mut fleet = Fleet::default();
     let zones = ["us-east-1a", "us-east-1b", "us-east-1c"];
@@ -129,7 +130,7 @@ fn fleet(nodes: usize, types: &[InstanceType]) -> Fleet {
         let name = fleet.add_node(it, zones[i % zones.len()]);
         let a = it.allocatable();
         let target = 10 + rng.below(21) as usize;
-        let fill = 40 + rng.below(56) as i64;
+        let fill = (fill_from + rng.below(96 - fill_from)) as i64;
         let (mut cpu, mut memory, mut count) = (0i64, 0i64, 0usize);
         while count < target {
             let (c, m) = (CPUS[rng.below(4) as usize], MEMORY_MIB[rng.below(4) as usize]);
@@ -141,6 +142,30 @@ fn fleet(nodes: usize, types: &[InstanceType]) -> Fleet {
             count += 1;
             fleet.add_pod(format!("pod-{pod}"), Some(&name), c, m);
             pod += 1;
+        }
+    }
+    fleet
+}
+
+/// `nodes` nodes of the pool's cheapest type with 7 allocatable cores, each running 7 one-core pods.
+fn full_fleet(nodes: usize, types: &[InstanceType]) -> Fleet {
+    let admitted = |t: &&InstanceType| {
+        let label = |k: &str| t.requirements.get(k).and_then(|r| r.single_value()).map(str::to_string);
+        let category = label("karpenter.k8s.aws/instance-category").unwrap_or_default();
+        let generation: u32 = label("karpenter.k8s.aws/instance-generation").and_then(|g| g.parse().ok()).unwrap_or(0);
+        ["c", "m", "r"].contains(&category.as_str())
+            && generation > 4
+            && label("kubernetes.io/arch").as_deref() == Some("amd64")
+            && t.allocatable().cpu >= 7_000
+    };
+    let price = |t: &InstanceType| t.offerings.iter().map(|o| o.price).fold(f64::INFINITY, f64::min);
+    let it = types.iter().filter(admitted).min_by(|a, b| price(a).total_cmp(&price(b))).expect("a type");
+    let mut fleet = Fleet::default();
+    let zones = ["us-east-1a", "us-east-1b", "us-east-1c"];
+    for i in 0..nodes {
+        let name = fleet.add_node(it, zones[i % zones.len()]);
+        for p in 0..7 {
+            fleet.add_pod(format!("full-{i}-{p}"), Some(&name), 1_000, 256);
         }
     }
     fleet
@@ -213,7 +238,29 @@ fn main() {
     let settings = Settings::default();
     let mut results = Vec::new();
     for &size in &sizes {
-        let mut fleet = fleet(size, &all);
+        // The worst case: a fleet with nothing to consolidate, where a decision spends every solve
+        // it may: each node is the cheapest type that holds its pods, full to the last core.
+        let full = full_fleet(size, &all);
+        let worst = {
+            let snapshot = Snapshot {
+                pods: &full.pods,
+                nodes: &full.nodes,
+                claims: &full.claims,
+                pools: &pools,
+                ..Snapshot::default()
+            };
+            let mut seconds = Vec::new();
+            let mut last = None;
+            for _ in 0..runs {
+                let start = Instant::now();
+                last = Some(decide(View { snapshot, pdbs: &[], types: &types, now, settings }));
+                seconds.push(start.elapsed().as_secs_f64());
+            }
+            let last = last.expect("a run");
+            json!({"median_seconds": median(seconds.clone()), "all_seconds": seconds, "simulations": last.simulations,
+                   "command": last.command.as_ref().map(|c| format!("{} {} of {}", c.method.as_str(), c.decision(), c.candidates.len()))})
+        };
+        let mut fleet = fleet(size, &all, 40);
         let decide_now = |fleet: &Fleet| {
             let snapshot = Snapshot {
                 pods: &fleet.pods,
@@ -271,11 +318,13 @@ fn main() {
                 "method": c.method.as_str(), "decision": c.decision(), "candidates": c.candidates.len(),
                 "replacements": c.replacements.len(), "savings_per_hour": c.savings})),
             "first_decision_simulations": first.simulations,
+            "full_fleet_decision": worst,
             "converge": {
                 "commands": commands,
                 "nodes_bought_for_pods_without_room": extra,
                 "finished": commands < max_commands,
                 "seconds": converge_seconds,
+                "decision_max_seconds": decisions_seconds.iter().copied().fold(0.0, f64::max),
                 "decision_median_seconds": median(decisions_seconds),
                 "nodes_before": nodes_before,
                 "nodes_after": fleet.nodes.len(),

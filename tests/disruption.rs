@@ -59,18 +59,6 @@ spec:
     )
 }
 
-const PDB: &str = r#"apiVersion: policy/v1
-kind: PodDisruptionBudget
-metadata:
-  name: inflate
-  namespace: default
-spec:
-  minAvailable: 27
-  selector:
-    matchLabels:
-      app: inflate
-"#;
-
 async fn start(config: WorldConfig, manifests: &[&str]) -> (World, Replica) {
     // `RUST_LOG=info` shows Rafter's log lines with a failing test's output.
     if std::env::var_os("RUST_LOG").is_some() {
@@ -258,7 +246,7 @@ async fn inflate_scaled_from_100_to_30_consolidates_to_a_fresh_solves_cost_with_
     scale_and_run(&world, 100).await;
     let (nodes_before, price_before) = (world.cloud.running().len(), fleet_price(&world));
     scale_and_run(&world, 30).await;
-    world.apply(PDB).await.expect("pdb");
+    world.apply(rafter_e2e::BUDGET).await.expect("pdb");
     let (pod_task, pods_seen) = watch_pods(world.client.clone());
     let (disruption_task, disruptions) = watch_disruptions(world.client.clone());
 

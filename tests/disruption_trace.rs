@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use opentelemetry_proto::tonic::trace::v1::Span;
 use rafter_actors::world::{INFLATE, NODEPOOL_DEFAULT, World, WorldConfig};
+use rafter_e2e as common;
 use rafter_e2e::{export_spans, receiver};
 
 /// The example's node class and an on-demand m5 pool of these sizes.
@@ -57,24 +57,13 @@ async fn a_replacement_consolidation_is_one_trace_from_decision_through_launch_t
         world.clock.advance(Duration::from_secs(61));
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    let _ = provider.force_flush();
-    world
-        .wait_for("spans", Duration::from_secs(10), || {
-            let spans = spans.clone();
-            async move { Ok(spans.lock().expect("lock").iter().any(|s| s.name == "terminate")) }
-        })
-        .await
-        .expect("spans exported");
-    let spans = spans.lock().expect("lock").clone();
-    let attr = |s: &Span, key: &str| {
-        s.attributes.iter().find(|a| a.key == key).and_then(|a| a.value.as_ref()).map(|v| format!("{:?}", v.value))
-    };
+    let spans = common::exported_spans(&world, &provider, &spans, "terminate").await;
     let root = spans
         .iter()
-        .find(|s| s.name == "disrupt" && attr(s, "decision").is_some_and(|d| d.contains("replace")))
+        .find(|s| s.name == "disrupt" && common::attr(s, "decision").is_some_and(|d| d.contains("replace")))
         .expect("a disrupt span for the replacement");
     assert!(root.parent_span_id.is_empty(), "disrupt is the root of its trace");
-    assert!(attr(root, "reason").is_some_and(|r| r.contains("Underutilized")), "{:?}", root.attributes);
+    assert!(common::attr(root, "reason").is_some_and(|r| r.contains("Underutilized")), "{:?}", root.attributes);
     let child = |name: &str| {
         spans
             .iter()

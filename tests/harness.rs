@@ -81,6 +81,29 @@ pub async fn receiver() -> (String, Arc<Mutex<Vec<Span>>>) {
     (url, spans)
 }
 
+/// Flushes the span exporter and waits until a span named `last` has arrived; returns them all.
+pub async fn exported_spans(
+    world: &World,
+    provider: &opentelemetry_sdk::trace::SdkTracerProvider,
+    spans: &Arc<Mutex<Vec<Span>>>,
+    last: &str,
+) -> Vec<Span> {
+    let _ = provider.force_flush();
+    world
+        .wait_for("spans", Duration::from_secs(10), || {
+            let spans = spans.clone();
+            async move { Ok(spans.lock().expect("lock").iter().any(|s| s.name == last)) }
+        })
+        .await
+        .expect("spans exported");
+    spans.lock().expect("lock").clone()
+}
+
+/// A span attribute's value, as its debug text.
+pub fn attr(span: &Span, key: &str) -> Option<String> {
+    span.attributes.iter().find(|a| a.key == key).and_then(|a| a.value.as_ref()).map(|v| format!("{:?}", v.value))
+}
+
 pub const REGION: &str = "us-east-1";
 
 /// A spot-only pool of one instance type, so a node's size and the replacement's options are known.

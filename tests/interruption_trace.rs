@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use common::{export_spans, harness, instance_id, receiver, spot};
 use jiff::Timestamp;
-use opentelemetry_proto::tonic::trace::v1::Span;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_interruption_is_one_trace_from_receipt_through_replacement_taint_and_drain_to_termination() {
@@ -28,25 +27,13 @@ async fn an_interruption_is_one_trace_from_receipt_through_replacement_taint_and
         })
         .await
         .expect("terminated");
-    let _ = provider.force_flush();
-    h.world
-        .wait_for("spans", Duration::from_secs(10), || {
-            let spans = spans.clone();
-            async move { Ok(spans.lock().expect("lock").iter().any(|s| s.name == "terminate")) }
-        })
-        .await
-        .expect("spans exported");
-
-    let spans = spans.lock().expect("lock").clone();
-    let attr = |s: &Span, key: &str| {
-        s.attributes.iter().find(|a| a.key == key).and_then(|a| a.value.as_ref()).map(|v| format!("{:?}", v.value))
-    };
+    let spans = common::exported_spans(&h.world, &provider, &spans, "terminate").await;
     let root = spans
         .iter()
-        .find(|s| s.name == "interruption" && attr(s, "nodeclaim").is_some_and(|v| v.contains(&old)))
+        .find(|s| s.name == "interruption" && common::attr(s, "nodeclaim").is_some_and(|v| v.contains(&old)))
         .expect("an interruption span for the claim");
     assert!(root.parent_span_id.is_empty(), "interruption is the root of its trace");
-    assert!(attr(root, "kind").is_some_and(|k| k.contains("spot_interruption")));
+    assert!(common::attr(root, "kind").is_some_and(|k| k.contains("spot_interruption")));
     let child = |name: &str| {
         spans
             .iter()

@@ -10,10 +10,11 @@
 //! 3. **Multi-node consolidation** (`WhenEmptyOrUnderutilized`): the longest prefix of the
 //!    candidates (cheapest to disrupt first, as many as the budgets allow, up to
 //!    [`Settings::multi_node_max`]) whose pods fit on the rest of the cluster plus at most one new
-//!    node, found by binary search; then the next [`EXTENSION_TRIES`] candidates are tried on top of
-//!    it, each kept when the set still consolidates and saves more. Karpenter searches at most 100
-//!    candidates and stops at the prefix; trying those after it finds sets a prefix cannot (one
-//!    node in the way). A decision runs at most [`Settings::simulations`] solves.
+//!    node, found by binary search; then the candidates after it are tried on top of it, each kept
+//!    when the set still consolidates and saves more (until [`EXTENSION_MISSES`] in a row do not).
+//!    Karpenter searches at most 100 candidates and stops at the prefix; trying those after it
+//!    finds sets a prefix cannot (one node in the way). A decision runs at most
+//!    [`Settings::solves`] solves: a fixed amount of work, more solves in a smaller cluster.
 //! 4. **Single-node consolidation**: the first candidate, in order, that can be deleted or replaced
 //!    by one cheaper node.
 //!
@@ -104,13 +105,24 @@ pub struct Settings {
     /// Most candidates the multi-node search's prefix considers (Karpenter: 100; the budget is
     /// usually the tighter bound).
     pub multi_node_max: usize,
-    /// Most simulations one decision runs (each is one solve); the search stops there.
+    /// What one decision may spend, in nodes solved over: a decision over N nodes runs at most
+    /// `work / N` solves (at least 16, at most `simulations`), so it takes about as long in a
+    /// small cluster as in a large one, and a small cluster's search goes further.
+    pub work: usize,
+    /// Most solves one decision runs, however small the cluster.
     pub simulations: usize,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Self { min_saving: 0.05, spot_min_types: 15, multi_node_max: 1_000, simulations: 64 }
+        Self { min_saving: 0.05, spot_min_types: 15, multi_node_max: 1_000, work: 200_000, simulations: 1_000 }
+    }
+}
+
+impl Settings {
+    /// The solves a decision over `nodes` nodes may run.
+    pub fn solves(&self, nodes: usize) -> usize {
+        (self.work / nodes.max(1)).clamp(16, self.simulations.max(16))
     }
 }
 
@@ -215,8 +227,9 @@ impl Room {
     }
 }
 
-/// How many candidates past the multi-node prefix are tried on top of it.
-pub const EXTENSION_TRIES: usize = 16;
+/// The multi-node search stops trying candidates past its prefix after this many in a row did
+/// not join it.
+pub const EXTENSION_MISSES: usize = 16;
 
 /// The set with the best outcome a multi-node search finds, if any has two nodes or more.
 fn multi_node<'c, 'a>(
@@ -224,6 +237,7 @@ fn multi_node<'c, 'a>(
     pool: &'c [&'c Candidate<'a>],
     rules: Rules,
     settings: &Settings,
+    solves: usize,
 ) -> Option<(Vec<&'c Candidate<'a>>, Outcome)> {
     let prefix = &pool[..pool.len().min(settings.multi_node_max)];
     if prefix.len() < 2 {
@@ -231,7 +245,7 @@ fn multi_node<'c, 'a>(
     }
     let mut best: Option<(Vec<&Candidate<'a>>, Outcome)> = None;
     let (mut lo, mut hi) = (2usize, prefix.len());
-    while lo <= hi && sim.runs < settings.simulations {
+    while lo <= hi && sim.runs < solves {
         let mid = (lo + hi) / 2;
         let set: Vec<&Candidate<'a>> = prefix[..mid].to_vec();
         let outcome = evaluate(sim.run(&set), &set, rules);
@@ -244,9 +258,10 @@ fn multi_node<'c, 'a>(
     }
     let (mut set, mut outcome) = best?;
     // Beyond the prefix: each later candidate joins when the set still consolidates and saves more
-    // (the first few tried: each try is a solve).
-    for c in pool.iter().skip(set.len()).take(EXTENSION_TRIES) {
-        if sim.runs >= settings.simulations {
+    // (until the solves run out, or EXTENSION_MISSES in a row did not join).
+    let mut misses = 0;
+    for c in pool.iter().skip(set.len()) {
+        if sim.runs >= solves || misses >= EXTENSION_MISSES {
             break;
         }
         let mut tried = set.clone();
@@ -255,6 +270,9 @@ fn multi_node<'c, 'a>(
         if next.savings().unwrap_or(f64::MIN) > outcome.savings().unwrap_or(0.0) + 1e-9 {
             set = tried;
             outcome = next;
+            misses = 0;
+        } else {
+            misses += 1;
         }
     }
     Some((set, outcome))
@@ -362,13 +380,14 @@ pub fn decide(view: View<'_>) -> Decision {
     let mut sim = Simulator::new(input);
     let settings = view.settings;
     let multi_rules = rules_for(&within);
-    if let Some((set, outcome)) = multi_node(&mut sim, &within, multi_rules, &settings) {
+    let solves = settings.solves(view.snapshot.nodes.len());
+    if let Some((set, outcome)) = multi_node(&mut sim, &within, multi_rules, &settings, solves) {
         decision.simulations += sim.runs;
         decision.command = command(Method::MultiNode, DisruptionReason::Underutilized, &set, outcome);
         return decision;
     }
     for c in &eligible {
-        if sim.runs >= settings.simulations {
+        if sim.runs >= solves {
             break;
         }
         let set = [*c];
