@@ -15,7 +15,7 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use rafter::api::NodePool;
 use rafter::api::nodeclaim::NodeClaim;
-use rafter::disruption::{Command, Settings, View, decide};
+use rafter::disruption::{Command, Settings, View, decide, fixture};
 use rafter::scheduling::catalog::us_east_1;
 use rafter::scheduling::instance_types::{InstanceType, KubeletSettings};
 use rafter::scheduling::solver::solve;
@@ -73,44 +73,24 @@ impl Fleet {
     fn add_node(&mut self, it: &InstanceType, zone: &str) -> String {
         let name = format!("node-{}", self.next);
         self.next += 1;
-        let a = it.allocatable();
-        let provider = format!("aws:///{zone}/i-{name}");
-        self.nodes.push(Arc::new(
-            serde_json::from_value(json!({
-                "metadata": {"name": name, "labels": {"karpenter.sh/nodepool": "default", "kubernetes.io/arch": "amd64",
-                    "kubernetes.io/os": "linux", "kubernetes.io/hostname": name, "topology.kubernetes.io/zone": zone,
-                    "node.kubernetes.io/instance-type": it.name, "karpenter.sh/capacity-type": "on-demand"}},
-                "spec": {"providerID": provider},
-                "status": {"allocatable": {"cpu": format!("{}m", a.cpu), "memory": a.memory.to_string(), "pods": a.pods.to_string()},
-                           "capacity": {"cpu": format!("{}m", it.capacity.cpu), "memory": it.capacity.memory.to_string(), "pods": a.pods.to_string()},
-                           "conditions": [{"type": "Ready", "status": "True"}]}
-            }))
-            .expect("node"),
-        ));
-        self.claims.push(Arc::new(
-            serde_json::from_value(json!({
-                "apiVersion": "karpenter.sh/v1", "kind": "NodeClaim",
-                "metadata": {"name": format!("claim-{name}"), "labels": {"karpenter.sh/nodepool": "default"},
-                             "creationTimestamp": "2026-12-01T00:00:00Z"},
-                "spec": {"requirements": [], "nodeClassRef": {"group": "karpenter.k8s.aws", "kind": "EC2NodeClass", "name": "default"}},
-                "status": {"providerID": provider, "nodeName": name,
-                           "conditions": [{"type": "Initialized", "status": "True", "lastTransitionTime": "2026-12-01T00:01:00Z"}]}
-            }))
-            .expect("claim"),
-        ));
+        let (node, claim) = fixture::node_and_claim(&name, it, zone, "on-demand");
+        self.nodes.push(Arc::new(node));
+        self.claims.push(Arc::new(claim));
         name
     }
 
     fn add_pod(&mut self, name: String, node: Option<&str>, cpu: i64, memory_mib: i64) {
-        self.pods.push(Arc::new(
-            serde_json::from_value(json!({
-                "metadata": {"name": name, "namespace": "bench", "labels": {"app": "bench"},
-                             "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "bench", "uid": "rs", "controller": true}]},
-                "spec": {"nodeName": node, "containers": [{"name": "c", "resources": {"requests": {"cpu": format!("{cpu}m"), "memory": format!("{memory_mib}Mi")}}}]},
-                "status": {"phase": "Running"}
-            }))
-            .expect("pod"),
-        ));
+        let mut pod = fixture::bound_pod(
+            "bench",
+            &name,
+            node.unwrap_or_default(),
+            &format!("{cpu}m"),
+            &format!("{memory_mib}Mi"),
+        );
+        if let Some(spec) = pod.spec.as_mut().filter(|_| node.is_none()) {
+            spec.node_name = None;
+        }
+        self.pods.push(Arc::new(pod));
     }
 
     fn price(&self, types: &[InstanceType]) -> f64 {

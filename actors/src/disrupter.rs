@@ -168,8 +168,8 @@ impl Disrupter {
             let name = claim.name_any();
             let now_pods = by_node.remove(node).unwrap_or_default();
             live.insert(name.clone());
-            let changed = state.seen.get(&name).is_some_and(|before| *before != now_pods);
-            state.seen.insert(name.clone(), now_pods);
+            let before = state.seen.insert(name.clone(), now_pods.clone());
+            let changed = before.as_ref().is_some_and(|before| *before != now_pods);
             if changed {
                 let time = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(ctx.clock.now());
                 let patch = json!({"status": {"lastPodEventTime": time}});
@@ -177,8 +177,10 @@ impl Disrupter {
                 if let Err(error) = api.patch_status(&name, &Default::default(), &kube::api::Patch::Merge(patch)).await
                 {
                     tracing::debug!(%error, "cannot record the pod event time of {name}");
-                    // Try again next round.
-                    state.seen.remove(&name);
+                    // Still a change next round, so it is written then.
+                    if let Some(before) = before {
+                        state.seen.insert(name.clone(), before);
+                    }
                 }
             }
         }
@@ -253,7 +255,8 @@ impl Disrupter {
                 }
             }
         }
-        state.reported.retain(|k, _| by_name.contains_key(k.as_str()));
+        // Claims that are gone; the pools' warnings (`pool/…`) stay reported while they hold.
+        state.reported.retain(|k, _| k.starts_with("pool/") || by_name.contains_key(k.as_str()));
         for (pool, warning) in &decision.warnings {
             if state.reported.get(&format!("pool/{pool}")) != Some(warning) {
                 tracing::warn!(pool = %pool, "{warning}");

@@ -28,6 +28,8 @@
 pub mod budgets;
 pub mod candidates;
 pub mod consolidation;
+#[cfg(any(test, feature = "test-util"))]
+pub mod fixture;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;

@@ -57,33 +57,9 @@ impl Cluster {
     fn node(&mut self, name: &str, instance_type: &str, capacity: &str, pods: usize, cpu: &str) -> &mut Self {
         let types = crate::state::tests::types(&self.pools[0]);
         let it = types.iter().find(|t| t.name == instance_type).expect("type in catalog");
-        let a = it.allocatable();
-        let provider = format!("aws:///us-east-1a/i-{name}");
-        self.nodes.push(Arc::new(
-            serde_json::from_value(json!({
-                "metadata": {"name": name, "labels": {"karpenter.sh/nodepool": "default", "kubernetes.io/arch": "amd64",
-                    "kubernetes.io/os": "linux", "kubernetes.io/hostname": name,
-                    "topology.kubernetes.io/zone": "us-east-1a", "node.kubernetes.io/instance-type": instance_type,
-                    "karpenter.sh/capacity-type": capacity}},
-                "spec": {"providerID": provider},
-                "status": {"allocatable": {"cpu": format!("{}m", a.cpu), "memory": format!("{}", a.memory), "pods": format!("{}", a.pods)},
-                           "capacity": {"cpu": format!("{}m", it.capacity.cpu), "memory": format!("{}", it.capacity.memory), "pods": format!("{}", a.pods)},
-                           "conditions": [{"type": "Ready", "status": "True"}]}
-            }))
-            .expect("node"),
-        ));
-        self.claims.push(Arc::new(
-            serde_json::from_value(json!({
-                "apiVersion": "karpenter.sh/v1", "kind": "NodeClaim",
-                "metadata": {"name": format!("claim-{name}"), "labels": {"karpenter.sh/nodepool": "default"},
-                             "creationTimestamp": "2026-12-01T10:00:00Z"},
-                "spec": {"requirements": [], "nodeClassRef": {"group": "karpenter.k8s.aws", "kind": "EC2NodeClass", "name": "default"}},
-                "status": {"providerID": provider, "nodeName": name,
-                           "conditions": [{"type": "Initialized", "status": "True", "lastTransitionTime": "2026-12-01T10:01:00Z"}],
-                           "lastPodEventTime": "2026-12-01T11:00:00Z"}
-            }))
-            .expect("claim"),
-        ));
+        let (node, claim) = super::fixture::node_and_claim(name, it, "us-east-1a", capacity);
+        self.nodes.push(Arc::new(node));
+        self.claims.push(Arc::new(claim));
         for i in 0..pods {
             self.pods.push(Arc::new(pod(&format!("{name}-p{i}"), name, cpu)));
         }
@@ -111,13 +87,7 @@ impl Cluster {
 }
 
 fn pod(name: &str, node: &str, cpu: &str) -> Pod {
-    serde_json::from_value(json!({
-        "metadata": {"name": name, "namespace": "default", "labels": {"app": "inflate"},
-                     "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "inflate", "uid": "rs", "controller": true}]},
-        "spec": {"nodeName": node, "containers": [{"name": "c", "resources": {"requests": {"cpu": cpu, "memory": "256Mi"}}}]},
-        "status": {"phase": "Running"}
-    }))
-    .expect("pod")
+    super::fixture::bound_pod("default", name, node, cpu, "256Mi")
 }
 
 fn names(command: &Command) -> Vec<&str> {
