@@ -233,7 +233,7 @@ fn main() {
             let mut last = None;
             for _ in 0..runs {
                 let start = Instant::now();
-                last = Some(decide(View { snapshot, pdbs: &[], types: &types, now, settings }));
+                last = Some(decide(View { snapshot, pdbs: &[], types: &types, now, settings, resume_after: None }));
                 seconds.push(start.elapsed().as_secs_f64());
             }
             let last = last.expect("a run");
@@ -241,7 +241,7 @@ fn main() {
                    "command": last.command.as_ref().map(|c| format!("{} {} of {}", c.method.as_str(), c.decision(), c.candidates.len()))})
         };
         let mut fleet = fleet(size, &all, 40);
-        let decide_now = |fleet: &Fleet| {
+        let decide_now = |fleet: &Fleet, resume_after: Option<&str>| {
             let snapshot = Snapshot {
                 pods: &fleet.pods,
                 nodes: &fleet.nodes,
@@ -249,13 +249,13 @@ fn main() {
                 pools: &pools,
                 ..Snapshot::default()
             };
-            decide(View { snapshot, pdbs: &[], types: &types, now, settings })
+            decide(View { snapshot, pdbs: &[], types: &types, now, settings, resume_after })
         };
         let mut seconds = Vec::new();
         let mut first = None;
         for _ in 0..runs {
             let start = Instant::now();
-            let d = decide_now(&fleet);
+            let d = decide_now(&fleet, None);
             seconds.push(start.elapsed().as_secs_f64());
             first = Some(d);
         }
@@ -266,17 +266,32 @@ fn main() {
         let (mut commands, mut extra) = (0, 0);
         let mut decisions_seconds = Vec::new();
         let converge = Instant::now();
+        // Until a decision finds nothing having tried every candidate: its scan either covered
+        // them all at once, or went on round after round (from where the last stopped) until it
+        // had tried as many as there are nodes.
+        let (mut resume, mut tried_since_command) = (None::<String>, 0usize);
         while commands < max_commands {
             let start = Instant::now();
-            let d = decide_now(&fleet);
+            let d = decide_now(&fleet, resume.as_deref());
             decisions_seconds.push(start.elapsed().as_secs_f64());
-            let Some(command) = d.command else { break };
-            extra += carry_out(&mut fleet, &command, &pools, &types);
-            commands += 1;
+            match d.command {
+                Some(command) => {
+                    extra += carry_out(&mut fleet, &command, &pools, &types);
+                    commands += 1;
+                    (resume, tried_since_command) = (None, 0);
+                }
+                None => {
+                    tried_since_command += d.simulations;
+                    match d.resume_after {
+                        Some(last) if tried_since_command < fleet.nodes.len() => resume = Some(last),
+                        _ => break,
+                    }
+                }
+            }
         }
         let converge_seconds = converge.elapsed().as_secs_f64();
         if std::env::var_os("BENCH_WHY").is_some() {
-            let last = decide_now(&fleet);
+            let last = decide_now(&fleet, None);
             let mut why: BTreeMap<String, usize> = BTreeMap::new();
             for k in &last.kept {
                 *why.entry(k.why.chars().take(60).collect()).or_default() += 1;

@@ -59,6 +59,8 @@ pub struct DisrupterState {
     active: Option<Active>,
     /// Whether taints a previous leader left on nodes it never disrupted were cleared.
     swept: bool,
+    /// Where the last decision's single-node scan stopped (it goes on from there).
+    resume_after: Option<String>,
     /// Candidate sets whose command was abandoned, and until when they are not tried again (a
     /// replacement that cannot come up would otherwise be launched again every round).
     abandoned: HashMap<BTreeSet<String>, Instant>,
@@ -117,7 +119,7 @@ fn same(a: &Command, b: &Command) -> bool {
 
 /// Computes a decision off the actor's thread, over the caches and the claims planned but not yet
 /// cached.
-pub async fn decision(ctx: &Ctx) -> Option<Decision> {
+pub async fn decision(ctx: &Ctx, resume_after: Option<String>) -> Option<Decision> {
     let mut claims = ctx.caches.claims.all();
     let cached: HashSet<String> = claims.iter().filter_map(|c| c.metadata.name.clone()).collect();
     claims.extend(ctx.in_flight.pending(&cached));
@@ -126,7 +128,7 @@ pub async fn decision(ctx: &Ctx) -> Option<Decision> {
     let (now, settings) = (ctx.clock.now(), ctx.config.disruption);
     let started = StdInstant::now();
     let result = crate::planning::off_thread(ctx, inputs, move |snapshot, types| {
-        decide(View { snapshot, pdbs: &pdbs, types: &types, now, settings })
+        decide(View { snapshot, pdbs: &pdbs, types: &types, now, settings, resume_after: resume_after.as_deref() })
     })
     .await;
     ctx.metrics.disruption_decision_duration.observe(started.elapsed().as_secs_f64());
@@ -462,7 +464,8 @@ impl Disrupter {
             self.follow(state).await;
             return;
         }
-        let Some(decision) = decision(&ctx).await else { return };
+        let Some(decision) = decision(&ctx, state.resume_after.take()).await else { return };
+        state.resume_after.clone_from(&decision.resume_after);
         self.report(state, &decision).await;
         let now = Instant::now();
         state.abandoned.retain(|_, until| *until > now);
@@ -514,6 +517,7 @@ impl Actor for Disrupter {
             active: None,
             swept: false,
             abandoned: HashMap::new(),
+            resume_after: None,
         })
     }
 

@@ -90,7 +90,7 @@ pub async fn dry_run(
         daemonsets: &daemonsets,
         storage: Default::default(),
     };
-    Ok(decide(View { snapshot, pdbs: &pdbs, types: &types, now, settings }))
+    Ok(decide(View { snapshot, pdbs: &pdbs, types: &types, now, settings, resume_after: None }))
 }
 
 /// The decision for people.

@@ -16,7 +16,8 @@
 //!    finds sets a prefix cannot (one node in the way). A decision runs at most
 //!    [`Settings::solves`] solves: a fixed amount of work, more solves in a smaller cluster.
 //! 4. **Single-node consolidation**: the first candidate, in order, that can be deleted or replaced
-//!    by one cheaper node.
+//!    by one cheaper node. When the solves run out first, the next decision goes on after the last
+//!    candidate tried ([`View::resume_after`]), so every candidate is tried within a few rounds.
 //!
 //! A replacement must save at least the pool's threshold (`--consolidation-min-saving`, or the
 //! NodePool annotation [`MIN_SAVING_ANNOTATION`]) and lists only instance types that do. In
@@ -136,6 +137,10 @@ pub struct View<'a> {
     pub types: &'a HashMap<String, Vec<InstanceType>>,
     pub now: Timestamp,
     pub settings: Settings,
+    /// Where the last decision's single-node scan stopped when its solves ran out (its
+    /// [`Decision::resume_after`]): this one starts with the candidate after it, so over a few
+    /// rounds every candidate is tried however large the cluster.
+    pub resume_after: Option<&'a str>,
 }
 
 /// The engine's answer.
@@ -148,6 +153,9 @@ pub struct Decision {
     pub warnings: Vec<(String, String)>,
     /// Simulations run.
     pub simulations: usize,
+    /// The last candidate the single-node scan tried, when its solves ran out before every
+    /// candidate was tried and no command was found: pass it to the next decision.
+    pub resume_after: Option<String>,
 }
 
 /// Parses a saving threshold: `"5%"` or `"0.05"`, between 0 and 1.
@@ -388,11 +396,17 @@ pub fn decide(view: View<'_>) -> Decision {
         decision.command = command(Method::MultiNode, DisruptionReason::Underutilized, &set, outcome);
         return decision;
     }
-    for c in &eligible {
+    // In order of disruption cost, starting after where the last decision's scan stopped.
+    let start = view.resume_after.and_then(|name| eligible.iter().position(|c| c.name == name)).map_or(0, |i| i + 1);
+    let mut last: Option<&str> = None;
+    for k in 0..eligible.len() {
         if sim.runs >= solves {
+            decision.resume_after = last.map(str::to_string);
             break;
         }
-        let set = [*c];
+        let c = eligible[(start + k) % eligible.len()];
+        last = Some(&c.name);
+        let set = [c];
         match evaluate(sim.run(&set), &set, rules_for(&set)) {
             Outcome::Keep(why) => decision.kept.push(Kept { claim: c.name.clone(), node: c.node_name.clone(), why }),
             outcome => {

@@ -75,7 +75,7 @@ impl Cluster {
             pools: &self.pools,
             ..Snapshot::default()
         };
-        decide(View { snapshot, pdbs: &self.pdbs, types: &types, now: now(), settings })
+        decide(View { snapshot, pdbs: &self.pdbs, types: &types, now: now(), settings, resume_after: None })
     }
 
     fn annotate_pod(&mut self, name: &str, key: &str, value: &str) {
