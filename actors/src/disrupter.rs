@@ -10,7 +10,7 @@
 //! once per change of reason: an `Unconsolidatable` Event on the Node and the NodeClaim, and the
 //! claim's `Consolidatable` condition.
 
-use kube::ResourceExt;
+use kube::{Resource, ResourceExt};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant as StdInstant;
@@ -83,26 +83,6 @@ impl std::fmt::Debug for DisrupterState {
 }
 
 pub type DisrupterArgs = Ctx;
-
-fn reference_of_node(node: &Node) -> ObjectReference {
-    ObjectReference {
-        api_version: Some("v1".into()),
-        kind: Some("Node".into()),
-        name: node.metadata.name.clone(),
-        uid: node.metadata.uid.clone(),
-        ..ObjectReference::default()
-    }
-}
-
-fn reference_of_claim(claim: &NodeClaim) -> ObjectReference {
-    ObjectReference {
-        api_version: Some("karpenter.sh/v1".into()),
-        kind: Some("NodeClaim".into()),
-        name: claim.metadata.name.clone(),
-        uid: claim.metadata.uid.clone(),
-        ..ObjectReference::default()
-    }
-}
 
 fn label(command: &Command, outcome: &str) -> DecisionLabel {
     DecisionLabel {
@@ -230,8 +210,8 @@ impl Disrupter {
                     }
                     tracing::debug!(nodeclaim = %name, "Unconsolidatable: {}", k.why);
                     let provider = claim.status.as_ref().and_then(|s| s.provider_id.as_deref());
-                    let mut regarding = vec![reference_of_claim(claim)];
-                    regarding.extend(node_of(provider, &nodes).map(|n| reference_of_node(n)));
+                    let mut regarding = vec![claim.object_ref(&())];
+                    regarding.extend(node_of(provider, &nodes).map(|n| n.object_ref(&())));
                     for reference in regarding {
                         if let Err(error) =
                             record_event(&ctx, reference, false, "Unconsolidatable", "Consolidate", &k.why).await
@@ -399,18 +379,14 @@ impl Disrupter {
         let claims = ctx.caches.claims.all();
         let mut ready = true;
         let mut failure: Option<String> = None;
+        // Claims planned but not cached yet: read once, not per replacement.
+        let planned: HashSet<String> =
+            ctx.in_flight.pending(&HashSet::new()).iter().filter_map(|c| c.metadata.name.clone()).collect();
         for name in &active.replacements {
             let claim = claims.iter().find(|c| c.metadata.name.as_ref() == Some(name));
             match claim {
                 // Not cached yet: planned moments ago, or deleted after a failed launch.
-                None if ctx
-                    .in_flight
-                    .pending(&HashSet::new())
-                    .iter()
-                    .any(|c| c.metadata.name.as_ref() == Some(name)) =>
-                {
-                    ready = false
-                }
+                None if planned.contains(name) => ready = false,
                 None => failure = Some(format!("replacement {name} is gone (its launch failed)")),
                 Some(c) if c.metadata.deletion_timestamp.is_some() => {
                     failure = Some(format!("replacement {name} is being deleted"))

@@ -13,7 +13,7 @@
 //! nodes that cannot hold even the smallest moving pod are left out too: the solver only scans
 //! nodes that could take a pod.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use k8s_openapi::api::core::v1::Pod;
 
@@ -234,13 +234,4 @@ pub fn evaluate(plan: Plan, removed: &[&Candidate<'_>], rules: Rules) -> Outcome
         }
         n => Outcome::Keep(format!("its pods need {n} new nodes")),
     }
-}
-
-/// How many of these candidates each pool has (what a command takes from each pool's budget).
-pub fn by_pool<'c, 'a>(candidates: &'c [&'c Candidate<'a>]) -> HashMap<&'c str, usize> {
-    let mut counts = HashMap::new();
-    for c in candidates {
-        *counts.entry(c.pool_name.as_str()).or_default() += 1;
-    }
-    counts
 }
