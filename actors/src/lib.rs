@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod nodeclass;
 pub mod planning;
 pub mod pod_watcher;
+pub mod pool_status;
 pub mod solver;
 pub mod supervisor;
 pub mod telemetry;

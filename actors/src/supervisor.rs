@@ -37,12 +37,13 @@ pub enum Child {
     Disrupter,
     GarbageCollector,
     NodeClassStatus,
+    NodePoolStatus,
     ObjectValidation,
     InterruptionHandler,
 }
 
 const WARM: [Child; 4] = [Child::ClusterState, Child::PodWatcher, Child::Catalog, Child::Elector];
-const LEADER_GROUP: [Child; 9] = [
+const LEADER_GROUP: [Child; 10] = [
     Child::Terminator,
     Child::Launcher,
     Child::Solver,
@@ -50,6 +51,7 @@ const LEADER_GROUP: [Child; 9] = [
     Child::Disrupter,
     Child::GarbageCollector,
     Child::NodeClassStatus,
+    Child::NodePoolStatus,
     Child::ObjectValidation,
     Child::InterruptionHandler,
 ];
@@ -137,6 +139,9 @@ impl Supervisor {
             Child::GarbageCollector => Actor::spawn_linked(None, GarbageCollector, ctx, cell).await?.0.get_cell(),
             Child::NodeClassStatus => {
                 Actor::spawn_linked(None, crate::nodeclass::NodeClassStatus, ctx, cell).await?.0.get_cell()
+            }
+            Child::NodePoolStatus => {
+                Actor::spawn_linked(None, crate::pool_status::NodePoolStatus, ctx, cell).await?.0.get_cell()
             }
             Child::ObjectValidation => {
                 Actor::spawn_linked(None, crate::validation::ObjectValidation, ctx, cell).await?.0.get_cell()

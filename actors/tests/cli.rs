@@ -396,6 +396,59 @@ async fn sim_kubelets_runs_the_nodes_a_separate_rafter_run_launches_on_moto() {
     let calls = moto.calls().await.expect("moto's call counts");
     assert!(calls.get("CreateFleet").copied().unwrap_or(0) >= 1, "rafter run launched into moto: {calls:?}");
     assert!(calls.get("DescribeInstances").copied().unwrap_or(0) >= 1, "the kubelets followed moto: {calls:?}");
+
+    // What a platform team reads: `kubectl get nodepools,nodeclaims` with Nodes and Ready filled.
+    let bad = pool
+        .replacen("name: default\n", "name: bad\n", 1)
+        .replace("budgets:", "budgets:\n      - nodes: \"1\"\n        schedule: \"61 * * * *\"\n        duration: 1h");
+    assert!(bad.contains("61 * * * *"), "the example pool has budgets to extend:\n{bad}");
+    rafter_actors::world::apply(&client, bad.split("\n---").next().expect("the pool")).await.expect("bad pool");
+    let expected = format!("{}", claims.len());
+    let listing = kubectl_until(&kubeconfig, &["get", "nodepools,nodeclaims"], 30, |out| {
+        let default = out.lines().find(|l| l.starts_with("nodepool.karpenter.sh/default"))?;
+        let bad = out.lines().find(|l| l.starts_with("nodepool.karpenter.sh/bad"))?;
+        let cells: Vec<&str> = default.split_whitespace().collect();
+        (cells.get(2) == Some(&expected.as_str()) && cells.get(3) == Some(&"True") && bad.contains("False"))
+            .then_some(())
+    });
+    let header = listing.lines().next().unwrap_or_default();
+    assert!(["NAME", "NODECLASS", "NODES", "READY", "AGE"].iter().all(|c| header.contains(c)), "{listing}");
+    let claim_header = listing.lines().find(|l| l.contains("CAPACITY")).unwrap_or_else(|| panic!("{listing}"));
+    assert!(["TYPE", "CAPACITY", "ZONE", "NODE", "READY"].iter().all(|c| claim_header.contains(c)), "{listing}");
+    let claim_line = listing.lines().find(|l| l.starts_with("nodeclaim.karpenter.sh/")).expect("a claim line");
+    assert!(
+        claim_line.contains("on-demand") && claim_line.contains("us-east-1") && claim_line.contains("True"),
+        "{listing}"
+    );
+    let (_, message) = kubectl(
+        &kubeconfig,
+        &["get", "nodepool", "bad", "-o", "jsonpath={.status.conditions[?(@.type==\"ValidationSucceeded\")].message}"],
+    );
+    assert!(message.contains("spec.disruption.budgets[0].schedule"), "the condition names the field: {message}");
+}
+
+fn kubectl(kubeconfig: &Path, args: &[&str]) -> (bool, String) {
+    let program = std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".to_string());
+    let output = Command::new(&program).args(args).env("KUBECONFIG", kubeconfig).output().unwrap_or_else(|e| {
+        panic!("cannot run {program} ({e}); ./scripts/test installs kubectl when it is missing, or set KUBECTL")
+    });
+    (output.status.success(), format!("{}{}", text(&output.stdout), text(&output.stderr)))
+}
+
+/// Runs kubectl until `done` accepts its output, for at most `seconds`.
+fn kubectl_until(kubeconfig: &Path, args: &[&str], seconds: u64, done: impl Fn(&str) -> Option<()>) -> String {
+    let started = std::time::Instant::now();
+    loop {
+        let (ok, out) = kubectl(kubeconfig, args);
+        if ok && done(&out).is_some() {
+            return out;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(seconds),
+            "kubectl {args:?} never showed it:\n{out}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
 }
 
 #[test]

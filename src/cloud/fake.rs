@@ -19,9 +19,10 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::{
-    CloudError, CloudProvider, DriftReason, Instance, InstanceState, OfferingKey, TAG_NODECLAIM, TAG_NODEPOOL,
-    parse_provider_id,
+    CloudError, CloudProvider, DriftReason, Instance, InstanceState, NodeClassCheck, NodeClassReport, OfferingKey,
+    TAG_NODECLAIM, TAG_NODEPOOL, parse_provider_id,
 };
+use crate::api::ec2nodeclass::EC2NodeClass;
 use crate::api::labels;
 use crate::api::nodeclaim::NodeClaim;
 use crate::api::nodepool::NodePool;
@@ -414,6 +415,20 @@ impl CloudProvider for FakeCloud {
         let result = self.terminate(&id);
         self.changed();
         result
+    }
+
+    /// The fake cloud has no selectors to resolve: every class it is given can launch, and says so,
+    /// so a pool's `NodeClassReady` reads as it would on EC2 with a class that resolved.
+    async fn node_class_report(&self, _class: &EC2NodeClass) -> Result<Option<NodeClassReport>, CloudError> {
+        Ok(Some(NodeClassReport {
+            checks: vec![NodeClassCheck {
+                type_: crate::api::ec2nodeclass::conditions::READY.into(),
+                ok: true,
+                reason: "Ready".into(),
+                message: String::new(),
+            }],
+            ..NodeClassReport::default()
+        }))
     }
 
     async fn get(&self, provider_id: &str) -> Result<Instance, CloudError> {

@@ -9,6 +9,7 @@ pub mod disruption;
 pub mod drain;
 pub mod lifecycle;
 pub mod orphans;
+pub mod pool_status;
 pub mod volumes;
 pub mod window;
 
@@ -288,6 +289,11 @@ pub fn scheduling_input_keeping(
     let mut problems = Vec::new();
     for (name, pool) in &pools_by_name {
         if pool.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        // A pool that fails validation is not Ready (its status says which field) and gets no launches.
+        if let Err(invalid) = crate::api::validation::validate_node_pool(&pool.spec) {
+            problems.push(PoolProblem { pool: name.to_string(), message: invalid.to_string() });
             continue;
         }
         let used = in_use.get(*name).cloned().unwrap_or_else(Resources::zero);

@@ -25,6 +25,7 @@ use super::error::ApiError;
 use super::faults::{Decision, Faults};
 use super::openapi;
 use super::patch;
+use super::rbac;
 use super::registry::{self, ResourceType};
 use super::request::{self, ApiRequest, PatchType, ResourcePath, Route, Verb};
 use super::selectors::{FieldSelector, LabelSelector};
@@ -59,6 +60,8 @@ pub struct ServerState {
     types: RwLock<Vec<Arc<ResourceType>>>,
     addr: SocketAddr,
     eviction: tokio::sync::Mutex<()>,
+    /// Issued ServiceAccount tokens and what RBAC allowed and refused them.
+    pub rbac: rbac::Ledger,
 }
 
 /// The connection refused by a partition: hyper closes the connection on it.
@@ -107,12 +110,25 @@ pub async fn start(config: ServerConfig) -> std::io::Result<RunningServer> {
         types: RwLock::new(registry::builtins().into_iter().map(Arc::new).collect()),
         addr,
         eviction: tokio::sync::Mutex::new(()),
+        rbac: rbac::Ledger::default(),
     });
     for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
         let object = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
         if let Some(rt) = state.lookup("", "v1", "namespaces") {
             let object = admission::prepare_create(&rt, object, None).map_err(std::io::Error::other)?;
             state.store.create(&rt.storage_key(), false, object, "namespaces", "").map_err(std::io::Error::other)?;
+        }
+    }
+    // The priority classes kube-apiserver creates at start-up.
+    for (name, value) in [("system-cluster-critical", 2_000_000_000), ("system-node-critical", 2_000_001_000)] {
+        let object = json!({"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass", "metadata": {"name": name},
+            "value": value, "description": "Used for system critical pods that must run in the cluster, but can be moved to another node if necessary."});
+        if let Some(rt) = state.lookup("scheduling.k8s.io", "v1", "priorityclasses") {
+            let object = admission::prepare_create(&rt, object, None).map_err(std::io::Error::other)?;
+            state
+                .store
+                .create(&rt.storage_key(), false, object, "priorityclasses", "")
+                .map_err(std::io::Error::other)?;
         }
     }
     let mut tasks = JoinSet::new();
@@ -231,11 +247,99 @@ async fn handle(state: Arc<ServerState>, req: Request<Incoming>) -> Result<Respo
         Ok(decoded) => decoded,
         Err(error) => return Ok(respond_error(&error)),
     };
+    if let Err(error) = check_access(&state, &token, &decoded, &path) {
+        return Ok(respond_error(&error));
+    }
     let manager_default = user_agent.split('/').next().unwrap_or("unknown").to_string();
     Ok(match serve(&state, decoded, &manager_default).await {
         Ok(response) => response,
         Err(error) => respond_error(&error),
     })
+}
+
+/// Authenticates the caller and, for a ServiceAccount token, authorizes the request by RBAC.
+fn check_access(state: &ServerState, token: &str, req: &ApiRequest, path: &str) -> Result<(), ApiError> {
+    let unauthorized = || ApiError::new(401, "Unauthorized", "Unauthorized");
+    let account = match state.rbac.account(token) {
+        None => return Ok(()),
+        Some(Err(())) => return Err(unauthorized()),
+        Some(Ok(account)) => account,
+    };
+    // A token outlives nothing: once its ServiceAccount is deleted, it no longer authenticates.
+    let sa_key = (String::new(), "serviceaccounts".to_string());
+    if state.store.get(&sa_key, &(account.namespace.clone(), account.name.clone())).is_none() {
+        return Err(unauthorized());
+    }
+    let p = match &req.route {
+        Route::Resource(p) => p,
+        // The simulator's own fault and inspection endpoint is test infrastructure, not Kubernetes.
+        Route::Admin(_) => return Ok(()),
+        _ if rbac::discovery_allowed(path) => return Ok(()),
+        _ => {
+            let message =
+                format!("forbidden: User \"{}\" cannot {} path \"{path}\"", account.user(), req.verb.as_str());
+            state.rbac.refused(message.clone());
+            return Err(ApiError::new(403, "Forbidden", message));
+        }
+    };
+    let attrs = rbac::Attributes {
+        verb: req.verb.as_str(),
+        group: &p.group,
+        resource: &p.plural,
+        subresource: p.subresource.as_deref(),
+        name: p.name.as_deref(),
+        namespace: p.namespace.as_deref(),
+    };
+    let objects = |plural: &str, namespace: Option<&str>| -> Vec<Value> {
+        let (objects, _) = state.store.snapshot(&("rbac.authorization.k8s.io".to_string(), plural.to_string()));
+        objects.iter().filter(|((ns, _), _)| namespace.is_none_or(|n| n == ns)).map(|(_, o)| o.value.clone()).collect()
+    };
+    let (cluster_roles, cluster_role_bindings) = (objects("clusterroles", None), objects("clusterrolebindings", None));
+    let namespace = p.namespace.as_deref().unwrap_or("\u{0}");
+    let (roles, role_bindings) = (objects("roles", Some(namespace)), objects("rolebindings", Some(namespace)));
+    let policy = rbac::Policy {
+        cluster_roles: &cluster_roles,
+        cluster_role_bindings: &cluster_role_bindings,
+        roles: &roles,
+        role_bindings: &role_bindings,
+    };
+    match rbac::authorize(&policy, &account, &attrs) {
+        Some(rule) => {
+            state.rbac.allowed(rule, &attrs);
+            Ok(())
+        }
+        None => {
+            let plural = if p.group.is_empty() { p.plural.clone() } else { format!("{}.{}", p.plural, p.group) };
+            let message = rbac::forbidden_message(&account, &attrs, &plural);
+            state.rbac.refused(message.clone());
+            Err(ApiError::new(403, "Forbidden", message)
+                .with_details(json!({"name": p.name.clone().unwrap_or_default(), "group": p.group, "kind": p.plural})))
+        }
+    }
+}
+
+/// TokenRequest (`POST …/serviceaccounts/{name}/token`): a token that authenticates as the account.
+fn token_request(
+    state: &ServerState,
+    key: &StorageKey,
+    objkey: &ObjKey,
+    body: &Value,
+) -> Result<Response<Body>, ApiError> {
+    if state.store.get(key, objkey).is_none() {
+        return Err(ApiError::not_found("serviceaccounts", "", &objkey.1));
+    }
+    let token = state.rbac.issue(rbac::Account { namespace: objkey.0.clone(), name: objkey.1.clone() });
+    let seconds = body.pointer("/spec/expirationSeconds").and_then(Value::as_i64).unwrap_or(3600);
+    let expires = store::time_in(seconds);
+    Ok(respond_json(
+        201,
+        &json!({
+            "kind": "TokenRequest", "apiVersion": "authentication.k8s.io/v1",
+            "metadata": {"name": objkey.1, "namespace": objkey.0},
+            "spec": body.get("spec").cloned().unwrap_or_else(|| json!({})),
+            "status": {"token": token, "expirationTimestamp": expires}
+        }),
+    ))
 }
 
 fn guess_verb(method: &str, query: &Option<String>) -> &'static str {
@@ -410,6 +514,7 @@ fn admin(state: &Arc<ServerState>, path: &str, verb: Verb, body: Option<&Value>)
             state.faults.resume();
             Ok(respond_json(200, &json!({"paused": false})))
         }
+        ("rbac", true) => Ok(respond_json(200, &state.rbac.report())),
         ("stats", true) => Ok(respond_json(
             200,
             &json!({
@@ -578,6 +683,7 @@ async fn resource(
         None => {}
         Some("status") if rt.status_subresource => {}
         Some("binding" | "eviction") if rt.group.is_empty() && rt.plural == "pods" && req.verb == Verb::Create => {}
+        Some("token") if rt.group.is_empty() && rt.plural == "serviceaccounts" && req.verb == Verb::Create => {}
         Some("scale") if rt.group == "apps" && (rt.plural == "deployments" || rt.plural == "replicasets") => {
             return scale(state, &rt, &key, path, &req);
         }
@@ -604,6 +710,7 @@ async fn resource(
             match sub {
                 Some("binding") => return bind(state, &rt, &key, &objkey, &body),
                 Some("eviction") => return evict(state, &rt, &key, &objkey, &body).await,
+                Some("token") => return token_request(state, &key, &objkey, &body),
                 _ => {}
             }
             let body = if view.storage.is_some() { event_to_core(&body) } else { body };

@@ -184,7 +184,8 @@ pub fn now() -> String {
     jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
-fn time_in(seconds: i64) -> String {
+/// The API server's timestamp `seconds` from now.
+pub fn time_in(seconds: i64) -> String {
     let ts = jiff::Timestamp::now()
         .checked_add(jiff::SignedDuration::from_secs(seconds))
         .unwrap_or_else(|_| jiff::Timestamp::now());
