@@ -181,11 +181,21 @@ impl LeaderElectorState {
             }
             Ok(Err(kube::Error::Api(s))) if s.code == 404 => {
                 let error = format!(
-                    "{}; the lease's namespace {namespace:?} must exist (create it, or set --lease-namespace)",
+                    "{}; the lease's namespace {namespace:?} must exist (create it, or set --namespace)",
                     s.message
                 );
                 if health.failed(error.clone()) {
                     tracing::warn!(%error, "cannot take part in leader election: no replica can lead");
+                }
+                false
+            }
+            Ok(Err(kube::Error::Api(s))) if s.code == 403 => {
+                let error = format!(
+                    "{}; run Rafter in the namespace whose Role grants it Leases (the chart's release namespace, --namespace), or grant get, create and update on leases in {namespace:?}",
+                    s.message
+                );
+                if health.failed(error.clone()) {
+                    tracing::warn!(%error, "cannot take part in leader election: RBAC refuses the lease");
                 }
                 false
             }

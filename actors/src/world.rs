@@ -8,7 +8,7 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::core::GroupVersionKind;
 use rafter::api::nodeclaim::NodeClaim;
 use rafter::cloud::CloudProvider;
@@ -58,7 +58,14 @@ pub struct WorldConfig {
     pub aws: Option<rafter_aws::AwsConfig>,
     /// Use this API server instead of starting one.
     pub kubeconfig: Option<std::path::PathBuf>,
+    /// Rendered RBAC (the chart's ServiceAccount, roles and bindings) replicas run under: the
+    /// simulator authorizes every call they make by it, and a refused call fails the world when
+    /// it is dropped. `RAFTER_TEST_RBAC` names the file (`scripts/test` renders it with helm).
+    pub rbac: Option<std::path::PathBuf>,
 }
+
+/// Where each world run under RBAC writes which rules its replicas exercised.
+pub const RBAC_COVERAGE_ENV: &str = "RAFTER_TEST_RBAC_COVERAGE";
 
 impl Default for WorldConfig {
     fn default() -> Self {
@@ -67,6 +74,7 @@ impl Default for WorldConfig {
             nodes: NodeSimConfig::default(),
             aws: None,
             kubeconfig: None,
+            rbac: std::env::var_os("RAFTER_TEST_RBAC").filter(|v| !v.is_empty()).map(Into::into),
         }
     }
 }
@@ -87,6 +95,8 @@ pub struct World {
     pub queue: Option<Arc<dyn rafter::interruption::queue::MessageQueue>>,
     cluster: String,
     components: Vec<Component>,
+    /// The ServiceAccount token replicas authenticate with when RBAC is enforced.
+    replica_token: Option<String>,
 }
 
 impl std::fmt::Debug for World {
@@ -148,6 +158,10 @@ impl World {
         if sim.is_some() {
             components.push(rafter_sim::lifecycle::spawn(client.clone(), Default::default()));
         }
+        let replica_token = match (&config.rbac, &sim) {
+            (Some(path), Some(_)) => Some(install_rbac(&client, path).await?),
+            _ => None,
+        };
         Ok(Self {
             sim,
             client,
@@ -159,7 +173,22 @@ impl World {
             queue: None,
             cluster,
             components,
+            replica_token,
         })
+    }
+
+    /// A replica's client: under RBAC, the chart's ServiceAccount; otherwise the administrator.
+    fn replica_client(&self, user_agent: &str) -> Result<kube::Client, WorldError> {
+        match (&self.sim, &self.replica_token) {
+            (Some(sim), Some(token)) => Ok(rafter_sim::client_with_token(&sim.url(), user_agent, Some(token))?),
+            _ => self.client_as(user_agent),
+        }
+    }
+
+    /// What RBAC allowed and refused the replicas so far (`None` when it is not enforced).
+    pub fn rbac_report(&self) -> Option<Value> {
+        self.replica_token.as_ref()?;
+        Some(self.sim.as_ref()?.state().rbac.report())
     }
 
     /// A client of its own, named for fault injection.
@@ -201,8 +230,8 @@ impl World {
     pub async fn replica(&self, config: ControllerConfig) -> Result<Replica, WorldError> {
         let identity = config.identity.clone();
         let args = ReplicaArgs {
-            client: self.client_as(&identity)?,
-            lease_client: self.client_as(&format!("{identity}-lease"))?,
+            client: self.replica_client(&identity)?,
+            lease_client: self.replica_client(&format!("{identity}-lease"))?,
             cloud: self.provider.clone(),
             config,
             clock: Some(self.clock.clone() as Arc<dyn Clock>),
@@ -320,6 +349,45 @@ pub async fn kubeconfig(path: &std::path::Path, context: Option<String>) -> Resu
 }
 
 /// Applies every document of a manifest (server-side apply, kinds found by discovery).
+/// Applies rendered RBAC and returns a token of the ServiceAccount it defines.
+async fn install_rbac(client: &kube::Client, path: &std::path::Path) -> Result<String, WorldError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| WorldError::Manifest(format!("reading the rendered RBAC {}: {e}", path.display())))?;
+    apply(client, &text).await?;
+    let account = text
+        .split("\n---")
+        .filter_map(|doc| serde_saphyr::from_str::<Value>(doc).ok())
+        .find(|v| v["kind"] == "ServiceAccount")
+        .ok_or_else(|| WorldError::Manifest(format!("{} defines no ServiceAccount", path.display())))?;
+    let (name, namespace) = (
+        account["metadata"]["name"].as_str().unwrap_or_default(),
+        account["metadata"]["namespace"].as_str().unwrap_or("default"),
+    );
+    let api: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(client.clone(), namespace);
+    let request = k8s_openapi::api::authentication::v1::TokenRequest::default();
+    let issued = api.create_token_request(name, &PostParams::default(), &request).await?;
+    issued
+        .status
+        .map(|s| s.token)
+        .ok_or_else(|| WorldError::Manifest(format!("TokenRequest for {namespace}/{name} returned no token")))
+}
+
+impl Drop for World {
+    /// Under RBAC: records which rules were exercised, and fails the test on any refused call.
+    fn drop(&mut self) {
+        let Some(report) = self.rbac_report() else { return };
+        if let Some(dir) = std::env::var_os(RBAC_COVERAGE_ENV) {
+            let dir = std::path::PathBuf::from(dir);
+            let file = dir.join(format!("{}-{}.json", std::process::id(), self.url.replace([':', '/', '.'], "_")));
+            let _ = std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(file, report.to_string()));
+        }
+        let denied = report["denied"].as_array().cloned().unwrap_or_default();
+        if !denied.is_empty() && !std::thread::panicking() {
+            panic!("the chart's RBAC refused Rafter {} call(s): {denied:#?}", denied.len());
+        }
+    }
+}
+
 pub async fn apply(client: &kube::Client, manifest: &str) -> Result<(), WorldError> {
     for doc in
         manifest.split("\n---").filter(|d| d.lines().any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#')))

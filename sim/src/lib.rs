@@ -91,8 +91,15 @@ impl Simulator {
 
 /// A kube client for a plain-HTTP URL.
 pub fn client_for(url: &str, user_agent: &str) -> Result<kube::Client, SimError> {
+    client_with_token(url, user_agent, None)
+}
+
+/// A kube client for a plain-HTTP URL that authenticates with `token` (a ServiceAccount's, from
+/// TokenRequest, so RBAC applies to it); without one it is the cluster's administrator.
+pub fn client_with_token(url: &str, user_agent: &str, token: Option<&str>) -> Result<kube::Client, SimError> {
     let uri: http::Uri = url.parse().map_err(|_| SimError::Url(url.to_string()))?;
     let mut config = kube::Config::new(uri);
+    config.auth_info.token = token.map(|t| secrecy::SecretString::from(t.to_string()));
     // kube's default layer retries every 429 up to 15 times with growing delays, which turns a
     // PodDisruptionBudget's refusal into minutes of waiting; callers retry on their own terms.
     config.default_retry = false;

@@ -776,14 +776,43 @@ async fn openapi_v3_describes_custom_resources_and_declares_field_validation() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_protobuf_body_is_refused_with_a_message_that_says_so() {
+async fn a_protobuf_namespace_is_created_as_kube_apiserver_would_and_an_undecoded_kind_is_refused_by_name() {
+    use prost::Message;
     let sim = Simulator::start().await.expect("simulator");
+    let envelope = |api_version: &str, kind: &str, raw: Vec<u8>| {
+        let unknown = k8s_pb::apimachinery::pkg::runtime::Unknown {
+            type_meta: Some(k8s_pb::apimachinery::pkg::runtime::TypeMeta {
+                api_version: Some(api_version.into()),
+                kind: Some(kind.into()),
+            }),
+            raw: Some(raw),
+            ..Default::default()
+        };
+        let mut body = b"k8s\x00".to_vec();
+        body.extend(unknown.encode_to_vec());
+        body
+    };
+    let namespace = k8s_pb::api::core::v1::Namespace {
+        metadata: Some(k8s_pb::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+            name: Some("from-protobuf".into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
     let request = http::Request::post("/api/v1/namespaces")
         .header("content-type", "application/vnd.kubernetes.protobuf")
-        .body(b"k8s\x00\x0a\x0f\x0a\x02v1\x12\x09Namespace".to_vec())
+        .body(envelope("v1", "Namespace", namespace.encode_to_vec()))
+        .expect("request");
+    let created: Value = sim.client().request(request).await.expect("created");
+    assert_eq!(created["metadata"]["name"], "from-protobuf");
+    assert_eq!(created["status"]["phase"], "Active");
+
+    let request = http::Request::post("/apis/apps/v1/namespaces/default/deployments")
+        .header("content-type", "application/vnd.kubernetes.protobuf")
+        .body(envelope("apps/v1", "Deployment", Vec::new()))
         .expect("request");
     let err = sim.client().request::<Value>(request).await.expect_err("refused");
     let kube::Error::Api(status) = &err else { panic!("expected an API error, got {err}") };
     assert_eq!((status.code, status.reason.as_str()), (415, "UnsupportedMediaType"));
-    assert!(status.message.contains("protobuf") && status.message.contains("kubectl apply -f"), "{}", status.message);
+    assert!(status.message.contains("Deployment") && status.message.contains("send JSON"), "{}", status.message);
 }

@@ -268,14 +268,14 @@ pub fn decode(
 ) -> Result<ApiRequest, ApiError> {
     let route = parse_route(path)?;
     let query = parse_query(query)?;
-    if content_type.starts_with("application/vnd.kubernetes.protobuf") && !body.is_empty() {
-        // kube-apiserver decodes protobuf bodies of built-in kinds; the simulator does not.
-        return Err(ApiError::new(
-            415,
-            "UnsupportedMediaType",
-            "the simulator accepts JSON and YAML bodies only; this client sent protobuf (kube-apiserver accepts it for built-in kinds). Use `kubectl apply -f` (which sends JSON) instead of typed commands such as `kubectl create namespace`",
-        ));
-    }
+    // kube-apiserver decodes protobuf bodies of built-in kinds (client-go's typed clients send them).
+    let decoded;
+    let body = if content_type.starts_with("application/vnd.kubernetes.protobuf") && !body.is_empty() {
+        decoded = serde_json::to_vec(&super::protobuf::to_json(body)?).unwrap_or_default();
+        decoded.as_slice()
+    } else {
+        body
+    };
     let table = accept.contains("as=Table");
     let named = matches!(&route, Route::Resource(p) if p.name.is_some());
     let (verb, patch, body) = match (method, &route) {
