@@ -12,6 +12,11 @@ Starts moto's ThreadedMotoServer on a loopback port and a small control server b
       Writes a parameter, including the /aws/service/... names moto refuses through PutParameter.
   POST /clear         Forgets queued faults and the call counts.
   GET  /calls         Calls received so far, by action: {"CreateFleet": 3, ...}.
+  POST /iam-enforce   {"policy"}
+      Turns on moto's IAM enforcement (authentication and action-level authorization of every
+      request). The "testing" key becomes a user allowed everything (the tests' own calls); a new
+      user holds only `policy`, and its key is returned: {"accessKeyId", "secretAccessKey"}.
+  GET  /denied        Requests moto's enforcement refused: [{"action", "principal"}].
   POST /aws           {"service", "operation", "params"?, "region"?}
       Makes one call with boto3 against this moto, e.g. CloudFormation's create_stack or
       EventBridge's put_events, for the tests that drive services Rafter has no client for.
@@ -29,9 +34,13 @@ import uuid
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from moto import settings
+from moto.core.authorization import ActionAuthenticatorMixin
 from moto.core.responses import ActionResult, BaseResponse
 from moto.core.utils import utcnow
 from moto.ec2.responses.fleets import Fleets
+from moto.iam.access_control import IAMRequest
+from moto.iam.models import iam_backends
 from moto.server import ThreadedMotoServer
 from moto.ssm.models import Parameter, ssm_backends
 
@@ -40,6 +49,7 @@ LOCK = threading.Lock()
 FLEET_ERRORS: list[dict] = []
 FAULTS: list[dict] = []
 CALLS: Counter = Counter()
+DENIED: list[dict] = []
 ENDPOINT = ""
 
 
@@ -140,6 +150,41 @@ def _create_fleet(self):
 BaseResponse.call_action = _call_action
 Fleets.create_fleet = _create_fleet
 
+_original_raise_access_denied = IAMRequest._raise_access_denied
+
+
+def _raise_access_denied(self):
+    with LOCK:
+        DENIED.append({"action": self._action, "principal": getattr(self._access_key, "arn", "?")})
+    return _original_raise_access_denied(self)
+
+
+IAMRequest._raise_access_denied = _raise_access_denied
+
+
+def _enforce_iam(policy) -> dict:
+    """Users for enforcement, made before it starts; then moto authorizes every request."""
+    import boto3
+
+    iam = boto3.client(
+        "iam", endpoint_url=ENDPOINT, region_name="us-east-1",
+        aws_access_key_id="testing", aws_secret_access_key="testing",
+    )
+    everything = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
+    iam.create_user(UserName="tests")
+    iam.put_user_policy(UserName="tests", PolicyName="everything", PolicyDocument=json.dumps(everything))
+    iam.create_access_key(UserName="tests")
+    # The tests sign with "testing"/"testing": that key becomes the all-allowed user's.
+    key = iam_backends[ACCOUNT]["aws"].users["tests"].access_keys[-1]
+    key.access_key_id, key.secret_access_key = "testing", "testing"
+    iam.create_user(UserName="rafter-controller")
+    iam.put_user_policy(UserName="rafter-controller", PolicyName="RafterController", PolicyDocument=json.dumps(policy))
+    created = iam.create_access_key(UserName="rafter-controller")["AccessKey"]
+    # What moto's /moto-api/reset-auth does, in this process: authenticate from the next request on.
+    settings.INITIAL_NO_AUTH_ACTION_COUNT = 0
+    ActionAuthenticatorMixin.request_count = 0
+    return {"accessKeyId": created["AccessKeyId"], "secretAccessKey": created["SecretAccessKey"]}
+
 
 def _put_ssm(name: str, value: str, region: str) -> None:
     backend = ssm_backends[ACCOUNT][region]
@@ -196,6 +241,9 @@ class Control(BaseHTTPRequestHandler):
         if self.path == "/calls":
             with LOCK:
                 return self._reply(200, dict(CALLS))
+        if self.path == "/denied":
+            with LOCK:
+                return self._reply(200, list(DENIED))
         self._reply(404, {"error": f"no such path {self.path}"})
 
     def do_POST(self):
@@ -207,6 +255,10 @@ class Control(BaseHTTPRequestHandler):
         if self.path == "/aws":
             # Not under LOCK: the call comes back into moto, which takes it to count the action.
             return self._aws(body)
+        if self.path == "/iam-enforce":
+            if "policy" not in body:
+                return self._reply(400, {"error": "iam-enforce needs policy"})
+            return self._reply(200, _enforce_iam(body["policy"]))
         with LOCK:
             if self.path == "/fleet-errors":
                 if "code" not in body or "instance_type" not in body:

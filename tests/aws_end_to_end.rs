@@ -9,7 +9,7 @@ use kube::Api;
 use rafter::api::EC2NodeClass;
 use rafter_actors::world::{INFLATE, NODEPOOL_DEFAULT, World, WorldConfig};
 use rafter_aws::AwsConfig;
-use rafter_sim::moto::{Moto, TEST_CREDENTIALS, seed};
+use rafter_sim::moto::{Moto, seed};
 
 fn delta(after: &BTreeMap<(String, String), u64>, before: &BTreeMap<(String, String), u64>) -> BTreeMap<String, u64> {
     after
@@ -21,13 +21,29 @@ fn delta(after: &BTreeMap<(String, String), u64>, before: &BTreeMap<(String, Str
         .collect()
 }
 
-/// moto seeded like an EKS cluster, and a world whose replicas use it as EC2.
+/// moto seeded like an EKS cluster, with `deploy/cloudformation/rafter.yaml` deployed and IAM
+/// enforced, and a world whose replicas use it as EC2 with the credentials of a principal holding
+/// only the controller policy (at the action level moto can enforce).
 async fn moto_world() -> (Moto, World) {
     let moto = Moto::start().expect("moto");
     seed(&moto.endpoint, Some(&moto), "demo", "1.33").await.expect("seed");
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/cloudformation/rafter.yaml"))
+        .expect("the IAM template");
+    let mut template: serde_json::Value = serde_saphyr::from_str(&text).expect("the template is YAML");
+    // moto encodes a ManagedPolicy's document again when it is a string (CloudFormation takes the
+    // string as JSON), so moto gets the document as CloudFormation would render it.
+    let policy = rafter_sim::moto::controller_policy("demo").expect("the controller policy");
+    template["Resources"]["ControllerPolicy"]["Properties"]["PolicyDocument"] = policy.clone();
+    let params = serde_json::json!({"StackName": "rafter-demo", "TemplateBody": template.to_string(),
+        "Parameters": [{"ParameterKey": "ClusterName", "ParameterValue": "demo"}],
+        "Capabilities": ["CAPABILITY_NAMED_IAM"]});
+    moto.aws("cloudformation", "create_stack", params).await.expect("the IAM stack deploys in moto");
+    let policies = moto.aws("iam", "list_policies", serde_json::json!({"Scope": "Local"})).await.expect("policies");
+    assert!(policies.to_string().contains("RafterControllerPolicy-demo"), "{policies}");
+    let (key, secret) = moto.enforce_iam(&rafter_sim::moto::action_level(&policy)).await.expect("IAM enforced");
     let mut aws = AwsConfig::new("demo", "us-east-1");
     aws.endpoint = Some(moto.endpoint.clone());
-    aws.credentials = Some((TEST_CREDENTIALS.0.into(), TEST_CREDENTIALS.1.into()));
+    aws.credentials = Some((key, secret));
     aws.cluster_endpoint = "https://demo.example".into();
     let world = World::start(WorldConfig { aws: Some(aws), ..WorldConfig::default() }).await.expect("world");
     (moto, world)
@@ -35,7 +51,7 @@ async fn moto_world() -> (Moto, World) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inflate_scales_to_100_on_moto_instances_and_back_to_zero_with_every_instance_terminated() {
-    let (_moto, world) = moto_world().await;
+    let (moto, world) = moto_world().await;
     // moto prices every spot offering at $0.00001, which would pack everything onto the largest
     // type; on-demand uses the real list prices, so the plan looks like production's.
     let pool = NODEPOOL_DEFAULT.replace(r#"values: ["spot", "on-demand"]"#, r#"values: ["on-demand"]"#);
@@ -143,11 +159,20 @@ async fn inflate_scales_to_100_on_moto_instances_and_back_to_zero_with_every_ins
     let metrics = replica.ctx.metrics.encode();
     assert!(metrics.contains("rafter_cloud_api_calls_total{service=\"EC2\",operation=\"CreateFleet\"}"), "{metrics}");
     replica.shutdown().await;
+    assert_nothing_denied(&moto).await;
+}
+
+/// Every call Rafter made was allowed by the controller policy.
+async fn assert_nothing_denied(moto: &Moto) {
+    let denied = moto.denied().await.expect("denials");
+    assert!(denied.is_empty(), "the controller policy refused Rafter: {denied:#?}");
+    let calls = moto.calls().await.expect("calls");
+    eprintln!("calls moto authorized under the controller policy: {calls:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claim_that_cannot_launch_for_its_configuration_is_kept_and_says_why_instead_of_being_deleted() {
-    let (_moto, world) = moto_world().await;
+    let (moto, world) = moto_world().await;
     world.apply(NODEPOOL_DEFAULT).await.expect("pool");
     // A previous leader's claim whose node class has since gone (or whose profile lost a race):
     // its launch may have reached EC2, so deleting it could orphan an instance.
@@ -182,4 +207,5 @@ async fn a_claim_that_cannot_launch_for_its_configuration_is_kept_and_says_why_i
     let kept = claims.get("default-kept1").await.expect("the claim is kept");
     assert!(kept.metadata.deletion_timestamp.is_none());
     replica.shutdown().await;
+    assert_nothing_denied(&moto).await;
 }

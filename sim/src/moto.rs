@@ -134,6 +134,22 @@ impl Moto {
         self.control("POST", "/aws", body).await
     }
 
+    /// Turns on moto's IAM enforcement: from now on every request is authenticated and its action
+    /// authorized. [`TEST_CREDENTIALS`] stay allowed everything (the tests' own calls); the key
+    /// returned belongs to a user holding only `policy`.
+    pub async fn enforce_iam(&self, policy: &serde_json::Value) -> Result<(String, String), MotoError> {
+        let v = self.control("POST", "/iam-enforce", serde_json::json!({"policy": policy})).await?;
+        let text =
+            |k: &str| v[k].as_str().map(str::to_string).ok_or_else(|| MotoError::Control(format!("no {k} in {v}")));
+        Ok((text("accessKeyId")?, text("secretAccessKey")?))
+    }
+
+    /// Requests moto's IAM enforcement refused: `{"action", "principal"}` each.
+    pub async fn denied(&self) -> Result<Vec<serde_json::Value>, MotoError> {
+        let v = self.control("GET", "/denied", serde_json::json!({})).await?;
+        serde_json::from_value(v).map_err(|e| MotoError::Control(e.to_string()))
+    }
+
     /// Forgets faults and call counts.
     pub async fn clear(&self) -> Result<(), MotoError> {
         self.control("POST", "/clear", serde_json::json!({})).await.map(|_| ())
@@ -161,7 +177,10 @@ pub struct Seeded {
     pub amis: BTreeMap<String, String>,
 }
 
-/// Static test credentials for moto (it accepts any).
+/// moto's account.
+pub const ACCOUNT: &str = "123456789012";
+
+/// Static test credentials for moto (it accepts any until IAM is enforced; then they are allowed everything).
 pub const TEST_CREDENTIALS: (&str, &str) = ("testing", "testing");
 
 async fn clients(endpoint: &str, region: &str) -> (aws_sdk_ec2::Client, aws_sdk_iam::Client) {
@@ -264,4 +283,53 @@ pub async fn seed(
         }
     }
     Ok(Seeded { vpc, subnets, security_group: sg.group_id().unwrap_or_default().to_string(), role, amis })
+}
+
+/// The controller policy of `deploy/cloudformation/rafter.yaml` as CloudFormation would render it
+/// for `cluster` in moto's account and us-east-1 (its `Fn::Sub` placeholders filled in).
+pub fn controller_policy(cluster: &str) -> Result<serde_json::Value, MotoError> {
+    let path = workspace_root().join("deploy/cloudformation/rafter.yaml");
+    let text = std::fs::read_to_string(&path).map_err(|e| MotoError::Control(format!("{}: {e}", path.display())))?;
+    let template: serde_json::Value =
+        serde_saphyr::from_str(&text).map_err(|e| MotoError::Control(format!("{}: {e}", path.display())))?;
+    let document = template
+        .pointer("/Resources/ControllerPolicy/Properties/PolicyDocument/Fn::Sub")
+        .and_then(serde_json::Value::as_str)
+        .ok_or_else(|| MotoError::Control("the template has no ControllerPolicy Fn::Sub document".into()))?;
+    let filled = document
+        .replace("${AWS::Partition}", "aws")
+        .replace("${AWS::Region}", "us-east-1")
+        .replace("${AWS::AccountId}", ACCOUNT)
+        .replace("${ClusterName}", cluster)
+        .replace("${NodeRole.Arn}", &format!("arn:aws:iam::{ACCOUNT}:role/RafterNodeRole-{cluster}"));
+    if let Some(left) = filled.find("${") {
+        return Err(MotoError::Control(format!("an unfilled placeholder in the policy: {}", &filled[left..])));
+    }
+    serde_json::from_str(&filled).map_err(|e| MotoError::Control(format!("the controller policy is not JSON: {e}")))
+}
+
+/// API operations whose IAM action has another name: moto authorizes by the operation's name.
+const MOTO_ACTION_ALIASES: &[(&str, &str)] = &[("sqs:DeleteMessage", "sqs:DeleteMessageBatch")];
+
+/// What moto can enforce of `policy`: its actions, each allowed on every resource. moto authorizes
+/// an action against the resource `*` and cannot evaluate resource ARNs or tag conditions, so those
+/// are dropped here (and are reviewed, not tested; see the README's list of differences).
+pub fn action_level(policy: &serde_json::Value) -> serde_json::Value {
+    let mut actions: Vec<String> = Vec::new();
+    for statement in policy["Statement"].as_array().into_iter().flatten() {
+        let listed = match &statement["Action"] {
+            serde_json::Value::String(a) => vec![a.clone()],
+            serde_json::Value::Array(list) => list.iter().filter_map(|a| a.as_str().map(str::to_string)).collect(),
+            _ => Vec::new(),
+        };
+        for action in listed {
+            if let Some((_, alias)) = MOTO_ACTION_ALIASES.iter().find(|(iam, _)| *iam == action) {
+                actions.push(alias.to_string());
+            }
+            actions.push(action);
+        }
+    }
+    actions.sort();
+    actions.dedup();
+    serde_json::json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": actions, "Resource": "*"}]})
 }
