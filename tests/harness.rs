@@ -213,7 +213,11 @@ pub async fn harness_with(instance_type: &str, workers: usize, inflate: &str) ->
     let sqs = sqs_client(&moto.endpoint).await;
     let created = sqs.create_queue().queue_name("rafter-interruptions").send().await.expect("create queue");
     let url = created.queue_url().expect("queue url").to_string();
-    let queue = connect_queue(&moto, "rafter-interruptions").await;
+    // From here on moto enforces IAM: Rafter consumes the queue as a principal holding only the
+    // controller policy of deploy/cloudformation/rafter.yaml (the test's own calls stay allowed).
+    let policy = rafter_sim::moto::controller_policy("rafter-sim").expect("the controller policy");
+    let controller = moto.enforce_iam(&rafter_sim::moto::action_level(&policy)).await.expect("IAM enforced");
+    let queue = connect_queue(&moto, "rafter-interruptions", controller).await;
     assert_eq!(queue.url(), url, "the queue is found by name");
     world.queue = Some(Arc::new(queue));
     let mut controller = world.quick_config("rafter-0");
@@ -225,10 +229,10 @@ pub async fn harness_with(instance_type: &str, workers: usize, inflate: &str) ->
 
 /// Rafter's SQS consumer for the queue named `name` on `moto`, found by name as `--interruption-queue`
 /// finds it.
-pub async fn connect_queue(moto: &Moto, name: &str) -> SqsQueue {
+pub async fn connect_queue(moto: &Moto, name: &str, credentials: (String, String)) -> SqsQueue {
     let mut config = QueueConfig::new(name, REGION);
     config.endpoint = Some(moto.endpoint.clone());
-    config.credentials = Some((TEST_CREDENTIALS.0.into(), TEST_CREDENTIALS.1.into()));
+    config.credentials = Some(credentials);
     // Short polls keep the tests' shutdown quick; production waits 20 s.
     config.wait = Duration::from_secs(1);
     SqsQueue::connect(config).await.expect("queue")

@@ -469,7 +469,8 @@ async fn the_cloudformation_template_routes_every_kind_rafter_acts_on_and_nothin
     }
 
     moto.clear().await.expect("clear calls");
-    let queue = common::connect_queue(&moto, &queue_name).await;
+    let admin = (rafter_sim::moto::TEST_CREDENTIALS.0.to_string(), rafter_sim::moto::TEST_CREDENTIALS.1.to_string());
+    let queue = common::connect_queue(&moto, &queue_name, admin).await;
     let mut received = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(20);
     // Two empty polls after the last message show nothing more is coming.

@@ -34,6 +34,8 @@ pub struct Moto {
     /// `http://127.0.0.1:PORT`, the endpoint for every AWS client.
     pub endpoint: String,
     control: String,
+    /// Set once IAM is enforced: dropping the server then fails the test if moto refused a call.
+    enforced: std::sync::atomic::AtomicBool,
 }
 
 fn workspace_root() -> PathBuf {
@@ -70,7 +72,7 @@ impl Moto {
         let (Some(endpoint), Some(control)) = (field("endpoint"), field("control")) else {
             return Err(MotoError::Handshake(line));
         };
-        Ok(Self { child, endpoint, control })
+        Ok(Self { child, endpoint, control, enforced: Default::default() })
     }
 
     async fn control(&self, method: &str, path: &str, body: serde_json::Value) -> Result<serde_json::Value, MotoError> {
@@ -139,6 +141,7 @@ impl Moto {
     /// returned belongs to a user holding only `policy`.
     pub async fn enforce_iam(&self, policy: &serde_json::Value) -> Result<(String, String), MotoError> {
         let v = self.control("POST", "/iam-enforce", serde_json::json!({"policy": policy})).await?;
+        self.enforced.store(true, std::sync::atomic::Ordering::SeqCst);
         let text =
             |k: &str| v[k].as_str().map(str::to_string).ok_or_else(|| MotoError::Control(format!("no {k} in {v}")));
         Ok((text("accessKeyId")?, text("secretAccessKey")?))
@@ -156,8 +159,31 @@ impl Moto {
     }
 }
 
+impl Moto {
+    /// The refusals, read without a runtime (for `Drop`).
+    fn denied_blocking(&self) -> Option<String> {
+        use std::io::{Read, Write};
+        let addr = self.control.trim_start_matches("http://");
+        let mut stream = std::net::TcpStream::connect(addr).ok()?;
+        write!(stream, "GET /denied HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+        let mut reply = String::new();
+        stream.read_to_string(&mut reply).ok()?;
+        let body = reply.split_once("\r\n\r\n").map(|(_, b)| b.trim().to_string())?;
+        (body != "[]").then_some(body)
+    }
+}
+
 impl Drop for Moto {
     fn drop(&mut self) {
+        if self.enforced.load(std::sync::atomic::Ordering::SeqCst)
+            && !std::thread::panicking()
+            && let Some(denied) = self.denied_blocking()
+        {
+            drop(self.child.stdin.take());
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            panic!("moto's IAM enforcement refused Rafter: {denied}");
+        }
         // Closing stdin ends the server; kill in case it is stuck.
         drop(self.child.stdin.take());
         let _ = self.child.kill();
