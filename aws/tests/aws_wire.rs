@@ -9,7 +9,7 @@ use rafter::api::{EC2NodeClass, NodeClaim, NodePool};
 use rafter::cloud::{CloudError, CloudProvider, OfferingKey};
 use rafter::scheduling::instance_types::CapacityType;
 use rafter_aws::{AwsCloud, AwsConfig, StaticNodeClasses};
-use rafter_sim::moto::{Moto, Seeded, TEST_CREDENTIALS, seed};
+use rafter_sim::moto::{Moto, Seeded, seed};
 use serde_json::json;
 
 const EXAMPLE: &str = include_str!("../../deploy/examples/v1/nodepool-default.yaml");
@@ -43,20 +43,25 @@ struct Env {
     #[allow(dead_code)]
     seeded: Seeded,
     classes: Arc<StaticNodeClasses>,
+    /// The key of a principal holding only the controller policy: moto enforces IAM, and the
+    /// provider runs as this principal (the tests' own calls keep the all-allowed test key).
+    controller: (String, String),
 }
 
 impl Env {
     async fn new() -> Self {
         let moto = Moto::start().expect("moto starts");
         let seeded = seed(&moto.endpoint, Some(&moto), "demo", "1.33").await.expect("seed");
+        let policy = rafter_sim::moto::controller_policy("demo").expect("the controller policy");
+        let controller = moto.enforce_iam(&rafter_sim::moto::action_level(&policy)).await.expect("IAM enforced");
         let (_, class) = example();
-        Self { moto, seeded, classes: Arc::new(StaticNodeClasses::new([class])) }
+        Self { moto, seeded, classes: Arc::new(StaticNodeClasses::new([class])), controller }
     }
 
     fn config(&self) -> AwsConfig {
         let mut config = AwsConfig::new("demo", "us-east-1");
         config.endpoint = Some(self.moto.endpoint.clone());
-        config.credentials = Some((TEST_CREDENTIALS.0.into(), TEST_CREDENTIALS.1.into()));
+        config.credentials = Some(self.controller.clone());
         config.cluster_endpoint = "https://demo.example".into();
         config
     }
@@ -78,7 +83,8 @@ async fn the_ec2_provider_passes_the_conformance_suite_against_moto() {
     rafter::cloud::suite::run(&cloud, &pool, &|name, uid| claim(name, uid, m5_large_spot())).await;
 
     // The launch template: the resolved image, IMDSv2 required with one hop, the alias's user data.
-    let ec2 = cloud.clients().ec2.clone();
+    // Inspected with the tests' own key: the controller's policy grants no DescribeLaunchTemplates.
+    let (ec2, _) = rafter_sim::moto::clients(&env.moto.endpoint, "us-east-1").await;
     let templates = ec2.describe_launch_templates().send().await.expect("templates");
     let names: Vec<&str> = templates.launch_templates().iter().filter_map(|t| t.launch_template_name()).collect();
     assert_eq!(names.len(), 1, "one template for one (image, configuration): {names:?}");

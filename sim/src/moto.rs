@@ -209,7 +209,8 @@ pub const ACCOUNT: &str = "123456789012";
 /// Static test credentials for moto (it accepts any until IAM is enforced; then they are allowed everything).
 pub const TEST_CREDENTIALS: (&str, &str) = ("testing", "testing");
 
-async fn clients(endpoint: &str, region: &str) -> (aws_sdk_ec2::Client, aws_sdk_iam::Client) {
+/// EC2 and IAM clients signed with [`TEST_CREDENTIALS`], for tests' own set-up and inspection.
+pub async fn clients(endpoint: &str, region: &str) -> (aws_sdk_ec2::Client, aws_sdk_iam::Client) {
     let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .region(aws_config::Region::new(region.to_string()))
         .endpoint_url(endpoint)
