@@ -148,7 +148,7 @@ pub fn authorize(policy: &Policy<'_>, account: &Account, a: &Attributes<'_>) -> 
         }
     }
     // A RoleBinding grants only inside its namespace: never for cluster-scoped requests.
-    let Some(namespace) = a.namespace else { return None };
+    let namespace = a.namespace?;
     for binding in policy.role_bindings {
         if text(binding, "/metadata/namespace") != namespace || !names_subject(binding, account, namespace) {
             continue;
