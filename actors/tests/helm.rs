@@ -3,22 +3,14 @@
 //! project's.
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 use serde_json::Value;
 
+mod common;
+
 const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/helm/rafter");
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn run(program: &str, kubeconfig: &Path, args: &[&str]) -> (bool, String) {
     let output = Command::new(program).args(args).env("KUBECONFIG", kubeconfig).output().unwrap_or_else(|e| {
@@ -59,20 +51,9 @@ fn objects(kubeconfig: &Path, resources: &str) -> BTreeSet<String> {
 const CHART_KINDS: &str =
     "deployments,serviceaccounts,services,poddisruptionbudgets,clusterroles,clusterrolebindings,roles,rolebindings";
 
-fn start_server(dir: &Path) -> (Server, PathBuf) {
+fn start_server(dir: &Path) -> (common::Server, PathBuf) {
     let kubeconfig = dir.join("kubeconfig");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_rafter"))
-        .args(["sim", "apiserver", "--kubeconfig-out"])
-        .arg(&kubeconfig)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("rafter sim apiserver starts");
-    let stdout = child.stdout.take().expect("stdout");
-    let server = Server(child);
-    let mut url = String::new();
-    BufReader::new(stdout).read_line(&mut url).expect("the server prints its URL");
-    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    let (server, _) = common::sim_apiserver(&kubeconfig, &[]);
     (server, kubeconfig)
 }
 

@@ -5,10 +5,12 @@
 //! The sandbox is a private mount namespace (`unshare`, util-linux) with every mount remounted
 //! read-only and the identity dropped by `setpriv`; the test runs as root, as CI does.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+mod common;
 
 struct Killed(Child);
 
@@ -50,17 +52,7 @@ async fn the_binary_leads_as_uid_65532_with_a_read_only_root_and_only_tmp_writab
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("image-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     let kubeconfig = dir.join("kubeconfig");
-    let mut server = Command::new(env!("CARGO_BIN_EXE_rafter"))
-        .args(["sim", "apiserver", "--install-crds", "--kubeconfig-out"])
-        .arg(&kubeconfig)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("rafter sim apiserver starts");
-    let stdout = server.stdout.take().expect("stdout");
-    let _server = Killed(server);
-    let mut url = String::new();
-    BufReader::new(stdout).read_line(&mut url).expect("the server prints its URL");
+    let (_server, _) = common::sim_apiserver(&kubeconfig, &["--install-crds"]);
     let config = rafter_actors::world::kubeconfig(&kubeconfig, None).await.expect("kubeconfig");
     let client = kube::Client::try_from(config).expect("client");
     let namespace = r#"{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "karpenter"}}"#;

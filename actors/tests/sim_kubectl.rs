@@ -1,17 +1,9 @@
 //! `rafter sim apiserver` runs standalone and kubectl works against it: apply, scale, get, describe.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+mod common;
 
 fn kubectl(kubeconfig: &std::path::Path, args: &[&str]) -> (bool, String) {
     let program = std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".to_string());
@@ -37,18 +29,7 @@ fn until(what: &str, mut check: impl FnMut() -> Option<String>) -> String {
 fn kubectl_gets_and_describes_against_the_standalone_server() {
     let dir = tempfile::tempdir().expect("temp dir");
     let kubeconfig = dir.path().join("kubeconfig");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_rafter"))
-        .args(["sim", "apiserver", "--install-crds", "--kubeconfig-out"])
-        .arg(&kubeconfig)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("rafter sim apiserver starts");
-    let stdout = child.stdout.take().expect("stdout");
-    let _server = Server(child);
-    let mut url = String::new();
-    BufReader::new(stdout).read_line(&mut url).expect("the server prints its URL");
-    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    let (_server, _) = common::sim_apiserver(&kubeconfig, &["--install-crds"]);
     assert!(kubeconfig.exists());
 
     let inflate = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/examples/workloads/inflate.yaml");
