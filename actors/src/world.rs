@@ -348,7 +348,6 @@ pub async fn kubeconfig(path: &std::path::Path, context: Option<String>) -> Resu
     Ok(config)
 }
 
-/// Applies every document of a manifest (server-side apply, kinds found by discovery).
 /// Applies rendered RBAC and returns a token of the ServiceAccount it defines.
 async fn install_rbac(client: &kube::Client, path: &std::path::Path) -> Result<String, WorldError> {
     let text = std::fs::read_to_string(path)
@@ -388,6 +387,7 @@ impl Drop for World {
     }
 }
 
+/// Applies every document of a manifest (server-side apply, kinds found by discovery).
 pub async fn apply(client: &kube::Client, manifest: &str) -> Result<(), WorldError> {
     for doc in
         manifest.split("\n---").filter(|d| d.lines().any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#')))
