@@ -39,6 +39,9 @@ fn free_port() -> u16 {
 /// become 65532 with no capabilities and exec the binary.
 const SANDBOX: &str = r#"
 set -e
+# The binary and kubeconfig, wherever the checkout is (under /tmp too), at /mnt.
+mount --bind "$1" /mnt
+shift
 awk '$3 !~ /^(proc|sysfs|devtmpfs|devpts|mqueue|cgroup2?|securityfs|debugfs|tracefs|fusectl|bpf|pstore|configfs|hugetlbfs)$/ {print $2}' /proc/self/mounts \
   | while read -r m; do mount -o bind,remount,ro "$m" 2>/dev/null || true; done
 mount -t tmpfs -o size=64m,mode=1777 tmpfs /tmp
@@ -48,9 +51,11 @@ exec setpriv --reuid 65532 --regid 65532 --clear-groups --inh-caps=-all --boundi
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_leads_as_uid_65532_with_a_read_only_root_and_only_tmp_writable() {
-    // The kubeconfig must be readable by 65532 and outside /tmp (the sandbox gets a fresh one).
+    // The binary and the kubeconfig, readable by 65532; the sandbox sees this folder at /mnt
+    // (its /tmp is a fresh one, and the checkout may be under /tmp).
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("image-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::copy(env!("CARGO_BIN_EXE_rafter"), dir.join("rafter")).expect("the binary copied");
     let kubeconfig = dir.join("kubeconfig");
     let (_server, _) = common::sim_apiserver(&kubeconfig, &["--install-crds"]);
     let config = rafter_actors::world::kubeconfig(&kubeconfig, None).await.expect("kubeconfig");
@@ -63,9 +68,10 @@ async fn the_binary_leads_as_uid_65532_with_a_read_only_root_and_only_tmp_writab
     let log = std::fs::File::create(dir.join("run.log")).expect("log");
     let child = Command::new("unshare")
         .args(["--mount", "--propagation", "private", "sh", "-c", SANDBOX, "sandbox"])
-        .arg(env!("CARGO_BIN_EXE_rafter"))
-        .args(["run", "--cloud", "fake", "--cluster-name", "image-test", "--identity", "rafter-image", "--kubeconfig"])
-        .arg(&kubeconfig)
+        .arg(&dir)
+        .arg("/mnt/rafter")
+        .args(["run", "--cloud", "fake", "--cluster-name", "image-test", "--identity", "rafter-image"])
+        .args(["--kubeconfig", "/mnt/kubeconfig"])
         .args(["--metrics-addr", &metrics])
         .env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
