@@ -150,9 +150,17 @@ fn helm_installs_upgrades_and_uninstalls_the_chart_leaving_exactly_the_expected_
     let after: BTreeSet<String> = objects(&kc, CHART_KINDS).difference(&before).cloned().collect();
     assert!(after.is_empty(), "left behind: {after:?}");
     assert!(!objects(&kc, "secrets").iter().any(|s| s.contains("sh.helm.release")), "release records remain");
-    // The Deployment's ReplicaSets and pods go with it (garbage collection by owner).
-    let pods = objects(&kc, "pods,replicasets");
-    assert!(!pods.iter().any(|p| p.contains("/karpenter/rafter")), "{pods:?}");
+    // The Deployment's ReplicaSets and pods go with it (garbage collection by owner, which a real
+    // cluster does shortly after).
+    let started = std::time::Instant::now();
+    loop {
+        let pods = objects(&kc, "pods,replicasets");
+        if !pods.iter().any(|p| p.contains("/karpenter/rafter")) {
+            break;
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(15), "left behind: {pods:?}");
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
     // As with every chart, helm leaves CRDs in place on uninstall: deleting them would delete every
     // NodePool and NodeClaim.
     assert!(objects(&kc, "customresourcedefinitions").contains("CustomResourceDefinition/-/nodepools.karpenter.sh"));

@@ -415,8 +415,14 @@ impl Store {
             meta.remove("deletionGracePeriodSeconds");
         }
         let stored = self
-            .commit(&mut inner, key, objkey, Some(value))
+            .commit(&mut inner, key, objkey.clone(), Some(value))
             .ok_or_else(|| ApiError::internal("create did not store"))?;
+        // An object whose owners are all gone already (a controller acting on a stale cache) is
+        // garbage: kube-controller-manager's garbage collector deletes it soon after, as here.
+        let owners = owner_uids(&stored.value);
+        if !owners.is_empty() && owners.iter().all(|uid| !inner.uids.contains_key(uid)) {
+            let _ = self.delete_locked(&mut inner, key, &objkey, &DeleteOptions::default());
+        }
         Ok(stored)
     }
 
